@@ -1,0 +1,60 @@
+"""Which device "npu" means, and the switch of Triton into interpreter mode on the CPU.
+
+The interpreter must be on before Triton's standard library (``tl.max``, ``tl.sum`` ...) runs: those
+functions are ``JITFunction`` objects created at import, and a ``JITFunction`` refuses to run outside a
+compiled kernel. ``import torch._dynamo`` imports Triton, so Triton may already be loaded in compiled
+mode; ``use_interpreter`` then rebinds every loaded ``triton.language`` JIT function to an
+``InterpretedFunction``. Our own kernels are decorated after this runs, so they are interpreted too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import torch
+
+from .env import device_choice
+
+
+@functools.cache
+def npu_device() -> torch.device:
+    """The device that plays the NPU: ``cuda`` when present (or forced), else ``cpu``."""
+    choice = device_choice()
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("NPUK_DEVICE=cuda but torch.cuda.is_available() is False")
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def interpreted() -> bool:
+    """True when kernels run through Triton's interpreter (the device is the CPU)."""
+    return npu_device().type == "cpu"
+
+
+def use_interpreter() -> None:
+    """Put Triton into interpreter mode, also when it was already imported in compiled mode."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    if "triton" not in sys.modules:
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("triton.language"):
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, JITFunction):
+                setattr(module, attr, InterpretedFunction(value.fn))
+
+
+def check_device(name: str, tensor: torch.Tensor) -> None:
+    """Inputs must live on the npu device (as on Ascend, where host tensors are rejected)."""
+    dev = npu_device()
+    if tensor.device.type != dev.type:
+        raise ValueError(
+            f"{name}: tensor is on {tensor.device}, but the npu device is {dev} "
+            f"(move inputs with .to({str(dev)!r}) or set NPUK_DEVICE)"
+        )
