@@ -1,0 +1,18 @@
+"""Ascend attention operators as Triton kernels, with golden PyTorch references.
+
+    import npu_kernels as nk
+    out = nk.npu_prompt_flash_attention(q, k, v, num_heads=8, input_layout="BNSD", scale_value=0.125)
+
+The operators are also registered as ``torch.ops.npu.<name>``. "npu" means CUDA when a GPU is present,
+else the CPU, where the same kernels run through Triton's interpreter (see ``npu_kernels.device``).
+"""
+
+from .device import interpreted, npu_device, use_interpreter
+
+if interpreted():
+    use_interpreter()
+
+from . import library, reference  # noqa: E402  (kernels must be defined after the interpreter switch)
+from .library import npu_prompt_flash_attention  # noqa: E402
+
+__all__ = ["npu_device", "npu_prompt_flash_attention", "reference"]

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from .env import device_choice
+from .env import compile_only, device_choice
 
 
 @functools.cache
@@ -31,14 +31,13 @@ def npu_device() -> torch.device:
 
 def interpreted() -> bool:
     """True when kernels run through Triton's interpreter (the device is the CPU)."""
-    return npu_device().type == "cpu"
+    return npu_device().type == "cpu" and not compile_only()
 
 
 def use_interpreter() -> None:
     """Put Triton into interpreter mode, also when it was already imported in compiled mode."""
     os.environ["TRITON_INTERPRET"] = "1"
-    if "triton" not in sys.modules:
-        return
+    _fix_interpreted_bf16_dot()
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
@@ -48,6 +47,24 @@ def use_interpreter() -> None:
         for attr, value in list(vars(module).items()):
             if isinstance(value, JITFunction):
                 setattr(module, attr, InterpretedFunction(value.fn))
+
+
+def _fix_interpreted_bf16_dot() -> None:
+    """The interpreter multiplies bfloat16 operands of ``tl.dot`` as their raw uint16 bits; widen
+    them to float32 first (exact, and the product is accumulated in float32 as on the GPU)."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    dot = InterpreterBuilder.create_dot
+    if getattr(dot, "widens_bf16", False):
+        return
+
+    def create_dot(self, a, b, d, *args):
+        a, b = (self.cast_impl(x, tl.float32) if x.dtype.scalar == tl.bfloat16 else x for x in (a, b))
+        return dot(self, a, b, d, *args)
+
+    create_dot.widens_bf16 = True
+    InterpreterBuilder.create_dot = create_dot
 
 
 def check_device(name: str, tensor: torch.Tensor) -> None:

@@ -3,6 +3,8 @@
 ``NPUK_DEVICE``      ``auto`` (default), ``cuda`` or ``cpu``: the device that "npu" means. ``auto`` picks
                      CUDA when a GPU is visible, else the CPU (kernels through Triton's interpreter,
                      graphs on the host backend).
+``NPUK_COMPILE_ONLY`` ``1``: never switch Triton to the interpreter, even on the CPU, so that kernels can
+                     be compiled ahead of time for a GPU target (``npu_kernels.aot``); nothing can run.
 ``NPUK_HYPOTHESIS``  hypothesis profile of the test suite: ``ci`` (default, derandomised) or ``thorough``.
 """
 
@@ -23,3 +25,7 @@ def device_choice() -> str:
 
 def hypothesis_profile() -> str:
     return os.environ.get("NPUK_HYPOTHESIS", "ci")
+
+
+def compile_only() -> bool:
+    return os.environ.get("NPUK_COMPILE_ONLY", "0") == "1"

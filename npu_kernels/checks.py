@@ -1,0 +1,159 @@
+"""Validation shared by the operators: tensors, heads, lengths, masks and pse (spec ops §1-§2).
+
+Each check raises ``ValueError``/``TypeError`` naming the argument, the value and the rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from .device import check_device
+from .errors import require
+from .layouts import Layout, as_bnsd, bnsd_shape
+from .masks import COMPRESSED_MASK
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16)
+MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
+MAX_B, MAX_N, MAX_D, MAX_S, MAX_G = 65536, 256, 512, 20971520, 64
+
+
+def tensor(name: str, t, *, ndim: Optional[tuple[int, ...]] = None,
+           dtypes: Optional[tuple[torch.dtype, ...]] = None) -> torch.Tensor:
+    require(isinstance(t, torch.Tensor), name, t, "expected a torch.Tensor", TypeError)
+    if dtypes is not None:
+        require(t.dtype in dtypes, name, t, f"dtype must be one of {', '.join(map(str, dtypes))}", TypeError)
+    if ndim is not None:
+        require(t.dim() in ndim, name, t, f"expected {' or '.join(map(str, ndim))} dimensions")
+    check_device(name, t)
+    return t
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Query/key/value as (B, N, S, D) views and their sizes."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    B: int
+    N: int
+    KV_N: int
+    S1: int
+    S2: int
+    D: int
+    Dv: int
+
+    @property
+    def group(self) -> int:
+        return self.N // self.KV_N
+
+
+def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: Layout,
+              num_heads: int, num_key_value_heads: int) -> Heads:
+    """Reads B, N, KV_N, S1, S2, D, Dv per the layout and checks the GQA rules (spec ops §1.2)."""
+    ndim = 3 if layout.inp == "BSH" else 4
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        require(t.dim() == ndim, name, t, f"layout {layout.inp} needs {ndim} dimensions")
+    require(isinstance(num_heads, int) and 0 < num_heads <= MAX_N, "num_heads", num_heads,
+            f"must be an int in [1, {MAX_N}]")
+    require(isinstance(num_key_value_heads, int) and num_key_value_heads >= 0, "num_key_value_heads",
+            num_key_value_heads, "must be an int >= 0 (0 means num_heads)")
+    kv_n = num_key_value_heads or num_heads
+    require(num_heads % kv_n == 0, "num_key_value_heads", num_key_value_heads,
+            f"num_heads ({num_heads}) must be divisible by it")
+    require(num_heads // kv_n <= MAX_G, "num_key_value_heads", num_key_value_heads,
+            f"num_heads / num_key_value_heads must be <= {MAX_G}")
+    if layout.inp == "BSH":
+        require(query.shape[2] % num_heads == 0, "query", query,
+                f"hidden size must be divisible by num_heads={num_heads}")
+        require(key.shape[2] % kv_n == 0, "key", key, f"hidden size must be divisible by the kv heads ({kv_n})")
+        require(value.shape[2] % kv_n == 0, "value", value,
+                f"hidden size must be divisible by the kv heads ({kv_n})")
+    b, n, s1, d = bnsd_shape(query, layout.inp, num_heads)
+    kb, kn, s2, kd = bnsd_shape(key, layout.inp, kv_n)
+    vb, vn, vs, dv = bnsd_shape(value, layout.inp, kv_n)
+    require(n == num_heads, "num_heads", num_heads, f"must equal the query's head axis ({n})")
+    require(kn == kv_n and vn == kv_n, "num_key_value_heads", num_key_value_heads,
+            f"key/value head axes are ({kn}, {vn}), expected {kv_n}")
+    require(kb == b and vb == b, "key", key, f"key/value batch must equal the query batch ({b})")
+    require(vs == s2, "value", value, f"value seq length must equal the key's ({s2})")
+    require(kd == d, "key", key, f"key head dim ({kd}) must equal the query head dim ({d})")
+    require(b <= MAX_B, "query", query, f"batch must be <= {MAX_B}")
+    require(s1 <= MAX_S and s2 <= MAX_S, "query", query, f"seq lengths must be <= {MAX_S}")
+    for name, dim in (("query", d), ("value", dv)):
+        require(0 < dim <= MAX_D, name, query if name == "query" else value,
+                f"head dim {dim} must be in [1, {MAX_D}]")
+        require(dim % 16 == 0 or dim <= 128, name, query if name == "query" else value,
+                f"head dim {dim} not a multiple of 16 is supported only up to 128")
+    if layout.inp in ("BSH", "BSND"):
+        require(n * d < 65535, "query", query, f"N*D = {n * d} must be < 65535 in layout {layout.inp}")
+    return Heads(as_bnsd(query, layout.inp, num_heads), as_bnsd(key, layout.inp, kv_n),
+                 as_bnsd(value, layout.inp, kv_n), b, n, kv_n, s1, s2, d, dv)
+
+
+def lengths(name: str, values: Optional[Sequence[int]], batch: int, upper: int) -> Optional[list[int]]:
+    """Per-batch lengths: one value broadcast, or >= batch values of which the first batch are used."""
+    if values is None:
+        return None
+    require(isinstance(values, (list, tuple)) and all(isinstance(v, int) for v in values), name, values,
+            "must be a list of ints")
+    require(len(values) == 1 or len(values) >= batch, name, values,
+            f"needs 1 or at least B={batch} values, got {len(values)}")
+    out = [int(values[0])] * batch if len(values) == 1 else [int(v) for v in values[:batch]]
+    for v in out:
+        require(0 <= v <= upper, name, values, f"every length must be in [0, {upper}]")
+    return out
+
+
+def int_list(values) -> Optional[list[int]]:
+    """Accepts a list/tuple of ints, SymInts or a 1-D integer tensor (read on the host) as ints."""
+    if values is None:
+        return None
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    return [int(v) for v in values] if all(isinstance(v, (int, torch.SymInt)) for v in values) else values
+
+
+def user_mask(atten_mask: torch.Tensor, batch: int, rows: int, cols: int) -> torch.Tensor:
+    """Full mask (spec ops §1.4, sparse 0/1) as a (B or 1, R >= rows, C >= cols) view."""
+    tensor("atten_mask", atten_mask, ndim=(2, 3, 4), dtypes=MASK_DTYPES)
+    m = atten_mask
+    if m.dim() == 4:
+        require(m.shape[1] == 1, "atten_mask", m, "a 4-D mask must be (B or 1, 1, S1, S2)")
+        m = m[:, 0]
+    elif m.dim() == 2:
+        m = m.unsqueeze(0)
+    require(m.shape[0] in (1, batch), "atten_mask", atten_mask, f"batch axis must be 1 or B={batch}")
+    require(m.shape[1] >= rows and m.shape[2] >= cols, "atten_mask", atten_mask,
+            f"last two dims must be at least ({rows}, {cols})")
+    return m
+
+
+def compressed_mask(atten_mask, sparse_mode: int) -> torch.Tensor:
+    """Sparse modes 2-4 need the 2048x2048 triu(ones, 1) mask; the kernel derives the band instead."""
+    require(atten_mask is not None, "atten_mask", None,
+            f"sparse_mode={sparse_mode} requires the compressed {COMPRESSED_MASK}x{COMPRESSED_MASK} mask")
+    tensor("atten_mask", atten_mask, ndim=(2, 3, 4), dtypes=MASK_DTYPES)
+    side = (COMPRESSED_MASK, COMPRESSED_MASK)
+    require(tuple(atten_mask.shape[-2:]) == side and all(x == 1 for x in atten_mask.shape[:-2]),
+            "atten_mask", atten_mask,
+            f"sparse_mode={sparse_mode} needs shape (2048, 2048), (1, 2048, 2048) or (1, 1, 2048, 2048)")
+    return atten_mask
+
+
+def pse(pse_shift: torch.Tensor, dtype: torch.dtype, batch: int, heads: int, rows: int, cols: int) -> torch.Tensor:
+    """pse_shift (B or 1, N, S1p >= rows, S2p >= cols) in the query dtype."""
+    tensor("pse_shift", pse_shift, ndim=(4,))
+    require(pse_shift.dtype == dtype, "pse_shift", pse_shift, f"dtype must be {dtype} for this query")
+    b, n, r, c = pse_shift.shape
+    require(b in (1, batch) and n == heads, "pse_shift", pse_shift, f"shape must be (B={batch} or 1, N={heads}, ...)")
+    require(r >= rows and c >= cols, "pse_shift", pse_shift, f"last two dims must be at least ({rows}, {cols})")
+    return pse_shift
+
+
+def broadcast_stride(t: torch.Tensor, dim: int) -> int:
+    """Stride of ``dim``, 0 when the dim has size 1 (shared by all batches)."""
+    return 0 if t.shape[dim] == 1 else int(t.stride(dim))

@@ -1,0 +1,1 @@
+"""Triton kernels (layout-blind; tensors arrive as (batch, head, seq, dim) views)."""

@@ -1,0 +1,198 @@
+"""Prefill flash attention: one kernel family for every prefill variant (constexpr flags).
+
+One program computes BLOCK_M rows of the query/output seq axis for one (batch, query head). Per batch
+lengths, offsets and band limits come from the parameter block (``npu_kernels.params``), so the grid
+depends on static sizes only and the launch can be captured and later updated.
+
+Per program: rows outside the batch's valid query range are written as 0; the key loop visits only
+the blocks that intersect the band of the program's valid rows; the band/length predicate is
+evaluated only on blocks that are not entirely inside the band; the user mask (non-zero = masked out)
+is applied element-wise. Masked scores are replaced by FILL; keys past the batch's length are
+excluded (-inf). A row whose every score is FILL attends uniformly to all keys of the batch (the NPU
+result for fully masked rows); the keys of skipped blocks are added in a second, score-free pass that
+runs only when such a row exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import triton
+import triton.language as tl
+
+from .. import params as pb
+
+
+@triton.jit
+def _prefill_kernel(
+    Q, K, V, O, LSE, MASK, PSE, PARAMS,     # PARAMS: [B, FIELDS] int32
+    sm_scale,
+    stride_qb, stride_qn, stride_qs, stride_qd,     # Q: [B, N, S1, D] view
+    stride_kb, stride_kn, stride_ks, stride_kd,     # K: [B, KV_N, S2, D] view
+    stride_vb, stride_vn, stride_vs, stride_vd,     # V: [B, KV_N, S2, DV] view
+    stride_ob, stride_on, stride_os, stride_od,     # O: [B, N, S1, DV] view
+    stride_lb, stride_ln, stride_ls,                # LSE: [B, N, S1]
+    stride_mb, stride_ms, stride_mk,                # MASK: [B or 1, rows, cols]
+    stride_pb, stride_pn, stride_ps, stride_pk,     # PSE: [B or 1, N, rows, cols]
+    N, S1, BN_TOTAL, GROUP,                         # GROUP = N // KV_N
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_LSE: tl.constexpr,
+    FILL: tl.constexpr, ZERO_MASKED_ROWS: tl.constexpr,
+):
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if i_bh >= BN_TOTAL:
+        return
+    i_b = i_bh // N
+    i_n = i_bh % N
+    i_kvn = i_n // GROUP
+    b64 = i_b.to(tl.int64)
+
+    p_par = PARAMS + i_b * pb.FIELDS
+    qlen = tl.load(p_par + pb.QLEN)
+    kvlen = tl.load(p_par + pb.KVLEN)
+    q_off = tl.load(p_par + pb.Q_OFF)
+    kv_off = tl.load(p_par + pb.KV_OFF)
+    qm_off = tl.load(p_par + pb.QM_OFF)
+    kvm_off = tl.load(p_par + pb.KVM_OFF)
+    pre = tl.load(p_par + pb.PRE)
+    nxt = tl.load(p_par + pb.NEXT)
+
+    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)          # [BM] rows of the tensor's seq axis
+    o_i = o_r - q_off                                    # [BM] rows in the batch's valid region
+    m_row = (o_i >= 0) & (o_i < qlen)
+    o_d = tl.arange(0, BLOCK_D)
+    o_dv = tl.arange(0, BLOCK_DV)
+    m_d = o_d < HEAD_DIM
+    m_dv = o_dv < HEAD_DIM_V
+    o_n = tl.arange(0, BLOCK_N)
+
+    # Valid rows of this block and the key range their bands reach.
+    i_lo = tl.maximum(i_m * BLOCK_M - q_off, 0)
+    i_hi = tl.minimum(i_m * BLOCK_M + BLOCK_M - 1 - q_off, qlen - 1)
+    j_lo = tl.maximum(i_lo - pre, 0)
+    j_hi = tl.minimum(i_hi + nxt + 1, kvlen)             # exclusive
+    j_start = j_lo - j_lo % BLOCK_N
+    if i_lo > i_hi:                                      # no valid row: the loops below run empty
+        j_start = 0
+        j_hi = 0
+
+    p_q = Q + b64 * stride_qb + i_n.to(tl.int64) * stride_qn \
+        + o_r[:, None].to(tl.int64) * stride_qs + o_d[None, :] * stride_qd
+    b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)    # [BM, BD]
+    k_base = K + b64 * stride_kb + i_kvn.to(tl.int64) * stride_kn
+    v_base = V + b64 * stride_vb + i_kvn.to(tl.int64) * stride_vn
+
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_l = tl.zeros([BLOCK_M], tl.float32)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+
+    for j0 in range(j_start, j_hi, BLOCK_N):
+        o_j = j0 + o_n                                   # [BN] keys in the batch's region
+        m_j = o_j < kvlen
+        o_kr = (kv_off + o_j).to(tl.int64)               # [BN] rows of the key tensor
+        p_k = k_base + o_kr[None, :] * stride_ks + o_d[:, None] * stride_kd
+        b_k = tl.load(p_k, mask=m_j[None, :] & m_d[:, None], other=0.0)     # [BD, BN]
+        b_s = tl.dot(b_q, b_k) * sm_scale                                    # [BM, BN]
+        if HAS_PSE:
+            p_p = PSE + b64 * stride_pb + i_n.to(tl.int64) * stride_pn \
+                + (qm_off + o_i)[:, None].to(tl.int64) * stride_ps \
+                + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
+            b_s += tl.load(p_p, mask=m_row[:, None] & m_j[None, :], other=0.0).to(tl.float32)
+        # Partial block: some (i, j) outside the band or past the keys.
+        if (j0 < i_hi - pre) | (j0 + BLOCK_N - 1 > i_lo + nxt) | (j0 + BLOCK_N > kvlen):
+            keep = (o_j[None, :] - o_i[:, None] <= nxt) & (o_i[:, None] - o_j[None, :] <= pre)
+            b_s = tl.where(keep, b_s, FILL)
+            b_s = tl.where(m_j[None, :], b_s, float("-inf"))
+        if HAS_MASK:
+            p_um = MASK + b64 * stride_mb + (qm_off + o_i)[:, None].to(tl.int64) * stride_ms \
+                + (kvm_off + o_j)[None, :].to(tl.int64) * stride_mk
+            b_um = tl.load(p_um, mask=m_row[:, None] & m_j[None, :], other=0)
+            b_s = tl.where(b_um != 0, FILL, b_s)
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        b_alpha = tl.exp(b_m - b_m_new)
+        b_p = tl.exp(b_s - b_m_new[:, None])
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        p_v = v_base + o_kr[:, None] * stride_vs + o_dv[None, :] * stride_vd
+        b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0.0)    # [BN, BDV]
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        b_m = b_m_new
+
+    m_has_key = m_row & (tl.maximum(o_i - pre, 0) <= tl.minimum(o_i + nxt, kvlen - 1))
+    m_all_fill = m_has_key & (b_m == FILL)
+    if HAS_MASK:
+        if not ZERO_MASKED_ROWS:
+            # Fully masked rows: every key outside the visited blocks scores FILL as well.
+            if tl.sum(m_all_fill.to(tl.int32)) > 0:
+                b_pf = tl.where(m_all_fill, 1.0, 0.0)                        # exp(FILL - m)
+                for j0 in range(0, kvlen, BLOCK_N):
+                    if (j0 < j_start) | (j0 >= j_hi):
+                        o_j = j0 + o_n
+                        m_j = o_j < kvlen
+                        o_kr = (kv_off + o_j).to(tl.int64)
+                        b_p = tl.where(m_j[None, :], b_pf[:, None], 0.0)
+                        p_v = v_base + o_kr[:, None] * stride_vs + o_dv[None, :] * stride_vd
+                        b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0.0)
+                        b_acc += tl.dot(b_p.to(b_v.dtype), b_v)
+                        b_l += tl.sum(b_p, 1)
+
+    m_out = m_has_key
+    if ZERO_MASKED_ROWS:
+        m_out = m_out & (b_m != FILL)
+    b_o = tl.where(m_out[:, None], b_acc / tl.where(m_out, b_l, 1.0)[:, None], 0.0)
+    m_r = o_r < S1
+    p_o = O + b64 * stride_ob + i_n.to(tl.int64) * stride_on \
+        + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
+    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_r[:, None] & m_dv[None, :])
+    if HAS_LSE:
+        b_lse = tl.where(m_out, b_m + tl.log(tl.where(m_out, b_l, 1.0)), float("inf"))
+        p_lse = LSE + b64 * stride_lb + i_n.to(tl.int64) * stride_ln + o_r.to(tl.int64) * stride_ls
+        tl.store(p_lse, b_lse, mask=o_r < S1)
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """Static launch description of one prefill call (hashable; equal ⇔ same kernel and grid)."""
+
+    strides: tuple[int, ...]        # the stride_* arguments, in signature order
+    sizes: tuple[int, ...]          # N, S1, BN_TOTAL, GROUP
+    meta: tuple[tuple[str, object], ...]   # constexpr name/value pairs
+    grid: tuple[int, int, int]
+    num_warps: int
+    num_stages: int
+    sm_scale: float
+
+
+def block_config(d: int, dv: int, on_gpu: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for head dims d/dv."""
+    if not on_gpu:
+        return 32, 32, 4, 1
+    width = max(d, dv)
+    if width <= 64:
+        return 128, 64, 4, 3
+    if width <= 128:
+        return 128, 64, 8, 3
+    if width <= 256:
+        return 64, 64, 4, 2
+    return 64, 32, 8, 1
+
+
+def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
+    """(row blocks, batch*heads folded into axes 1 and 2 so no axis exceeds 65535)."""
+    y = min(bn_total, 65535)
+    return (triton.cdiv(s1, block_m), y, triton.cdiv(bn_total, y))
+
+
+def kernel_args(cfg: PrefillConfig, tensors: tuple) -> dict:
+    """Every argument of ``_prefill_kernel`` by name: tensors (Q, K, V, O, LSE, MASK, PSE, PARAMS), then
+    the scale, strides and sizes of ``cfg``, then its constexprs."""
+    values = (*tensors, cfg.sm_scale, *cfg.strides, *cfg.sizes)
+    args = dict(zip(_prefill_kernel.arg_names, values))
+    args.update(cfg.meta)
+    return args
+
+
+def launch(cfg: PrefillConfig, *tensors) -> None:
+    _prefill_kernel[cfg.grid](**kernel_args(cfg, tensors), num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -1,0 +1,67 @@
+"""Which (query row i, key column j) pairs attend: sparse modes, pre/next tokens and fill values.
+
+One definition serves the plan (per-batch band limits in the parameter block), the kernels (the same
+predicate on partial blocks) and the reference. Polarity: an Ascend ``atten_mask`` element that is
+non-zero means *masked out* (torch SDPA's boolean mask is the opposite: True = attend).
+
+Coordinates are "left-up": row i in [0, qlen), column j in [0, kvtot) of the batch's valid region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+INT_MAX = 2147483647
+# Band limits are clamped to this in the parameter block, so that i + next and i - pre stay in int32.
+BAND_INF = 1 << 30
+
+FILL_FP32 = -3.4028234663852886e38  # lowest finite fp32 (0xFF7FFFFF): prefill path, fp32 compute
+FILL_FP16 = -65504.0           # prefill path, fp16 high performance and int8
+FILL_DECODE = -1e12            # decode path (IFA, FIA with Q_S = 1)
+
+SPARSE_MODES = (0, 1, 2, 3, 4)
+COMPRESSED_MASK = 2048         # side of the triu(ones, 1) mask that sparse modes 2-4 require
+
+
+@dataclass(frozen=True)
+class Band:
+    """Per-batch limits: key j is in the band of row i iff ``i - pre <= j <= i + next``."""
+
+    pre: int
+    next: int
+    use_user_mask: bool
+
+    def clamped(self) -> tuple[int, int]:
+        return (max(-BAND_INF, min(self.pre, BAND_INF)), max(-BAND_INF, min(self.next, BAND_INF)))
+
+
+def prefill_band(sparse_mode: int, pre_tokens: int, next_tokens: int, qlen: int, kvtot: int,
+                 has_mask: bool, left_padding: bool) -> Band:
+    """Band of one batch on the prefill path (spec ops §1.5); ``sparse_mode`` already in 0..4."""
+    if sparse_mode == 0:
+        if not has_mask or left_padding:
+            return Band(INT_MAX, INT_MAX, has_mask)
+        return Band(pre_tokens, next_tokens, True)
+    if sparse_mode == 1:
+        return Band(INT_MAX, INT_MAX, True)
+    if sparse_mode == 2:
+        return Band(INT_MAX, 0, False)
+    if sparse_mode == 3:
+        return Band(INT_MAX, kvtot - qlen, False)
+    if sparse_mode == 4:
+        return Band(pre_tokens - kvtot + qlen, next_tokens + kvtot - qlen, False)
+    raise ValueError(f"sparse_mode={sparse_mode}: expected one of {SPARSE_MODES}")
+
+
+def in_band(i, j, pre, nxt):
+    """The band predicate on index tensors (torch or triton alike): ``i - pre <= j <= i + nxt``."""
+    return (j - i <= nxt) & (i - j <= pre)
+
+
+def band_matrix(qlen: int, kvtot: int, band: Band, device=None) -> torch.Tensor:
+    """[qlen, kvtot] bool, True where the band keeps (i, j)."""
+    i = torch.arange(qlen, device=device)[:, None]
+    j = torch.arange(kvtot, device=device)[None, :]
+    return in_band(i, j, band.pre, band.next)

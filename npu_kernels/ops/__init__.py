@@ -1,0 +1,1 @@
+"""Operators: validate → plan → run for each Ascend attention operator."""

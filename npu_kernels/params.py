@@ -1,0 +1,27 @@
+"""The parameter block: per-call integers the kernels read on the device (DESIGN §3).
+
+One int32 row of ``FIELDS`` entries per batch. Everything that may change between graph replays lives
+here, nothing that selects a kernel or its grid does. Offsets are in elements of the seq axis.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+
+FIELDS = 8
+QLEN = tl.constexpr(0)     # query rows of the batch
+KVLEN = tl.constexpr(1)    # keys of the batch (shared prefix included)
+Q_OFF = tl.constexpr(2)    # first query row in the query/output tensors' seq axis
+KV_OFF = tl.constexpr(3)   # first key row in the key/value tensors' seq axis
+QM_OFF = tl.constexpr(4)   # first query row in the mask/pse row axis
+KVM_OFF = tl.constexpr(5)  # first key column in the mask/pse column axis
+PRE = tl.constexpr(6)      # band: key j kept for row i iff i - PRE <= j <= i + NEXT
+NEXT = tl.constexpr(7)
+
+
+def pack(rows: list[tuple[int, ...]]) -> torch.Tensor:
+    """[B * FIELDS] int32 CPU tensor from one tuple of FIELDS values per batch."""
+    for row in rows:
+        assert len(row) == FIELDS
+    return torch.tensor(rows, dtype=torch.int32).reshape(-1)

@@ -1,0 +1,543 @@
+"""Host backend: the CPU plays the device.
+
+Streams are FIFO queues of thunks run by a cooperative scheduler in the host thread. After every host
+action the scheduler runs each stream as far as it can, so a stream holds queued work only while it is
+parked at a wait (an ExternalEvent not yet recorded, or an event of a parked stream). Host
+synchronisation points (``synchronize``, ``.item()``, ``torch.equal`` ...) run the scheduler and raise
+``DeadlockError``, naming the events and graphs, where the device would hang.
+
+While a stream captures, a stream is parked, or a task group / task update is open, a
+``TorchDispatchMode`` sees every aten call:
+- capture: the call is recorded, not executed; its outputs are allocated from shape inference (meta
+  kernels) and filled with poison (NaN, or the dtype's maximum) until a replay computes them. Views are
+  applied at once (metadata only), so views of recorded outputs see replay results; in-place and
+  ``out=`` calls return the tensors they write, as on the device.
+- a parked current stream: the call is queued the same way, so stream order holds.
+- operators of task namespaces (``npu``) run their Python implementation, which ends in
+  ``tasks.submit``; the runtime's submitter records, queues or launches the task's launch closure.
+A replay enqueues the recorded program on the current stream; a capture that forked other streams
+replays them on streams the graph owns, with the captured event edges.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode, _push_mode
+
+from .. import events, streams
+from ..opkinds import op_kind
+
+_stream_ids = itertools.count(0)
+_pool_ids = itertools.count(1)
+
+
+class DeadlockError(RuntimeError):
+    """Work waits for something nothing queued will provide: the device would hang here."""
+
+
+class FlagMergeError(RuntimeError):
+    """An ExternalEvent was recorded while an earlier record was not consumed: a signal is lost."""
+
+
+def poison_(t: torch.Tensor) -> None:
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        t.fill_(float("nan"))
+    elif t.dtype == torch.bool:
+        t.fill_(True)
+    else:
+        t.fill_(torch.iinfo(t.dtype).max)
+
+
+class Wait:
+    """A thunk that blocks its stream until ``ready()``; ``where`` names the graph or says eager."""
+
+    where = "eager"
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def __call__(self) -> None:
+        pass
+
+
+class FlagWait(Wait):
+    def __init__(self, event: "HostExternalEvent", where: str):
+        self.event, self.where = event, where
+
+    def ready(self) -> bool:
+        return self.event.flag == 1
+
+    def __call__(self) -> None:
+        if self.event.consuming:
+            self.event.flag = 0
+
+    def describe(self) -> str:
+        return f"{self.event.name}.wait() in {self.where}, which no queued work records"
+
+
+class EventWait(Wait):
+    def __init__(self, stream: "HostStream", target: int, where: str):
+        self.stream, self.target, self.where = stream, target, where
+
+    def ready(self) -> bool:
+        return self.stream.done >= self.target
+
+    def describe(self) -> str:
+        return f"a wait in {self.where} for an event recorded on {self.stream!r}, which is parked"
+
+
+class Scheduler:
+    def __init__(self):
+        self.busy: dict = {}       # streams with queued work, in the order they got it
+        self.executing = False     # a thunk runs: its aten calls execute directly
+        self.current = None        # current stream
+
+    def enqueue(self, stream: "HostStream", thunk) -> None:
+        stream.queue.append(thunk)
+        stream.issued += 1
+        self.busy[stream] = None
+
+    def issue(self, stream: "HostStream", thunk) -> None:
+        """Add ``thunk`` to the capture ``stream`` takes part in, or queue it and run what can run."""
+        if stream.lane is not None:
+            stream.lane.capture.add(stream.lane.index, thunk)
+            return
+        self.enqueue(stream, thunk)
+        self.pump()
+
+    @contextlib.contextmanager
+    def direct(self):
+        """Aten calls inside run directly: thunks at their turn, and the runtime's own bookkeeping."""
+        previous, self.executing = self.executing, True
+        try:
+            yield
+        finally:
+            self.executing = previous
+
+    def pump(self) -> None:
+        """Run every stream until it is empty or parked."""
+        progress = True
+        while progress and self.busy:
+            progress = False
+            for stream in list(self.busy):
+                queue = stream.queue
+                while queue:
+                    thunk = queue[0]
+                    if isinstance(thunk, Wait) and not thunk.ready():
+                        break
+                    queue.popleft()
+                    try:
+                        with self.direct():
+                            thunk()
+                    finally:
+                        stream.done += 1
+                    progress = True
+                if not queue:
+                    del self.busy[stream]
+        _backend.sync_mode()
+
+    def drain(self, finished, what: str) -> None:
+        """Run until ``finished()``; raise DeadlockError when nothing can make progress."""
+        self.pump()
+        if not finished():
+            parked = "; ".join(f"{s!r} is parked at {s.queue[0].describe()}" for s in self.busy)
+            raise DeadlockError(f"{what} would hang: {parked}")
+
+
+_sched = Scheduler()
+
+
+class _Lane:
+    __slots__ = ("capture", "index")
+
+    def __init__(self, capture: "Capture", index: int):
+        self.capture, self.index = capture, index
+
+
+class _RecordMark:
+    """Captured ordinary event record: at replay it snapshots the lane's stream position."""
+
+    def __init__(self, event):
+        self.event = event
+
+
+class _WaitMark:
+    def __init__(self, event, where: str):
+        self.event, self.where = event, where
+
+
+class Capture:
+    """The program of one capture: (lane, thunk or event mark) in issue order; lane 0 is the capture
+    stream, other lanes are streams that joined through an event recorded in the capture."""
+
+    def __init__(self, name: str, stream: "HostStream"):
+        self.name = name
+        self.program: list = []
+        self.streams = []
+        self.lengths: list[int] = []   # instructions per lane
+        self.joined: list[int] = []    # per lane: how many of its instructions another lane waited for
+        self.ended = False
+        self._join(stream)
+
+    def _join(self, stream: "HostStream") -> int:
+        stream.lane = _Lane(self, len(self.streams))
+        self.streams.append(stream)
+        self.lengths.append(0)
+        self.joined.append(0)
+        return stream.lane.index
+
+    def add(self, lane: int, item) -> None:
+        self.program.append((lane, item))
+        self.lengths[lane] += 1
+
+    def record_event(self, event: "HostEvent", lane: int) -> None:
+        event.captured = (self, lane, self.lengths[lane])
+        self.program.append((lane, _RecordMark(event)))
+
+    def wait_event(self, event: "HostEvent", stream: "HostStream") -> None:
+        capture, source, length = event.captured
+        if stream.lane is None:
+            lane = self._join(stream)
+        elif stream.lane.capture is self:
+            lane = stream.lane.index
+        else:
+            raise RuntimeError(f"{stream!r} waits for an event of {self.name} but captures {stream.lane.capture.name}")
+        if lane != source:
+            self.joined[source] = max(self.joined[source], length)
+            self.add(lane, _WaitMark(event, f"{self.name} replay"))
+
+    def end(self) -> None:
+        unjoined = [s for i, s in enumerate(self.streams) if i and self.joined[i] < self.lengths[i]]
+        self.ended = True
+        for s in self.streams:
+            s.lane = None
+        if unjoined:
+            raise RuntimeError(
+                f"capture of {self.name} ended with {unjoined[0]!r} not joined back to the capture "
+                "stream (operation not permitted: unjoined work); record an event on it after its last "
+                "work and wait for that event on the capture stream"
+            )
+
+
+def _enqueue_program(program: list, lanes: list, where: str) -> None:
+    marks = {}
+    for lane, item in program:
+        stream = lanes[lane]
+        if type(item) is _RecordMark:
+            marks[item.event] = (stream, stream.issued)
+        elif type(item) is _WaitMark:
+            source, target = marks[item.event]
+            _sched.enqueue(stream, EventWait(source, target, where))
+        else:
+            _sched.enqueue(stream, item)
+    _sched.pump()
+
+
+class HostStream(streams.Stream):
+    def __init__(self, device=None, priority: int = 0):
+        self.priority = priority
+        self.id = next(_stream_ids)
+        self.queue = collections.deque()
+        self.issued = 0     # thunks ever queued
+        self.done = 0       # thunks completed
+        self.lane = None    # _Lane while the stream takes part in a capture
+
+    def __repr__(self) -> str:
+        return f"<host Stream {self.id}>"
+
+    def query(self) -> bool:
+        return not self.queue
+
+    def synchronize(self) -> None:
+        _sched.drain(self.query, f"{self!r}.synchronize()")
+
+
+class HostEvent(streams.Event):
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
+        self.stream = None       # stream of the last record outside a capture
+        self.target = 0          # that stream's position at the record
+        self.captured = None     # (capture, lane, position) of a record inside a capture
+
+    def record(self, stream=None) -> None:
+        s = _sched.current if stream is None else stream
+        if s.lane is not None:
+            s.lane.capture.record_event(self, s.lane.index)
+            return
+        self.captured = None
+        self.stream, self.target = s, s.issued
+
+    def wait(self, stream=None) -> None:
+        s = _sched.current if stream is None else stream
+        if self.captured is not None:
+            if self.captured[0].ended:
+                raise RuntimeError("Event.wait: the event was recorded in a capture that has ended")
+            self.captured[0].wait_event(self, s)
+            return
+        if s.lane is not None and self.stream is not None:
+            raise RuntimeError(
+                f"Event.wait on capturing {s!r}: the event was recorded outside the capture "
+                "(operation not permitted when stream is capturing); use an ExternalEvent"
+            )
+        if self.stream is not None and self.stream is not s:
+            _sched.issue(s, EventWait(self.stream, self.target, "eager"))
+
+    def query(self) -> bool:
+        return self.stream is None or self.stream.done >= self.target
+
+    def synchronize(self) -> None:
+        _sched.drain(self.query, "Event.synchronize()")
+
+
+class HostExternalEvent(events.ExternalEvent):
+    def __init__(self):
+        super().__init__()
+        self.flag = 0
+        self.waiters: list[str] = []   # where waits were issued (graph names), for error messages
+
+    def _where(self, stream) -> str:
+        return stream.lane.capture.name if stream.lane is not None else "eager"
+
+    def _record(self, stream) -> None:
+        where = self._where(stream)
+
+        def set_flag():
+            if self.consuming and self.flag == 1:
+                raise FlagMergeError(
+                    f"flag merge: {self.name} recorded ({where}) while an earlier record was not yet "
+                    f"consumed by a wait (waits in: {', '.join(self.waiters) or 'none'}); the signal is "
+                    "lost and the next wait would block forever (device hang). Order the steps, e.g. "
+                    "synchronize before each replay"
+                )
+            self.flag = 1
+
+        _sched.issue(stream, set_flag)
+
+    def _wait(self, stream) -> None:
+        where = self._where(stream)
+        self.waiters.append(where)
+        _sched.issue(stream, FlagWait(self, where))
+
+    def _reset(self, stream) -> None:
+        _sched.issue(stream, self._clear)
+
+    def _clear(self) -> None:
+        self.flag = 0
+
+
+def _to_meta(memo: dict):
+    def convert(x):
+        if isinstance(x, torch.Tensor):
+            if id(x) not in memo:
+                memo[id(x)] = (torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta"), x)
+            return memo[id(x)][0]
+        if isinstance(x, torch.device):
+            return torch.device("meta")
+        return x
+
+    return convert
+
+
+def record(func, args: tuple, kwargs: dict):
+    """Outputs of ``func`` from shape inference (poisoned, or the tensors it writes) and a thunk
+    computing them."""
+    memo: dict = {}
+    meta_args, meta_kwargs = pytree.tree_map(_to_meta(memo), (args, kwargs))
+    try:
+        meta_out = func(*meta_args, **meta_kwargs)
+    except Exception as e:
+        raise RuntimeError(f"host backend cannot queue {func}: no shape inference for it on 'meta' ({e})") from e
+    written = {id(m): x for m, x in memo.values()}
+    leaves, spec = pytree.tree_flatten(meta_out)
+    outs, fresh = [], []
+    for i, m in enumerate(leaves):
+        if not isinstance(m, torch.Tensor):
+            outs.append(m)
+        elif id(m) in written:
+            outs.append(written[id(m)])
+        else:
+            t = torch.empty_strided(m.shape, m.stride(), dtype=m.dtype)
+            poison_(t)
+            outs.append(t)
+            fresh.append((i, t))
+
+    def thunk():
+        results = pytree.tree_leaves(func(*args, **kwargs))
+        for i, t in fresh:
+            t.copy_(results[i])
+
+    return pytree.tree_unflatten(outs, spec), thunk
+
+
+class HostMode(TorchDispatchMode):
+    """Intercepts aten calls while the host backend captures, is parked or guards task groups."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        _backend.in_dispatch += 1
+        try:
+            return self._dispatch(func, args, kwargs or {})
+        finally:
+            _backend.in_dispatch -= 1
+
+    def _dispatch(self, func, args, kwargs):
+        kind = op_kind(func)
+        if _sched.executing or kind in ("task", "view"):
+            return func(*args, **kwargs)
+        stream = _sched.current
+        if kind == "alloc":
+            out = func(*args, **kwargs)
+            if stream.lane is not None:
+                poison_(out)
+            return out
+        from .. import tasks
+
+        tasks.check_device_op(stream, func)
+        if stream.lane is not None:
+            if kind == "host_read":
+                raise RuntimeError(
+                    f"{func}: operation not permitted when stream is capturing (it reads device data "
+                    f"on the host while {stream.lane.capture.name} captures)"
+                )
+            out, thunk = record(func, args, kwargs)
+            stream.lane.capture.add(stream.lane.index, thunk)
+            return out
+        if kind == "host_read":
+            _sched.drain(stream.query, f"{func} on {stream!r}")
+            return func(*args, **kwargs)
+        if stream.queue:
+            out, thunk = record(func, args, kwargs)
+            _sched.enqueue(stream, thunk)
+            return out
+        return func(*args, **kwargs)
+
+
+class HostGraph:
+    def __init__(self, name: str):
+        self.name = name
+        self.capture = None
+        self.program: list = []
+        self.lanes: list = []      # streams the graph owns for forked lanes (lane 0 is the replay stream)
+        self.pool_handle = None
+
+    def capture_begin(self, stream, pool, capture_error_mode: str) -> None:
+        self.pool_handle = pool if pool is not None else (0, next(_pool_ids))
+        self.capture = Capture(self.name, stream)
+        _backend.captures += 1
+        _backend.sync_mode()
+
+    def capture_end(self, stream) -> None:
+        capture, self.capture = self.capture, None
+        _backend.captures -= 1
+        try:
+            capture.end()
+        finally:
+            _backend.sync_mode()
+        self.program = capture.program
+        self.lanes = [HostStream() for _ in capture.streams[1:]]
+
+    def replay(self, stream) -> None:
+        _enqueue_program(self.program, [stream, *self.lanes], f"{self.name} replay")
+
+    def pool(self):
+        return self.pool_handle
+
+
+class HostBackend:
+    name = "host"
+    device = torch.device("cpu")
+    Stream = HostStream
+    Event = HostEvent
+    ExternalEvent = HostExternalEvent
+
+    def __init__(self):
+        global _backend
+        _backend = self
+        self.default = HostStream()
+        _sched.current = self.default
+        self.mode = HostMode()
+        self.pushed = False
+        self.captures = 0
+        self.guarding = False
+        self.in_dispatch = 0
+
+    def sync_mode(self) -> None:
+        """Push the dispatch mode while there is something to intercept, pop it when idle."""
+        want = bool(_sched.busy or self.captures or self.guarding)
+        if want == self.pushed or self.in_dispatch:
+            return
+        if want:
+            _push_mode(self.mode)
+            self.pushed = True
+        elif _get_current_dispatch_mode() is self.mode:
+            _pop_mode()
+            self.pushed = False
+
+    def guard_changed(self, active: bool) -> None:
+        self.guarding = active
+        self.sync_mode()
+
+    def current_stream(self) -> HostStream:
+        return _sched.current
+
+    def default_stream(self) -> HostStream:
+        return self.default
+
+    def set_current_stream(self, stream) -> None:
+        if not isinstance(stream, HostStream):
+            raise TypeError(f"host backend: {stream!r} is not a host stream")
+        _sched.current = stream
+
+    def synchronize(self) -> None:
+        _sched.drain(lambda: not _sched.busy, "synchronize()")
+
+    def discard_pending_work(self) -> None:
+        """Drop the queued work of every stream (after a DeadlockError, where the device would be hung)."""
+        for stream in _sched.busy:
+            stream.done += len(stream.queue)
+            stream.queue.clear()
+        _sched.busy.clear()
+        self.sync_mode()
+
+    def is_capturing(self, stream) -> bool:
+        return stream.lane is not None
+
+    def new_graph(self, name: str) -> HostGraph:
+        return HostGraph(name)
+
+    def graph_pool_handle(self):
+        return (0, next(_pool_ids))
+
+    def empty_cache(self) -> None:
+        pass
+
+    def launch(self, stream, fn) -> None:
+        _sched.issue(stream, fn)
+
+    def new_block(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(params)
+
+    def direct(self):
+        return _sched.direct()
+
+    def write_blocks(self, blocks) -> None:
+        with _sched.direct():
+            for block, params in blocks:
+                block.copy_(params)
+
+    def block_writer(self, block: torch.Tensor):
+        def write(params: torch.Tensor, stream) -> None:
+            with _sched.direct():
+                staged = params.clone()
+            _sched.issue(stream, lambda: block.copy_(staged))
+
+        return write
+
+    def copy_into(self, dst: torch.Tensor, src: torch.Tensor, stream) -> None:
+        _sched.issue(stream, lambda: dst.copy_(src))
+
+
+_backend: HostBackend = None  # the instance (one per process, created by runtime.backends)

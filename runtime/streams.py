@@ -1,0 +1,68 @@
+"""Streams and ordinary events (``torch_npu.npu.Stream`` / ``Event``), and the current stream.
+
+``Stream()`` and ``Event()`` build the active backend's subclass, so user code never names a backend.
+An ordinary event has snapshot semantics, as on the device: a wait binds to the last record issued
+before it and is a no-op when the event was never recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from .backends import backend
+
+
+class Stream:
+    """An ordered queue of device work. ``priority`` is kept for API parity."""
+
+    def __new__(cls, device=None, priority: int = 0):
+        return super().__new__(backend().Stream if cls is Stream else cls)
+
+    def wait_event(self, event: "Event") -> None:
+        event.wait(self)
+
+    def wait_stream(self, stream: "Stream") -> None:
+        self.wait_event(stream.record_event())
+
+    def record_event(self, event: "Event | None" = None) -> "Event":
+        event = Event() if event is None else event
+        event.record(self)
+        return event
+
+
+class Event:
+    """An ordinary event: ``record``, ``wait``, ``query``, ``synchronize``."""
+
+    def __new__(cls, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
+        return super().__new__(backend().Event if cls is Event else cls)
+
+
+def current_stream(device=None) -> Stream:
+    return backend().current_stream()
+
+
+def default_stream(device=None) -> Stream:
+    return backend().default_stream()
+
+
+def set_stream(stream: Stream) -> None:
+    backend().set_current_stream(stream)
+
+
+@contextlib.contextmanager
+def stream(s: "Stream | None"):
+    """Make ``s`` the current stream inside the block (``None``: no change)."""
+    if s is None:
+        yield
+        return
+    previous = current_stream()
+    set_stream(s)
+    try:
+        yield
+    finally:
+        set_stream(previous)
+
+
+def synchronize(device=None) -> None:
+    """Wait for all work of every stream (raises instead of hanging where the device would hang)."""
+    backend().synchronize()

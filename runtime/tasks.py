@@ -1,0 +1,241 @@
+"""Task groups and task update, and the submitter every operator call goes through.
+
+``graph_task_group_begin(s)`` / ``graph_task_group_end(s)`` bracket operator calls on a capturing
+stream; each such call owns its parameter block (allocated during capture, its initial content written
+when the capture ends, so that only updates write it afterwards). Between
+``graph_task_update_begin(u, h)`` and ``graph_task_update_end(u)`` an operator call on ``u`` is not
+launched: it is matched, in capture order, to the next task of the group; its static plan must equal
+the captured one, its parameter block is written into the captured block on ``u``, and its tensors are
+the captured ones (another tensor of the same shape and dtype is copied into the captured input on
+``u``). Errors and messages follow the CANN runtime (spec/runtime.md §1.4, §1.5, §1.9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from npu_kernels import tasks as _tasks
+from npu_kernels.tasks import Task
+
+from . import graphs
+from .backends import backend
+
+
+@dataclass(eq=False)
+class _CapturedTask:
+    op: str
+    static: object
+    block: torch.Tensor
+    write: object                      # write(params, stream): rewrite the block on a stream
+    inputs: tuple
+    outputs: tuple
+
+
+@dataclass(eq=False)
+class _Group:
+    graph: "graphs.NPUGraph"
+    stream: object
+    tasks: list = field(default_factory=list)
+    updating: object = None            # the stream updating the group, if any
+    valid: bool = True                 # False once the graph is reset
+
+
+class TaskGroupHandle:
+    """Handle of a captured task group (``torch_npu._C._NPUTaskGroupHandle``)."""
+
+    def __init__(self, group: _Group):
+        self._group = group
+
+    @property
+    def task_group(self) -> int:
+        return id(self._group)
+
+    def __repr__(self) -> str:
+        return f"<TaskGroupHandle of {self._group.graph.name}: {len(self._group.tasks)} task(s)>"
+
+
+@dataclass(eq=False)
+class _Update:
+    group: _Group
+    matched: int = 0
+
+
+_open: dict = {}       # stream -> _Group being captured
+_updating: dict = {}   # stream -> _Update
+
+
+def guarding() -> bool:
+    """True while some stream has an open group or is in update mode (only tasks may be issued there)."""
+    return bool(_open or _updating)
+
+
+def _guard_changed() -> None:
+    backend().guard_changed(guarding())
+
+
+def check_device_op(stream, what) -> None:
+    """Device work other than an operator task is not allowed in a group or in update mode."""
+    if stream in _updating:
+        raise RuntimeError(
+            f"{what} issued on {stream!r} in task-update mode: only tasks running on Cube Core or "
+            "Vector Core support task group update (RT_ERROR_TASK_NOT_SUPPORT); only operator calls "
+            "of the group may be issued between graph_task_update_begin and graph_task_update_end"
+        )
+    if stream in _open:
+        raise RuntimeError(
+            f"{what} issued on {stream!r} inside a task group: only single-operator kernel launches "
+            "are supported in a task group (ACL_ERROR_RT_TASK_TYPE_NOT_SUPPORT)"
+        )
+
+
+def graph_task_group_begin(stream) -> None:
+    if not backend().is_capturing(stream):
+        raise RuntimeError(
+            f"graph_task_group_begin: {stream!r} is not capturing (RT_ERROR_STREAM_NOT_CAPTURED); "
+            "call it inside the capture, on the capturing stream"
+        )
+    if stream in _open or stream in _updating:
+        raise RuntimeError("Task group is repeatedly started, or a task group is being updated")
+    graph = graphs.capturing_graph()
+    if graph is None:
+        raise RuntimeError("graph_task_group_begin: the capture was not begun by an NPUGraph")
+    _open[stream] = _Group(graph, stream)
+    _guard_changed()
+
+
+def graph_task_group_end(stream) -> TaskGroupHandle:
+    group = _open.pop(stream, None)
+    if group is None:
+        raise RuntimeError(f"graph_task_group_end: no task group was begun on {stream!r}")
+    _guard_changed()
+    group.graph._groups.append(group)
+    return TaskGroupHandle(group)
+
+
+def graph_task_update_begin(stream, handle: TaskGroupHandle) -> None:
+    if not isinstance(handle, TaskGroupHandle):
+        raise TypeError(f"graph_task_update_begin: handle must come from graph_task_group_end, got {handle!r}")
+    group = handle._group
+    if backend().is_capturing(stream):
+        raise RuntimeError(
+            f"graph_task_update_begin: {stream!r} is capturing; tasks are updated from an ordinary "
+            "stream, not from the capture stream"
+        )
+    if stream in _open or stream in _updating:
+        raise RuntimeError("Task group is repeatedly started, or a task group is being updated")
+    if not group.valid:
+        raise RuntimeError(f"graph_task_update_begin: {handle!r} is invalid: its graph was reset")
+    if group.graph.capturing:
+        raise RuntimeError(f"graph_task_update_begin: {group.graph.name} is still capturing")
+    if group.updating is not None:
+        raise RuntimeError(
+            f"The handle only can be updated by one stream ({handle!r} is being updated on "
+            f"{group.updating!r})"
+        )
+    group.updating = stream
+    _updating[stream] = _Update(group)
+    _guard_changed()
+
+
+def graph_task_update_end(stream) -> None:
+    update = _updating.pop(stream, None)
+    if update is None:
+        raise RuntimeError(f"graph_task_update_end: {stream!r} is not in task-update mode")
+    update.group.updating = None
+    _guard_changed()
+    total = len(update.group.tasks)
+    if update.matched != total:
+        raise RuntimeError(
+            "The task group under this stream contains unupdated tasks. "
+            f"total_num={total}, matched_num={update.matched}"
+        )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (
+        a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    )
+
+
+def _input_copies(op: str, captured: tuple, new: tuple) -> list:
+    """(captured, new) pairs to copy; an error for a tensor that cannot stand for the captured one."""
+    if len(captured) != len(new):
+        raise RuntimeError(f"task update of {op}: {len(new)} input tensors, captured {len(captured)}")
+    copies = []
+    for i, (c, n) in enumerate(zip(captured, new)):
+        if _same(c, n):
+            continue
+        if n.shape != c.shape or n.dtype != c.dtype or n.device != c.device:
+            raise RuntimeError(
+                f"task update of {op}: input {i} is {tuple(n.shape)} {n.dtype} on {n.device}, but the "
+                f"captured one is {tuple(c.shape)} {c.dtype} on {c.device}; an update may pass the "
+                "captured tensor or one of the same shape, dtype and device (copied in)"
+            )
+        copies.append((c, n))
+    return copies
+
+
+def _update(stream, update: _Update, task: Task) -> None:
+    tasks = update.group.tasks
+    if update.matched >= len(tasks):
+        raise RuntimeError(
+            "The number of tasks cannot exceed the size of the task group "
+            f"(size {len(tasks)}; extra call of {task.op} on {stream!r})"
+        )
+    cap = tasks[update.matched]
+    where = f"task update of {task.op} (task {update.matched} of the group)"
+    if task.op != cap.op:
+        raise RuntimeError(f"{where}: the captured task is {cap.op}; calls must repeat the captured ops in order")
+    if task.static != cap.static:
+        raise RuntimeError(
+            f"{where}: the static plan differs from the captured one (shapes, dtypes, flags or grid "
+            f"changed); captured {cap.static!r}, got {task.static!r}"
+        )
+    if task.params.shape != cap.block.shape:
+        raise RuntimeError(
+            f"{where}: parameter block of {task.params.numel()} words, captured {cap.block.numel()}"
+        )
+    if len(task.outputs) != len(cap.outputs) or not all(map(_same, cap.outputs, task.outputs)):
+        raise RuntimeError(f"{where}: output tensors must be the captured ones (replays write those)")
+    copies = _input_copies(task.op, cap.inputs, task.inputs)
+    cap.write(task.params, stream)
+    be = backend()
+    for dst, src in copies:
+        be.copy_into(dst, src, stream)
+    update.matched += 1
+
+
+def submit(task: Task) -> None:
+    """The runtime's submitter (installed in ``npu_kernels.tasks``)."""
+    be = backend()
+    stream = be.current_stream()
+    update = _updating.get(stream)
+    if update is not None:
+        _update(stream, update, task)
+        return
+    graph = graphs.capturing_graph() if be.is_capturing(stream) else None
+    if graph is None:
+        be.launch(stream, lambda: _tasks.eager_submit(task))
+        return
+    busy = [s for s in _open if s != stream]
+    if busy:
+        raise RuntimeError(
+            f"{task.op} issued on {stream!r} while {busy[0]!r} has an open task group: no other "
+            "capturing stream may issue tasks then"
+        )
+    with be.direct():
+        block = be.new_block(task.params)
+        initial = task.params.clone()
+    be.launch(stream, lambda: task.launch(block))
+    graph._blocks.append((block, initial))
+    group = _open.get(stream)
+    if group is not None:
+        group.tasks.append(
+            _CapturedTask(task.op, task.static, block, be.block_writer(block), task.inputs, task.outputs)
+        )
+
+
+def install() -> None:
+    _tasks.set_submitter(submit)

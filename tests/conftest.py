@@ -1,0 +1,55 @@
+"""Shared test setup: hypothesis profiles, NaN-poisoned outputs, the npu device, tolerances."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import npu_kernels as nk
+from npu_kernels import alloc
+from npu_kernels.env import hypothesis_profile
+
+settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile("thorough", max_examples=400, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
+settings.load_profile(hypothesis_profile())
+
+ON_GPU = nk.npu_device().type == "cuda"
+needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """(Poisoning stays in place across the examples of a hypothesis test.)
+    Every operator output starts as NaN (float) or a sentinel (int), so unwritten elements show."""
+    real = alloc.empty
+
+    def poisoned(shape, dtype, device):
+        t = real(shape, dtype, device)
+        return t.fill_(math.nan) if t.is_floating_point() else t.fill_(-77 if t.dtype.is_signed else 77)
+
+    monkeypatch.setattr(alloc, "empty", poisoned)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return nk.npu_device()
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) for an output of ``dtype`` against the float32 reference: twice the dtype's
+    epsilon, i.e. about two units in the last place (fp16 2e-3, bf16 1.6e-2)."""
+    eps = torch.finfo(dtype).eps
+    return 2 * eps, 2 * eps
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert not torch.isnan(actual).any(), "NaN in the output"
+    atol, rtol = tolerance(dtype)
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
