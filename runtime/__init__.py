@@ -1,5 +1,28 @@
-"""NPUGraph, streams, events and task update on CUDA graphs or on the host (see runtime/device.py)."""
+"""NPUGraph, streams, events and task update on CUDA graphs or on the host (see runtime/device.py).
 
+Public names and argument orders are torch_npu's (``torch.npu.*``); the backend is chosen from the npu
+device (``cuda`` when present, else ``host``) and can be switched with ``set_backend``.
+"""
+
+from . import tasks as _tasks
+from .auto_dispatch import NpuGraphOpHandler, register_npu_graph_handler
+from .backends import available_backends, backend, set_backend
 from .device import npu_device
+from .events import ExternalEvent, set_external_event_semantics
+from .graphs import (NPUGraph, graph, graph_pool_handle, is_current_stream_capturing,
+                     make_graphed_callables)
+from .opkinds import register_task_namespace
+from .streams import Event, Stream, current_stream, default_stream, set_stream, stream, synchronize
+from .tasks import (TaskGroupHandle, graph_task_group_begin, graph_task_group_end, graph_task_update_begin,
+                    graph_task_update_end)
 
-__all__ = ["npu_device"]
+_tasks.install()
+
+__all__ = [
+    "Event", "ExternalEvent", "NPUGraph", "NpuGraphOpHandler", "Stream", "TaskGroupHandle",
+    "available_backends", "backend", "current_stream", "default_stream", "graph", "graph_pool_handle",
+    "graph_task_group_begin", "graph_task_group_end", "graph_task_update_begin", "graph_task_update_end",
+    "is_current_stream_capturing", "make_graphed_callables", "npu_device", "register_npu_graph_handler",
+    "register_task_namespace", "set_backend", "set_external_event_semantics", "set_stream", "stream",
+    "synchronize",
+]
