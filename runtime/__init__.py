@@ -8,6 +8,7 @@ from . import tasks as _tasks
 from .auto_dispatch import NpuGraphOpHandler, register_npu_graph_handler
 from .backends import available_backends, backend, set_backend
 from .device import npu_device
+from .errors import DeadlockError, FlagMergeError
 from .events import ExternalEvent, set_external_event_semantics
 from .graphs import (NPUGraph, graph, graph_pool_handle, is_current_stream_capturing,
                      make_graphed_callables)
@@ -19,7 +20,7 @@ from .tasks import (TaskGroupHandle, graph_task_group_begin, graph_task_group_en
 _tasks.install()
 
 __all__ = [
-    "Event", "ExternalEvent", "NPUGraph", "NpuGraphOpHandler", "Stream", "TaskGroupHandle",
+    "DeadlockError", "Event", "ExternalEvent", "FlagMergeError", "NPUGraph", "NpuGraphOpHandler", "Stream", "TaskGroupHandle",
     "available_backends", "backend", "current_stream", "default_stream", "graph", "graph_pool_handle",
     "graph_task_group_begin", "graph_task_group_end", "graph_task_update_begin", "graph_task_update_end",
     "is_current_stream_capturing", "make_graphed_callables", "npu_device", "register_npu_graph_handler",

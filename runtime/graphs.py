@@ -175,9 +175,12 @@ class graph:
             self._dispatch.__exit__(None, None, None)
         self._stream_ctx.__exit__(None, None, None)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         try:
             self.npu_graph.capture_end()
+        except Exception:
+            if exc is None:
+                raise  # else the body's error propagates, not the failed capture's consequence
         finally:
             self._leave()
         return False

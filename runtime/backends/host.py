@@ -30,18 +30,11 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode, _push_mode
 
 from .. import events, streams
+from ..errors import DeadlockError, FlagMergeError
 from ..opkinds import op_kind
 
 _stream_ids = itertools.count(0)
 _pool_ids = itertools.count(1)
-
-
-class DeadlockError(RuntimeError):
-    """Work waits for something nothing queued will provide: the device would hang here."""
-
-
-class FlagMergeError(RuntimeError):
-    """An ExternalEvent was recorded while an earlier record was not consumed: a signal is lost."""
 
 
 def poison_(t: torch.Tensor) -> None:

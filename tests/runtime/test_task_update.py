@@ -1,0 +1,317 @@
+"""Task groups and task update (DESIGN §4; spec/runtime.md §1.4–§1.7; §6.4 scenarios 3–7).
+
+Every scenario runs for each updatable operator case in ``CASES``; an operator joins by adding one
+``UpdatableCase``.
+"""
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+
+import toy_ops
+from conftest import randn
+
+
+@dataclass
+class UpdatableCase:
+    """An operator called through its ``.out`` form with host length lists that task update changes."""
+
+    name: str
+    make: Callable          # make(device) -> dict of the captured tensors
+    call: Callable          # call(state, lengths): issues the operator into the state's outputs
+    reference: Callable     # reference(state, lengths) -> expected output tensors
+    outputs: Callable       # outputs(state) -> output tensors
+    captured: list          # lengths at capture
+    updated: list           # lengths of the update
+    random_lengths: Callable  # random_lengths(rng) -> valid lengths
+    reshaped: Callable      # reshaped(state) -> a state whose call has another static plan
+
+
+def _toy_make(device):
+    x = randn(2, 128, 8, device=device)
+    return {"x": x, "out": torch.empty(2, 8, device=device)}
+
+
+TOY = UpdatableCase(
+    name="toy_prefix_sum",
+    make=_toy_make,
+    call=lambda st, n: torch.ops.rt_toy.prefix_sum_out(st["x"], n, st["out"]),
+    reference=lambda st, n: (toy_ops.reference(st["x"], n),),
+    outputs=lambda st: (st["out"],),
+    captured=[29, 7],
+    updated=[100, 128],
+    random_lengths=lambda rng: [rng.randint(0, 128) for _ in range(2)],
+    reshaped=lambda st: dict(st, x=st["x"][..., :4]),
+)
+
+CASES = [TOY]
+
+
+def _close(case, state, lengths):
+    for got, want in zip(case.outputs(state), case.reference(state, lengths)):
+        torch.testing.assert_close(got, want)
+
+
+def _capture(rt, case, state, layers=1):
+    """The seed's capture: per layer an ExternalEvent wait/reset, then the call in a task group."""
+    g = rt.NPUGraph()
+    events, handles = [], []
+    with rt.graph(g):
+        s = rt.current_stream()
+        for _ in range(layers):
+            ev = rt.ExternalEvent()
+            ev.wait(s)
+            ev.reset(s)
+            rt.graph_task_group_begin(s)
+            case.call(state, case.captured)
+            handles.append(rt.graph_task_group_end(s))
+            events.append(ev)
+    return g, events, handles
+
+
+def _update(rt, case, state, u, handle, event, lengths):
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, handle)
+        case.call(state, lengths)
+        rt.graph_task_update_end(u)
+        event.record(u)
+
+
+@pytest.fixture(params=CASES, ids=lambda c: c.name)
+def case(request):
+    return request.param
+
+
+@pytest.mark.parametrize("order", ["update_then_replay", "replay_then_update"])
+def test_seed_scenario(rt, device, case, order):
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    u = rt.Stream()
+    if order == "update_then_replay":
+        _update(rt, case, state, u, h, ev, case.updated)
+        g.replay()
+    else:
+        g.replay()
+        _update(rt, case, state, u, h, ev, case.updated)
+    rt.synchronize()
+    _close(case, state, case.updated)
+
+
+def test_update_persists_over_replays(rt, device, case):
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    u = rt.Stream()
+    _update(rt, case, state, u, h, ev, case.updated)
+    g.replay()
+    rt.synchronize()
+    for o in case.outputs(state):
+        o.zero_()
+    ev.record(u)
+    g.replay()
+    rt.synchronize()
+    _close(case, state, case.updated)
+
+
+def test_captured_lengths_hold_without_update(rt, device, case):
+    state = case.make(device)
+    g, (ev,), _ = _capture(rt, case, state)
+    ev.record(rt.Stream())
+    g.replay()
+    rt.synchronize()
+    _close(case, state, case.captured)
+
+
+def test_serving_loop(rt, device, case):
+    """vLLM-Ascend's decode loop: host sync, replay, then per layer update + record; four layers."""
+    layers, steps = 4, 16
+    state = case.make(device)
+    w = randn(*case.outputs(state)[0].shape[-1:], device=device)
+    g = rt.NPUGraph()
+    events, handles, hidden = [], [], []
+    with rt.graph(g):
+        s = rt.current_stream()
+        for _ in range(layers):
+            ev = rt.ExternalEvent()
+            ev.wait(s)
+            ev.reset(s)
+            rt.graph_task_group_begin(s)
+            case.call(state, case.captured)
+            handles.append(rt.graph_task_group_end(s))
+            events.append(ev)
+            hidden.append(case.outputs(state)[0] * w)     # per-layer work reading the task's output
+    u = rt.Stream()
+    rng = random.Random(0)
+    for _ in range(steps):
+        lengths = [case.random_lengths(rng) for _ in range(layers)]
+        rt.current_stream().synchronize()
+        g.replay()
+        for layer in range(layers):
+            _update(rt, case, state, u, handles[layer], events[layer], lengths[layer])
+        rt.synchronize()
+        for layer in range(layers):
+            torch.testing.assert_close(hidden[layer], case.reference(state, lengths[layer])[0] * w)
+
+
+def test_serving_loop_without_sync_reports_flag_merge(rt, device, case):
+    """Records of step i+1 land before step i's replay consumed step i's: the device would hang."""
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    u, gate = rt.Stream(), rt.ExternalEvent()
+    gate.wait(rt.current_stream())          # the replay stream is still busy with earlier work
+    with pytest.raises(rt.FlagMergeError, match=ev.name):
+        for _ in range(2):
+            g.replay()
+            _update(rt, case, state, u, h, ev, case.updated)
+        rt.synchronize()
+
+
+def test_new_input_tensor_is_copied_in(rt, device, case):
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    fresh = {k: (randn(*v.shape, device=device) if k == "x" else v) for k, v in state.items()}
+    _update(rt, case, fresh, rt.Stream(), h, ev, case.updated)
+    g.replay()
+    rt.synchronize()
+    _close(case, fresh, case.updated)
+    torch.testing.assert_close(state["x"], fresh["x"])
+
+
+def test_update_with_other_shape_is_refused(rt, device, case):
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    other = case.reshaped(state)
+    u = rt.Stream()
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, h)
+        with pytest.raises(RuntimeError, match="static plan differs"):
+            case.call(other, case.updated)
+        with pytest.raises(RuntimeError, match="contains unupdated tasks. total_num=1, matched_num=0"):
+            rt.graph_task_update_end(u)
+
+
+def test_update_into_other_outputs_is_refused(rt, device, case):
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    u = rt.Stream()
+    other = {k: (v.clone() if any(v is o for o in case.outputs(state)) else v) for k, v in state.items()}
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, h)
+        with pytest.raises(RuntimeError, match="output tensors must be the captured ones"):
+            case.call(other, case.updated)
+        with pytest.raises(RuntimeError, match="unupdated"):
+            rt.graph_task_update_end(u)
+
+
+def test_input_of_other_dtype_cannot_stand_for_the_captured_one():
+    from runtime.tasks import _input_copies
+
+    a, b = torch.zeros(3), torch.ones(3)
+    assert _input_copies("op", (a,), (a,)) == []
+    assert _input_copies("op", (a,), (b,)) == [(a, b)]
+    with pytest.raises(RuntimeError, match="input 0 is .*float64.*captured one is .*float32"):
+        _input_copies("op", (a,), (b.double(),))
+
+
+def test_count_errors(rt, device, case):
+    state = case.make(device)
+    g, events, handles = _capture(rt, case, state)
+    u = rt.Stream()
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, handles[0])
+        with pytest.raises(RuntimeError, match="contains unupdated tasks. total_num=1, matched_num=0"):
+            rt.graph_task_update_end(u)
+        rt.graph_task_update_begin(u, handles[0])
+        case.call(state, case.updated)
+        with pytest.raises(RuntimeError, match="The number of tasks cannot exceed the size of the task group"):
+            case.call(state, case.updated)
+        rt.graph_task_update_end(u)
+
+
+def test_non_task_work_in_update_mode_is_refused(rt, device, case):
+    state = case.make(device)
+    g, _, (h,) = _capture(rt, case, state)
+    u = rt.Stream()
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, h)
+        with pytest.raises(RuntimeError, match="RT_ERROR_TASK_NOT_SUPPORT"):
+            state["x"].copy_(torch.zeros_like(state["x"]))
+        case.call(state, case.updated)
+        rt.graph_task_update_end(u)
+
+
+def test_group_and_update_stream_errors(rt, device, case):
+    state = case.make(device)
+    s = rt.Stream()
+    with pytest.raises(RuntimeError, match="is not capturing"):
+        rt.graph_task_group_begin(s)
+    g = rt.NPUGraph()
+    with rt.graph(g):
+        cs = rt.current_stream()
+        rt.graph_task_group_begin(cs)
+        with pytest.raises(RuntimeError, match="Task group is repeatedly started"):
+            rt.graph_task_group_begin(cs)
+        case.call(state, case.captured)
+        h = rt.graph_task_group_end(cs)
+        with pytest.raises(RuntimeError, match="no task group was begun"):
+            rt.graph_task_group_end(cs)
+        with pytest.raises(RuntimeError, match="is capturing"):
+            rt.graph_task_update_begin(cs, h)
+        with pytest.raises(RuntimeError, match="still capturing"):
+            rt.graph_task_update_begin(s, h)
+    u1, u2 = rt.Stream(), rt.Stream()
+    rt.graph_task_update_begin(u1, h)
+    with pytest.raises(RuntimeError, match="The handle only can be updated by one stream"):
+        rt.graph_task_update_begin(u2, h)
+    with pytest.raises(RuntimeError, match="Task group is repeatedly started, or a task group is being updated"):
+        rt.graph_task_update_begin(u1, h)
+    with pytest.raises(RuntimeError, match="not in task-update mode"):
+        rt.graph_task_update_end(u2)
+    with rt.stream(u1):
+        case.call(state, case.updated)
+    rt.graph_task_update_end(u1)
+    g.reset()
+    with pytest.raises(RuntimeError, match="invalid: its graph was reset"):
+        rt.graph_task_update_begin(u1, h)
+
+
+def test_only_tasks_inside_a_group(rt, device, case):
+    state = case.make(device)
+    with pytest.raises(RuntimeError, match="ACL_ERROR_RT_TASK_TYPE_NOT_SUPPORT"):
+        with rt.graph(rt.NPUGraph()):
+            cs = rt.current_stream()
+            rt.graph_task_group_begin(cs)
+            state["x"].mul_(2)
+    assert not rt.is_current_stream_capturing()
+
+
+def test_auto_dispatch_update_broadcasts(rt, device):
+    x = randn(2, 128, 8, device=device)
+    g = rt.NPUGraph()
+    with rt.graph(g, auto_dispatch_capture=True):
+        a = torch.ops.rt_toy.prefix_sum(x, [3, 4])
+        b = torch.ops.rt_toy.prefix_sum(x * 2, [5, 6])
+    assert a is None and b is None
+    outs = [r.args[2] for r in g._records]
+    g.update([{"actual_seq_lengths": [100, 128]}])
+    g.replay()
+    rt.synchronize()
+    torch.testing.assert_close(outs[0], toy_ops.reference(x, [100, 128]))
+    torch.testing.assert_close(outs[1], toy_ops.reference(x * 2, [100, 128]))
+    g.replay()
+    g.update([{"actual_seq_lengths": [1, 2]}, {"actual_seq_lengths": [2, 1]}])
+    rt.synchronize()
+    torch.testing.assert_close(outs[1], toy_ops.reference(x * 2, [2, 1]))
+    with pytest.raises(RuntimeError, match="expected 1 or one per captured updatable call"):
+        g.update([{}, {}, {}])
+
+
+def test_update_without_auto_dispatch_is_refused(rt, device):
+    x = randn(2, 128, 8, device=device)
+    g = rt.NPUGraph()
+    with rt.graph(g):
+        torch.ops.rt_toy.prefix_sum(x, [3, 4])
+    with pytest.raises(RuntimeError, match="does not support update, Try to capture by setting auto_dispatch_capture=True"):
+        g.update([{"actual_seq_lengths": [1, 1]}])
