@@ -51,12 +51,8 @@ class Heads:
         return self.N // self.KV_N
 
 
-def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: Layout,
-              num_heads: int, num_key_value_heads: int) -> Heads:
-    """Reads B, N, KV_N, S1, S2, D, Dv per the layout and checks the GQA rules (spec ops §1.2)."""
-    ndim = 3 if layout.inp == "BSH" else 4
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        require(t.dim() == ndim, name, t, f"layout {layout.inp} needs {ndim} dimensions")
+def head_counts(num_heads: int, num_key_value_heads: int) -> int:
+    """KV_N from num_heads/num_key_value_heads after the GQA rules (spec ops §1.2)."""
     require(isinstance(num_heads, int) and 0 < num_heads <= MAX_N, "num_heads", num_heads,
             f"must be an int in [1, {MAX_N}]")
     require(isinstance(num_key_value_heads, int) and num_key_value_heads >= 0, "num_key_value_heads",
@@ -66,6 +62,21 @@ def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layou
             f"num_heads ({num_heads}) must be divisible by it")
     require(num_heads // kv_n <= MAX_G, "num_key_value_heads", num_key_value_heads,
             f"num_heads / num_key_value_heads must be <= {MAX_G}")
+    return kv_n
+
+
+def head_dim(name: str, t: torch.Tensor, dim: int) -> None:
+    require(0 < dim <= MAX_D, name, t, f"head dim {dim} must be in [1, {MAX_D}]")
+    require(dim % 16 == 0 or dim <= 128, name, t, f"head dim {dim} not a multiple of 16 is supported only up to 128")
+
+
+def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: Layout,
+              num_heads: int, num_key_value_heads: int) -> Heads:
+    """Reads B, N, KV_N, S1, S2, D, Dv per the layout and checks the GQA rules (spec ops §1.2)."""
+    ndim = 3 if layout.inp == "BSH" else 4
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        require(t.dim() == ndim, name, t, f"layout {layout.inp} needs {ndim} dimensions")
+    kv_n = head_counts(num_heads, num_key_value_heads)
     if layout.inp == "BSH":
         require(query.shape[2] % num_heads == 0, "query", query,
                 f"hidden size must be divisible by num_heads={num_heads}")
@@ -83,11 +94,8 @@ def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layou
     require(kd == d, "key", key, f"key head dim ({kd}) must equal the query head dim ({d})")
     require(b <= MAX_B, "query", query, f"batch must be <= {MAX_B}")
     require(s1 <= MAX_S and s2 <= MAX_S, "query", query, f"seq lengths must be <= {MAX_S}")
-    for name, dim in (("query", d), ("value", dv)):
-        require(0 < dim <= MAX_D, name, query if name == "query" else value,
-                f"head dim {dim} must be in [1, {MAX_D}]")
-        require(dim % 16 == 0 or dim <= 128, name, query if name == "query" else value,
-                f"head dim {dim} not a multiple of 16 is supported only up to 128")
+    head_dim("query", query, d)
+    head_dim("value", value, dv)
     if layout.inp in ("BSH", "BSND"):
         require(n * d < 65535, "query", query, f"N*D = {n * d} must be < 65535 in layout {layout.inp}")
     return Heads(as_bnsd(query, layout.inp, num_heads), as_bnsd(key, layout.inp, kv_n),
@@ -129,6 +137,18 @@ def user_mask(atten_mask: torch.Tensor, batch: int, rows: int, cols: int) -> tor
     require(m.shape[0] in (1, batch), "atten_mask", atten_mask, f"batch axis must be 1 or B={batch}")
     require(m.shape[1] >= rows and m.shape[2] >= cols, "atten_mask", atten_mask,
             f"last two dims must be at least ({rows}, {cols})")
+    return m
+
+
+def decode_mask(atten_mask: torch.Tensor, batch: int, cols: int) -> torch.Tensor:
+    """Decode-path mask (spec ops §1.4: (B, S2), (B, 1, S2) or (B, 1, 1, S2); non-zero = masked out)
+    as a (B, 1, C >= cols) view."""
+    tensor("atten_mask", atten_mask, ndim=(2, 3, 4), dtypes=MASK_DTYPES)
+    require(atten_mask.shape[0] == batch and all(x == 1 for x in atten_mask.shape[1:-1]), "atten_mask",
+            atten_mask, f"decode masks are (B={batch}, S2), (B, 1, S2) or (B, 1, 1, S2)")
+    m = atten_mask.unsqueeze(1) if atten_mask.dim() == 2 else atten_mask[:, 0] if atten_mask.dim() == 4 \
+        else atten_mask
+    require(m.shape[2] >= cols, "atten_mask", atten_mask, f"last dim must be at least {cols}")
     return m
 
 
