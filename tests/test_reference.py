@@ -1,0 +1,82 @@
+"""The golden reference itself: hand-computed cases and torch SDPA where the semantics coincide."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import npu_kernels as nk
+from npu_kernels.masks import INT_MAX
+
+ref = nk.reference.npu_prompt_flash_attention
+TRIU = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
+
+
+def test_hand_computed_two_keys():
+    """One query, two keys: softmax([1, 0]) weights the values (1, 0) and (0, 1)."""
+    q = torch.tensor([[[[1.0, 0.0]]]]).half()                 # (1, 1, 1, 2) BNSD
+    k = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]).half()
+    v = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]).half()
+    out = ref(q, k, v, num_heads=1, input_layout="BNSD", next_tokens=INT_MAX, compute_dtype=torch.float64)
+    w = math.e / (math.e + 1)
+    torch.testing.assert_close(out.double(), torch.tensor([[[[w, 1 - w]]]], dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_hand_computed_mask_and_pse():
+    """Mask removes key 0; pse is added after the scale: scores 2*[0, 1] + [0, 1] on key 1 only."""
+    q = torch.ones(1, 1, 1, 1).half()
+    k = torch.tensor([[[[5.0], [1.0], [1.0]]]]).half()
+    v = torch.tensor([[[[7.0], [1.0], [3.0]]]]).half()
+    mask = torch.tensor([[1, 0, 0]], dtype=torch.uint8)
+    pse = torch.tensor([[[[0.0, 0.0, math.log(3.0)]]]]).half()
+    out = ref(q, k, v, num_heads=1, input_layout="BNSD", scale_value=2.0, atten_mask=mask, pse_shift=pse,
+              next_tokens=INT_MAX, compute_dtype=torch.float64)
+    # weights of keys 1 and 2: e^2 and 3 e^2 -> 1/4, 3/4
+    assert out.item() == pytest.approx(0.25 * 1 + 0.75 * 3, abs=2e-3)
+
+
+def test_fully_masked_row_is_mean_of_values():
+    q = torch.randn(1, 1, 2, 4).half()
+    k = torch.randn(1, 1, 3, 4).half()
+    v = torch.randn(1, 1, 3, 4).half()
+    mask = torch.tensor([[1, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    out = ref(q, k, v, num_heads=1, input_layout="BNSD", atten_mask=mask, sparse_mode=1)
+    torch.testing.assert_close(out[0, 0, 0].float(), v[0, 0].float().mean(0), atol=1e-3, rtol=1e-3)
+
+
+def test_row_without_key_in_band_is_zero():
+    """sparse 3 with more queries than keys: the first qlen - kvlen rows have no key."""
+    q = torch.randn(1, 1, 5, 4).half()
+    k = torch.randn(1, 1, 3, 4).half()
+    out = ref(q, k, k, num_heads=1, input_layout="BNSD", sparse_mode=3, atten_mask=TRIU)
+    assert (out[0, 0, :2] == 0).all() and (out[0, 0, 2:] != 0).any()
+
+
+@pytest.mark.parametrize("layout", ["BSH", "BSND", "BNSD", "BNSD_BSND"])
+@pytest.mark.parametrize("mode", ["full", "causal", "gqa", "user_mask"])
+def test_matches_sdpa(layout, mode):
+    g = torch.Generator().manual_seed(0)
+    B, N, S, D = 2, 4, 13, 8
+    kv_n = 2 if mode == "gqa" else N
+    q = torch.randn(B, N, S, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, kv_n, S, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, kv_n, S, D, generator=g, dtype=torch.float64)
+    keep = torch.rand(B, 1, S, S, generator=g) > 0.3
+    keep[..., 0] = True                                      # no fully masked row: SDPA would give NaN
+    sdpa_kw = {"is_causal": True} if mode == "causal" else {"attn_mask": keep} if mode == "user_mask" else {}
+    expected = F.scaled_dot_product_attention(q, k, v, scale=D ** -0.5, enable_gqa=mode == "gqa", **sdpa_kw)
+    kw = dict(num_heads=N, num_key_value_heads=kv_n, scale_value=D ** -0.5, input_layout=layout,
+              next_tokens=INT_MAX)
+    if mode == "causal":
+        kw.update(sparse_mode=2, atten_mask=TRIU)
+    if mode == "user_mask":
+        kw.update(atten_mask=~keep)                          # Ascend: non-zero = masked out
+    inp, out_layout = (layout.split("_") + [layout])[:2]
+    to_layout = {"BSH": lambda t: t.transpose(1, 2).flatten(2), "BSND": lambda t: t.transpose(1, 2),
+                 "BNSD": lambda t: t}
+    args = [to_layout[inp](t).half().contiguous() for t in (q, k, v)]
+    out = ref(*args, compute_dtype=torch.float64, **kw)
+    torch.testing.assert_close(out.double(), to_layout[out_layout](expected), atol=4e-3, rtol=4e-3)
