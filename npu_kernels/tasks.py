@@ -28,7 +28,10 @@ class Task:
     device: torch.device
     launch: Callable[[torch.Tensor], None]    # launch(block) enqueues the call's device work
     inputs: tuple[torch.Tensor, ...] = field(default=())   # tensors the launch reads
-    outputs: tuple[torch.Tensor, ...] = field(default=())  # tensors the launch writes
+    # tensors the caller passed for the launch to write (``.out`` overloads); empty when the operator
+    # allocated its outputs itself (a functional call in update mode then returns unwritten tensors:
+    # the results land in the captured outputs at replay)
+    outputs: tuple[torch.Tensor, ...] = field(default=())
 
 
 Submitter = Callable[[Task], None]

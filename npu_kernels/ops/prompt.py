@@ -162,8 +162,10 @@ def _pow2(x: int) -> int:
     return max(16, 1 << (x - 1).bit_length())
 
 
-def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None, op: str = OP) -> None:
-    """Plan and submit the prefill kernel writing ``out`` (and ``lse`` when given)."""
+def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None, op: str = OP,
+           caller_outputs: bool = False) -> None:
+    """Plan and submit the prefill kernel writing ``out`` (and ``lse`` when given); ``caller_outputs``
+    when the caller passed them (``.out`` overloads), see ``tasks.Task.outputs``."""
     h = call.heads
     if out.numel() == 0 and (lse is None or lse.numel() == 0):
         return
@@ -175,7 +177,7 @@ def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = No
                             dummy if lse is None else lse, dummy if mask is None else mask,
                             dummy if call.pse is None else call.pse)
     inputs = tuple(t for t in (h.q, h.k, h.v, mask, call.pse) if t is not None)
-    outputs = tuple(t for t in (out, lse) if t is not None)
+    outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
     tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs))
 
 
