@@ -1,0 +1,21 @@
+# Fresh machine: `make demo` (set up, then run the main job) and `make test` (set up, then the tests).
+# The virtual environment sees the system's packages, so a preinstalled torch/triton (GPU images) is
+# used as is; without one, torch 2.13.0 is installed (the CPU build where that is what the index has).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test
+
+$(VENV)/.ready: pyproject.toml
+	python3 -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+setup: $(VENV)/.ready
+
+demo: setup
+	$(PY) -m runtime.demo
+
+test: setup
+	$(PY) -m pytest -q
