@@ -120,6 +120,26 @@ def prefill_variants() -> list[tuple[str, dict, object]]:
     return out
 
 
+@dataclass(frozen=True)
+class Variant:
+    kernel: str                 # kernel family, e.g. "prefill"
+    name: str
+    fn: object                  # the triton.jit function
+    args: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+
+def all_variants() -> list[Variant]:
+    """Every kernel variant of every family, for the AOT check and the static report (``bench report``).
+    A new family's variant list joins here."""
+    from .kernels import prefill
+
+    return [Variant("prefill", name, prefill._prefill_kernel, args, dict(cfg.meta), cfg.num_warps, cfg.num_stages)
+            for name, args, cfg in prefill_variants()]
+
+
 def main() -> None:
     """Compile every representative variant for sm_80 and sm_90; print one JSON line each."""
     import json
