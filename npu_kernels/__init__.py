@@ -13,6 +13,6 @@ if interpreted():
     use_interpreter()
 
 from . import library, reference  # noqa: E402  (kernels must be defined after the interpreter switch)
-from .library import npu_prompt_flash_attention  # noqa: E402
+from .library import npu_incre_flash_attention, npu_prompt_flash_attention  # noqa: E402
 
-__all__ = ["npu_device", "npu_prompt_flash_attention", "reference"]
+__all__ = ["npu_device", "npu_incre_flash_attention", "npu_prompt_flash_attention", "reference"]

@@ -1,0 +1,329 @@
+"""``npu_incre_flash_attention`` (IFA): validate → plan → run (spec ops §3).
+
+``validate`` turns torch_npu's arguments into an ``IncreCall`` (views, sizes, per-batch kv lengths,
+paging, anti-quantisation), ``plan`` into the decode kernels' static configuration and the parameter
+block, ``run`` allocates the output and the split-KV workspace and submits both launches as one task
+(``npu_kernels.tasks``).
+
+Graph safety: the number of splits and both grids come from static sizes (the key tensor's S2, or the
+block table's capacity), the kv lengths from the parameter block, and ``kv_padding_size`` is read on the
+device (element 0, as the NPU does), so neither validation nor the run path reads device memory.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from einops import rearrange
+
+from .. import alloc, checks, params, tasks
+from ..errors import not_implemented, require
+from ..kernels import decode
+from ..layouts import Layout, as_bnsd, out_shape
+from ..masks import BAND_INF, FILL_DECODE
+
+OP = "npu_incre_flash_attention"
+LAYOUTS = ("BSH", "BSND", "BNSD")
+MAX_S2 = 262144
+MAX_BLOCK_SIZE = 512
+ALL_INT8_ARGS = ("dequant_scale1", "quant_scale1", "dequant_scale2")
+
+
+@dataclass(frozen=True)
+class Paged:
+    """PagedAttention (spec ops §1.12): token t of batch b is at block ``table[b, t // block_size]``."""
+
+    table: torch.Tensor              # (B, max blocks) int32
+    block_size: int
+
+
+@dataclass(frozen=True)
+class AntiQuant:
+    """Int8 key/value anti-quantisation ``x = (x_int8 + offset) * scale`` (spec ops §1.9)."""
+
+    scale: torch.Tensor              # (2, KV_N, D) view, [0] key and [1] value; stride 0 where broadcast
+    offset: Optional[torch.Tensor]   # same shape, None for symmetric
+
+
+@dataclass(frozen=True)
+class IncreCall:
+    """Validated arguments of one decode-path call, in (B, N, S, D) terms."""
+
+    heads: checks.Heads              # q (B, N, 1, D); k/v (B, KV_N, S2, D) or paged (blocks, KV_N, block_size, D)
+    layout: Layout
+    dtype: torch.dtype               # query dtype
+    out_dtype: torch.dtype
+    kvlens: list[int]
+    capacity: int                    # longest possible kv length: S2, or blocks per sequence × block_size
+    kv_pad: Optional[torch.Tensor]   # int64, element 0 = right padding of every batch; read on the device
+    mask: Optional[torch.Tensor]     # (B, 1, C >= capacity) view; non-zero = masked out
+    pse: Optional[torch.Tensor]      # (B or 1, N, 1, C >= capacity)
+    scale: float
+    paged: Optional[Paged] = None
+    antiquant: Optional[AntiQuant] = None
+    fill: float = FILL_DECODE
+
+
+def _paged_heads(query, key, value, layout: Layout, num_heads: int, kv_n: int, block_table,
+                 block_size) -> tuple[checks.Heads, Paged]:
+    """Query view and the paged caches as (blocks, KV_N, block_size, D) views (spec ops §1.12)."""
+    q = as_bnsd(query, layout.inp, num_heads)
+    b, n, s1, d = q.shape
+    table = checks.tensor("block_table", block_table, ndim=(2,), dtypes=(torch.int32,))
+    require(table.shape[0] == b, "block_table", table, f"must be (B={b}, max blocks per sequence)")
+    require(isinstance(block_size, int) and 0 < block_size <= MAX_BLOCK_SIZE, "block_size", block_size,
+            f"must be an int in [1, {MAX_BLOCK_SIZE}] with block_table")
+    multiple = 32 if key.dtype == torch.int8 else 16
+    require(block_size % multiple == 0, "block_size", block_size,
+            f"must be a multiple of {multiple} for {key.dtype} key/value caches")
+    views = []
+    for name, t in (("key", key), ("value", value)):
+        if t.dim() == 3:
+            require(t.shape[1] == block_size and t.shape[2] == kv_n * d, name, t,
+                    f"a paged cache is (blocks, block_size={block_size}, KV_N*D={kv_n * d})")
+            views.append(rearrange(t, "m s (h d) -> m h s d", h=kv_n))
+        else:
+            require(t.dim() == 4, name, t, "a paged cache has 3 or 4 dimensions")
+            require(layout.inp == "BNSD", name, t,
+                    f"the (blocks, KV_N, block_size, D) cache needs input_layout BNSD, got {layout.inp}")
+            require(tuple(t.shape[1:]) == (kv_n, block_size, d), name, t,
+                    f"a paged cache is (blocks, KV_N={kv_n}, block_size={block_size}, D={d})")
+            views.append(t)
+    require(key.shape == value.shape, "value", value, f"must have the key cache's shape {tuple(key.shape)}")
+    capacity = table.shape[1] * block_size
+    heads = checks.Heads(q, views[0], views[1], b, n, kv_n, s1, capacity, d, d)
+    return heads, Paged(table, block_size)
+
+
+def _antiquant(key, antiquant_scale, antiquant_offset, layout: Layout, dtype: torch.dtype,
+               kv_n: int, d: int) -> Optional[AntiQuant]:
+    """Anti-quantisation parameters as (2, KV_N, D) views (spec ops §3.2)."""
+    if key.dtype != torch.int8:
+        for name, t in (("antiquant_scale", antiquant_scale), ("antiquant_offset", antiquant_offset)):
+            require(t is None, name, t, f"only with int8 key/value (key is {key.dtype})")
+        return None
+    require(antiquant_scale is not None, "antiquant_scale", None, "int8 key/value need antiquant_scale")
+    channel = {"BNSD": (2, kv_n, 1, d), "BSND": (2, kv_n, d), "BSH": (2, kv_n * d)}[layout.inp]
+
+    def view(name: str, t) -> torch.Tensor:
+        checks.tensor(name, t, dtypes=(dtype,))
+        shape = tuple(t.shape)
+        require(shape in ((2,), channel), name, t, f"must be per-tensor (2,) or per-channel {channel} "
+                f"for layout {layout.inp} (index 0 key, 1 value)")
+        if shape == (2,):
+            return t[:, None, None].expand(2, kv_n, d)
+        return rearrange(t, "t n 1 d -> t n d") if t.dim() == 4 else \
+            rearrange(t, "t (n d) -> t n d", n=kv_n) if t.dim() == 2 else t
+
+    scale = view("antiquant_scale", antiquant_scale)
+    offset = None
+    if antiquant_offset is not None:
+        require(antiquant_offset.shape == antiquant_scale.shape if isinstance(antiquant_offset, torch.Tensor)
+                else True, "antiquant_offset", antiquant_offset,
+                f"must have antiquant_scale's shape {tuple(antiquant_scale.shape)}")
+        offset = view("antiquant_offset", antiquant_offset)
+    return AntiQuant(scale, offset)
+
+
+def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None,
+             actual_seq_lengths=None, antiquant_scale=None, antiquant_offset=None, block_table=None,
+             dequant_scale1=None, quant_scale1=None, dequant_scale2=None, quant_scale2=None,
+             quant_offset2=None, kv_padding_size=None, num_heads=1, scale_value=1.0, input_layout="BSH",
+             num_key_value_heads=0, block_size=0, inner_precise=1) -> IncreCall:
+    query = checks.tensor("query", query)
+    key = checks.tensor("key", key)
+    value = checks.tensor("value", value)
+    require(query.dtype in checks.FLOAT_DTYPES, "query", query,
+            "dtype must be float16 or bfloat16 (int8 query/key/value is not supported by this operator)",
+            TypeError)
+    require(key.dtype in (query.dtype, torch.int8) and value.dtype == key.dtype, "key", key,
+            f"key and value must both be {query.dtype} or both int8 (with antiquant_scale)", TypeError)
+    for name, val in zip(ALL_INT8_ARGS, (dequant_scale1, quant_scale1, dequant_scale2)):
+        require(val is None, name, val, "only for int8 query/key/value, which this operator does not support")
+    for name, val in (("quant_scale2", quant_scale2), ("quant_offset2", quant_offset2)):
+        if val is not None:
+            raise not_implemented(name, "int8 output quantisation")
+    layout = Layout.parse(input_layout, LAYOUTS)
+    require(isinstance(scale_value, (int, float)) and abs(float(scale_value)) < float("inf"), "scale_value",
+            scale_value, "must be a finite float")
+    require(inner_precise in (0, 1), "inner_precise", inner_precise, "must be 0 (high precision) or 1 (high "
+            "performance)")
+    kv_n = checks.head_counts(num_heads, num_key_value_heads)
+
+    paged = None
+    if block_table is None:
+        heads = checks.qkv_heads(query, key, value, layout, num_heads, num_key_value_heads)
+        require(heads.S2 <= MAX_S2, "key", key, f"kv seq length must be <= {MAX_S2}")
+    else:
+        require(query.dim() == (3 if layout.inp == "BSH" else 4), "query", query,
+                f"layout {layout.inp} needs {3 if layout.inp == 'BSH' else 4} dimensions")
+        if layout.inp == "BSH":
+            require(query.shape[2] % num_heads == 0, "query", query,
+                    f"hidden size must be divisible by num_heads={num_heads}")
+        require(num_heads == as_bnsd(query, layout.inp, num_heads).shape[1], "num_heads", num_heads,
+                "must equal the query's head axis")
+        heads, paged = _paged_heads(query, key, value, layout, num_heads, kv_n, block_table, block_size)
+        checks.head_dim("query", query, heads.D)
+        require(heads.B <= checks.MAX_B, "query", query, f"batch must be <= {checks.MAX_B}")
+    require(heads.S1 == 1, "query", query, f"the query seq length must be 1, got {heads.S1}")
+    require(heads.Dv == heads.D, "value", value, f"value head dim ({heads.Dv}) must equal the query's ({heads.D})")
+
+    lens = checks.lengths("actual_seq_lengths", checks.int_list(actual_seq_lengths), heads.B,
+                          min(heads.S2, MAX_S2))
+    require(paged is None or lens is not None, "actual_seq_lengths", actual_seq_lengths,
+            "required with block_table (PagedAttention)")
+    kvlens = lens if lens is not None else [heads.S2] * heads.B
+
+    kv_pad = None
+    if kv_padding_size is not None:
+        checks.tensor("kv_padding_size", kv_padding_size, dtypes=(torch.int64,))
+        require(kv_padding_size.numel() >= 1, "kv_padding_size", kv_padding_size, "needs at least one element")
+        require(paged is None, "kv_padding_size", kv_padding_size, "cannot be combined with block_table")
+        if lens is not None:                      # only active together with actual_seq_lengths
+            kv_pad = kv_padding_size.reshape(-1)[:1]
+
+    mask = None if atten_mask is None else checks.decode_mask(atten_mask, heads.B, heads.S2)
+    pse = None
+    if pse_shift is not None:
+        require(heads.D % 16 == 0, "pse_shift", pse_shift, f"needs a head dim multiple of 16, got {heads.D}")
+        pse = checks.pse(pse_shift, query.dtype, heads.B, heads.N, 1, heads.S2)
+    antiquant = _antiquant(key, antiquant_scale, antiquant_offset, layout, query.dtype, kv_n, heads.D)
+    return IncreCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=query.dtype, kvlens=kvlens,
+                     capacity=heads.S2, kv_pad=kv_pad, mask=mask, pse=pse, scale=float(scale_value), paged=paged,
+                     antiquant=antiquant)
+
+
+@dataclass(frozen=True)
+class Plan:
+    static: decode.DecodeConfig
+    params: torch.Tensor              # [B * FIELDS] int32, CPU
+
+
+def _pow2(x: int) -> int:
+    return max(16, 1 << (x - 1).bit_length())
+
+
+def _programs(device: torch.device, on_gpu: bool) -> int:
+    """Split-kernel programs that fill the device: two per SM on a GPU, a handful in the interpreter."""
+    if not on_gpu:
+        return 4
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    return 2 * sms
+
+
+def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
+         on_gpu: Optional[bool] = None) -> Plan:
+    """Static configuration and parameter block. ``lse`` is a view whose first two dims are (B, N);
+    ``on_gpu`` picks block sizes and splits (default: the output's device)."""
+    h = call.heads
+    o4 = as_bnsd(out, call.layout.inp, h.N)
+    on_gpu = o4.device.type == "cuda" if on_gpu is None else on_gpu
+    block_n, warps, stages = decode.block_config(h.D, h.Dv, on_gpu)
+    splits = decode.num_splits(call.capacity, h.B * h.KV_N, block_n, _programs(o4.device, on_gpu))
+    mask_strides = (0, 0) if call.mask is None else (int(call.mask.stride(0)), int(call.mask.stride(2)))
+    pse_strides = (0, 0, 0) if call.pse is None else \
+        (checks.broadcast_stride(call.pse, 0), int(call.pse.stride(1)), int(call.pse.stride(3)))
+    table_strides = (0, 0) if call.paged is None else tuple(int(s) for s in call.paged.table.stride())
+    aq = call.antiquant
+    aq_strides = (0, 0, 0) if aq is None else tuple(int(s) for s in aq.scale.stride())
+    aqo_strides = (0, 0, 0) if aq is None or aq.offset is None else tuple(int(s) for s in aq.offset.stride())
+    q = h.q
+    split_strides = (q.stride(0), q.stride(1), q.stride(3), *h.k.stride(), *h.v.stride(), *mask_strides,
+                     *pse_strides, *table_strides, *aq_strides, *aqo_strides)
+    block_size = call.paged.block_size if call.paged is not None else 1
+    split_meta = (("HEAD_DIM", h.D), ("HEAD_DIM_V", h.Dv), ("BLOCK_G", _pow2(h.group)), ("BLOCK_D", _pow2(h.D)),
+                  ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_N", block_n), ("SPLITS", splits),
+                  ("HAS_MASK", call.mask is not None), ("HAS_PSE", call.pse is not None),
+                  ("HAS_KV_PAD", call.kv_pad is not None), ("IS_PAGED", call.paged is not None),
+                  ("ANTIQUANT", call.antiquant is not None),
+                  ("HAS_AQ_OFFSET", call.antiquant is not None and call.antiquant.offset is not None),
+                  ("FILL", call.fill))
+    lse_strides = (0, 0) if lse is None else (int(lse.stride(0)), int(lse.stride(1)))
+    combine_meta = (("HEAD_DIM_V", h.Dv), ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_S", min(16, _pow2(splits))),
+                    ("BLOCK_N", block_n), ("SPLITS", splits), ("HAS_KV_PAD", call.kv_pad is not None),
+                    ("HAS_LSE", lse is not None), ("LSE_EMPTY", decode.LSE_EMPTY))
+    split_grid, combine_grid = decode.grids(splits, h.B * h.KV_N, h.B * h.N)
+    rows_ws = h.B * h.N * splits
+    static = decode.DecodeConfig(
+        split_strides=tuple(int(s) for s in split_strides),
+        split_sizes=(h.KV_N, h.B * h.KV_N, h.group, h.S2, block_size), split_meta=split_meta,
+        combine_strides=(int(o4.stride(0)), int(o4.stride(1)), int(o4.stride(3)), *lse_strides),
+        combine_sizes=(h.N, h.B * h.N, h.S2), combine_meta=combine_meta, split_grid=split_grid,
+        combine_grid=combine_grid, num_warps=warps, num_stages=stages, sm_scale=call.scale, splits=splits,
+        workspace=(rows_ws * h.Dv, rows_ws * 2))
+    rows = [(1, kv, 0, 0, 0, 0, BAND_INF, BAND_INF) for kv in call.kvlens]
+    return Plan(static, params.pack(rows))
+
+
+def kernel_tensors(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor], ws_acc: torch.Tensor,
+                   ws_ml: torch.Tensor, block: torch.Tensor) -> tuple[tuple, tuple]:
+    """Tensor arguments of the split and combine kernels (absent tensors replaced by a dummy)."""
+    h = call.heads
+    dummy = h.q
+    mask = None if call.mask is None else (call.mask.view(torch.uint8) if call.mask.dtype == torch.bool else call.mask)
+    aq = call.antiquant
+
+    def pick(t):
+        return dummy if t is None else t
+
+    split = (h.q, h.k, h.v, pick(mask), pick(call.pse), pick(call.paged and call.paged.table), pick(call.kv_pad),
+             pick(aq and aq.scale), pick(aq and aq.offset), ws_acc, ws_ml, block)
+    combine = (ws_acc, ws_ml, as_bnsd(out, call.layout.inp, h.N), pick(lse), pick(call.kv_pad), block)
+    return split, combine
+
+
+def submit(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
+           workspace: Optional[torch.Tensor] = None, op: str = OP, caller_outputs: bool = False) -> None:
+    """Plan and submit the decode kernels writing ``out`` (and ``lse``, a (B, N, ...) view, when given).
+    ``workspace``: float32 scratch of at least ``sum(plan(...).static.workspace)`` elements, else allocated;
+    ``caller_outputs`` when the caller passed ``out``/``lse`` (``.out`` overloads), see ``tasks.Task.outputs``."""
+    if out.numel() == 0:
+        return
+    p = plan(call, out, lse)
+    n_acc, n_ml = p.static.workspace
+    if workspace is None:
+        workspace = alloc.empty((n_acc + n_ml,), torch.float32, out.device)
+    require(workspace.dtype == torch.float32 and workspace.is_contiguous() and workspace.numel() >= n_acc + n_ml,
+            "workspace", workspace, f"must be a contiguous float32 tensor of at least {n_acc + n_ml} elements")
+    ws_acc, ws_ml = workspace[:n_acc], workspace[n_acc:n_acc + n_ml]
+    run = functools.partial(_launch, call, p.static, out, lse, ws_acc, ws_ml)
+    aq = call.antiquant
+    inputs = tuple(t for t in (call.heads.q, call.heads.k, call.heads.v, call.mask, call.pse,
+                               call.paged and call.paged.table, call.kv_pad, aq and aq.scale, aq and aq.offset)
+                   if t is not None)
+    outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
+    tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs))
+
+
+def _launch(call, static, out, lse, ws_acc, ws_ml, block) -> None:
+    split, combine = kernel_tensors(call, out, lse, ws_acc, ws_ml, block)
+    decode.launch(static, split, combine)
+
+
+def output(call: IncreCall) -> torch.Tensor:
+    """Output of the query's shape (spec ops §3.1: empty_like(query)) in the output dtype."""
+    h = call.heads
+    return alloc.empty(out_shape(call.layout.inp, h.B, h.N, 1, h.Dv), call.out_dtype, h.q.device)
+
+
+def npu_incre_flash_attention(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None,
+                              actual_seq_lengths: Optional[Sequence[int]] = None, antiquant_scale=None,
+                              antiquant_offset=None, block_table=None, dequant_scale1=None, quant_scale1=None,
+                              dequant_scale2=None, quant_scale2=None, quant_offset2=None, kv_padding_size=None,
+                              num_heads: int = 1, scale_value: float = 1.0, input_layout: str = "BSH",
+                              num_key_value_heads: int = 0, block_size: int = 0,
+                              inner_precise: int = 1) -> torch.Tensor:
+    """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention``."""
+    call = validate(query, key, value, padding_mask=padding_mask, atten_mask=atten_mask, pse_shift=pse_shift,
+                    actual_seq_lengths=actual_seq_lengths, antiquant_scale=antiquant_scale,
+                    antiquant_offset=antiquant_offset, block_table=block_table, dequant_scale1=dequant_scale1,
+                    quant_scale1=quant_scale1, dequant_scale2=dequant_scale2, quant_scale2=quant_scale2,
+                    quant_offset2=quant_offset2, kv_padding_size=kv_padding_size, num_heads=num_heads,
+                    scale_value=scale_value, input_layout=input_layout, num_key_value_heads=num_key_value_heads,
+                    block_size=block_size, inner_precise=inner_precise)
+    out = output(call)
+    submit(call, out)
+    return out
