@@ -11,6 +11,13 @@ is applied element-wise. Masked scores are replaced by FILL; keys past the batch
 excluded (-inf). A row whose every score is FILL attends uniformly to all keys of the batch (the NPU
 result for fully masked rows); the keys of skipped blocks are added in a second, score-free pass that
 runs only when such a row exists.
+
+QUANT_MODE=1 is the int8 full-quantisation pipeline (spec ops §2.4): int8 Q·Kᵀ on int8 tensor cores into
+int32, dequant with the FP19 ``deq_scale1`` to fp16, scale and pse in fp16, online softmax whose
+unnormalised P is rounded to fp16 and quantised to int8 with ``quant_scale1`` (AscendQuant), int8 P·V
+into int32, dequant with ``deq_scale2`` to fp16, accumulation in fp32, division by fp16(l) at the end.
+OUT_QUANT quantises the normalised output to int8 (1: per-tensor, 2: per-channel ``quant_scale2`` /
+``quant_offset2``); rows that are not computed are 0, not the offset.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ import triton
 import triton.language as tl
 
 from .. import params as pb
+from .. import quant
 
 
 @triton.jit
 def _prefill_kernel(
     Q, K, V, O, LSE, MASK, PSE, PARAMS,     # PARAMS: [B, FIELDS] int32
+    DEQ1, QS1, DEQ2, QS2, QO2,              # [1] scales (int32 fp32 bits or int64 words); QS2/QO2: [1] or [N*DV]
     sm_scale,
     stride_qb, stride_qn, stride_qs, stride_qd,     # Q: [B, N, S1, D] view
     stride_kb, stride_kn, stride_ks, stride_kd,     # K: [B, KV_N, S2, D] view
@@ -40,6 +49,7 @@ def _prefill_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_LSE: tl.constexpr,
     FILL: tl.constexpr, ZERO_MASKED_ROWS: tl.constexpr,
+    QUANT_MODE: tl.constexpr, OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -59,6 +69,14 @@ def _prefill_kernel(
     kvm_off = tl.load(p_par + pb.KVM_OFF)
     pre = tl.load(p_par + pb.PRE)
     nxt = tl.load(p_par + pb.NEXT)
+    if QUANT_MODE == 1:
+        deq1 = quant.deq_scale_tl(DEQ1)
+        deq2 = quant.deq_scale_tl(DEQ2)
+        qs1 = tl.load(QS1)
+    else:
+        deq1 = 1.0
+        deq2 = 1.0
+        qs1 = 1.0
 
     o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)          # [BM] rows of the tensor's seq axis
     o_i = o_r - q_off                                    # [BM] rows in the batch's valid region
@@ -95,12 +113,19 @@ def _prefill_kernel(
         o_kr = (kv_off + o_j).to(tl.int64)               # [BN] rows of the key tensor
         p_k = k_base + o_kr[None, :] * stride_ks + o_d[:, None] * stride_kd
         b_k = tl.load(p_k, mask=m_j[None, :] & m_d[:, None], other=0.0)     # [BD, BN]
-        b_s = tl.dot(b_q, b_k) * sm_scale                                    # [BM, BN]
+        if QUANT_MODE == 1:
+            b_s = tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32)         # [BM, BN] exact
+            b_s = (b_s * deq1).to(tl.float16).to(tl.float32)
+            b_s = (b_s * sm_scale).to(tl.float16).to(tl.float32)             # fp16 product
+        else:
+            b_s = tl.dot(b_q, b_k) * sm_scale                                # [BM, BN]
         if HAS_PSE:
             p_p = PSE + b64 * stride_pb + i_n.to(tl.int64) * stride_pn \
                 + (qm_off + o_i)[:, None].to(tl.int64) * stride_ps \
                 + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
             b_s += tl.load(p_p, mask=m_row[:, None] & m_j[None, :], other=0.0).to(tl.float32)
+            if QUANT_MODE == 1:
+                b_s = b_s.to(tl.float16).to(tl.float32)                      # fp16 sum
         # Partial block: some (i, j) outside the band or past the keys.
         if (j0 < i_hi - pre) | (j0 + BLOCK_N - 1 > i_lo + nxt) | (j0 + BLOCK_N > kvlen):
             keep = (o_j[None, :] - o_i[:, None] <= nxt) & (o_i[:, None] - o_j[None, :] <= pre)
@@ -113,11 +138,14 @@ def _prefill_kernel(
             b_s = tl.where(b_um != 0, FILL, b_s)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
         b_alpha = tl.exp(b_m - b_m_new)
-        b_p = tl.exp(b_s - b_m_new[:, None])
+        if QUANT_MODE == 1:
+            b_p = tl.exp((b_s - b_m_new[:, None]).to(tl.float16).to(tl.float32)).to(tl.float16).to(tl.float32)
+        else:
+            b_p = tl.exp(b_s - b_m_new[:, None])                             # [BM, BN]
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         p_v = v_base + o_kr[:, None] * stride_vs + o_dv[None, :] * stride_vd
         b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0.0)    # [BN, BDV]
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        b_acc = b_acc * b_alpha[:, None] + _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
         b_m = b_m_new
 
     m_has_key = m_row & (tl.maximum(o_i - pre, 0) <= tl.minimum(o_i + nxt, kvlen - 1))
@@ -135,13 +163,29 @@ def _prefill_kernel(
                         b_p = tl.where(m_j[None, :], b_pf[:, None], 0.0)
                         p_v = v_base + o_kr[:, None] * stride_vs + o_dv[None, :] * stride_vd
                         b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0.0)
-                        b_acc += tl.dot(b_p.to(b_v.dtype), b_v)
+                        b_acc += _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
                         b_l += tl.sum(b_p, 1)
 
     m_out = m_has_key
     if ZERO_MASKED_ROWS:
         m_out = m_out & (b_m != FILL)
-    b_o = tl.where(m_out[:, None], b_acc / tl.where(m_out, b_l, 1.0)[:, None], 0.0)
+    b_norm = b_l
+    if QUANT_MODE == 1:
+        b_norm = b_l.to(tl.float16).to(tl.float32)                           # O / fp16(l)
+    b_o = tl.where(m_out[:, None], b_acc / tl.where(m_out, b_norm, 1.0)[:, None], 0.0)
+    if OUT_QUANT > 0:
+        if OUT_QUANT == 2:                                                   # per channel: n * DV + d
+            p_s2 = i_n.to(tl.int64) * HEAD_DIM_V + o_dv
+            b_s2 = tl.load(QS2 + p_s2, mask=m_dv, other=0.0).to(tl.float32)[None, :]    # [1, BDV]
+            b_o2 = b_s2
+            if HAS_OFFSET2:
+                b_o2 = tl.load(QO2 + p_s2, mask=m_dv, other=0.0).to(tl.float32)[None, :]
+        else:
+            b_s2 = tl.load(QS2).to(tl.float32)
+            b_o2 = b_s2
+            if HAS_OFFSET2:
+                b_o2 = tl.load(QO2).to(tl.float32)
+        b_o = tl.where(m_out[:, None], quant.ascend_quant_tl(b_o, b_s2, b_o2, HAS_OFFSET2), 0)
     m_r = o_r < S1
     p_o = O + b64 * stride_ob + i_n.to(tl.int64) * stride_on \
         + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
@@ -150,6 +194,19 @@ def _prefill_kernel(
         b_lse = tl.where(m_out, b_m + tl.log(tl.where(m_out, b_l, 1.0)), float("inf"))
         p_lse = LSE + b64 * stride_lb + i_n.to(tl.int64) * stride_ln + o_r.to(tl.int64) * stride_ls
         tl.store(p_lse, b_lse, mask=o_r < S1)
+
+
+@triton.jit
+def _pv(b_p, b_v, qs1, deq2, QUANT_MODE: tl.constexpr):
+    """P·V of one key block, fp32 [BM, BDV]: P in V's dtype, or (int8) P quantised with quant_scale1,
+    int8 dot into int32, dequantised with deq_scale2 to fp16."""
+    if QUANT_MODE == 1:
+        b_pq = quant.ascend_quant_tl(b_p, qs1, qs1, False)                   # [BM, BN] int8
+        b_o = tl.dot(b_pq, b_v, out_dtype=tl.int32).to(tl.float32)
+        b_o = (b_o * deq2).to(tl.float16).to(tl.float32)
+    else:
+        b_o = tl.dot(b_p.to(b_v.dtype), b_v)
+    return b_o
 
 
 @dataclass(frozen=True)
@@ -185,14 +242,17 @@ def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
     return (triton.cdiv(s1, block_m), y, triton.cdiv(bn_total, y))
 
 
-def kernel_args(cfg: PrefillConfig, tensors: tuple) -> dict:
-    """Every argument of ``_prefill_kernel`` by name: tensors (Q, K, V, O, LSE, MASK, PSE, PARAMS), then
-    the scale, strides and sizes of ``cfg``, then its constexprs."""
-    values = (*tensors, cfg.sm_scale, *cfg.strides, *cfg.sizes)
+def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = ()) -> dict:
+    """Every argument of ``_prefill_kernel`` by name: tensors (Q, K, V, O, LSE, MASK, PSE, PARAMS), the
+    quantisation scales (DEQ1, QS1, DEQ2, QS2, QO2; Q stands in for absent ones), then the scale,
+    strides and sizes of ``cfg``, then its constexprs."""
+    scales = tuple(tensors[0] if s is None else s for s in scales) + (tensors[0],) * (5 - len(scales))
+    values = (*tensors, *scales, cfg.sm_scale, *cfg.strides, *cfg.sizes)
     args = dict(zip(_prefill_kernel.arg_names, values))
     args.update(cfg.meta)
     return args
 
 
-def launch(cfg: PrefillConfig, *tensors) -> None:
-    _prefill_kernel[cfg.grid](**kernel_args(cfg, tensors), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+def launch(cfg: PrefillConfig, *tensors, scales: tuple = ()) -> None:
+    _prefill_kernel[cfg.grid](**kernel_args(cfg, tensors, scales), num_warps=cfg.num_warps,
+                              num_stages=cfg.num_stages)

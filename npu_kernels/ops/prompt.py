@@ -13,14 +13,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import alloc, checks, masks, params, tasks
-from ..errors import not_implemented, require
+from .. import alloc, checks, masks, params, quant, tasks
+from ..errors import require
 from ..kernels import prefill
 from ..layouts import PROMPT_LAYOUTS, Layout, as_bnsd, out_shape
 from ..masks import Band
 
 OP = "npu_prompt_flash_attention"
-QUANT_ARGS = ("deq_scale1", "quant_scale1", "deq_scale2", "quant_scale2", "quant_offset2")
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class PromptCall:
     zero_masked_rows: bool             # inner_precise bit 1 (FIA); PFA never sets it
     q_off: int = 0                     # left padding offsets (FIA); 0 for PFA
     kv_off: int = 0
+    quant: quant.QuantArgs = quant.NO_QUANT
 
 
 def normalise_sparse_mode(sparse_mode: int) -> tuple[int, int]:
@@ -80,18 +80,14 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
     query = checks.tensor("query", query)
     key = checks.tensor("key", key)
     value = checks.tensor("value", value)
-    if query.dtype == torch.int8:
-        raise not_implemented("query", "int8 query/key/value (full quantisation)")
     for name, t in (("query", query), ("key", key), ("value", value)):
-        checks.tensor(name, t, dtypes=checks.FLOAT_DTYPES)
+        checks.tensor(name, t, dtypes=checks.FLOAT_DTYPES + (torch.int8,))
     require(key.dtype == query.dtype and value.dtype == query.dtype, "key", key,
             f"query, key and value must share one dtype (query is {query.dtype})", TypeError)
-    quant = {n: v for n, v in zip(QUANT_ARGS, (deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2))}
-    for name, val in quant.items():
-        if val is not None:
-            raise not_implemented(name, "int8 quantisation")
     layout = Layout.parse(input_layout, PROMPT_LAYOUTS)
     heads = checks.qkv_heads(query, key, value, layout, num_heads, num_key_value_heads)
+    qa = quant.full_quant_args(query.dtype, heads.N, heads.Dv, deq_scale1, quant_scale1, deq_scale2,
+                               quant_scale2, quant_offset2)
     require(isinstance(scale_value, (int, float)) and abs(float(scale_value)) < float("inf"), "scale_value",
             scale_value, "must be a finite float")
     for name, v in (("pre_tokens", pre_tokens), ("next_tokens", next_tokens)):
@@ -113,16 +109,41 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
     check_band_tokens(mode, pre_tokens, next_tokens, heads.S1, qlens, kvlens, mask is not None)
     bands = [masks.prefill_band(mode, pre_tokens, next_tokens, q, kv, mask is not None, False)
              for q, kv in zip(qlens, kvlens)]
+    if qa.int8_out:
+        check_int8_output(qa, mode, pre_tokens, next_tokens, heads.S1, qlens, kvlens, bands)
 
     pse = None
     if pse_shift is not None:
-        pse = checks.pse(pse_shift, query.dtype, heads.B, heads.N, heads.S1, heads.S2)
+        pse = checks.pse(pse_shift, torch.float16 if qa.int8_in else query.dtype, heads.B, heads.N, heads.S1,
+                         heads.S2)
         inner_precise = 0                      # fp16 + pse is forced to high precision
-    fp16_fast = query.dtype == torch.float16 and inner_precise == 1
-    scale = float(torch.tensor(float(scale_value), dtype=torch.float16)) if fp16_fast else float(scale_value)
-    return PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=query.dtype, qlens=qlens,
+    fp16_compute = qa.int8_in or (query.dtype == torch.float16 and inner_precise == 1)
+    scale = float(torch.tensor(float(scale_value), dtype=torch.float16)) if fp16_compute else float(scale_value)
+    out_dtype = torch.int8 if qa.int8_out else torch.float16 if qa.int8_in else query.dtype
+    return PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=qlens,
                       kvlens=kvlens, bands=bands, mask=mask, pse=pse, scale=scale,
-                      fill=masks.FILL_FP16 if fp16_fast else masks.FILL_FP32, zero_masked_rows=False)
+                      fill=masks.FILL_FP16 if fp16_compute else masks.FILL_FP32, zero_masked_rows=False, quant=qa)
+
+
+def rows_all_computed(s1: int, qlens: list[int], kvlens: list[int], bands: list[Band]) -> bool:
+    """True when every row of the query tensor has a key in its band (no row is left at 0, spec ops §1.7):
+    row i of a batch has one iff max(i - pre, 0) <= min(i + next, kvlen - 1)."""
+    return all(s1 == 0 or (q == s1 and kv > 0 and b.next >= 0 and b.pre + b.next >= 0 and q - 1 - b.pre <= kv - 1)
+               for q, kv, b in zip(qlens, kvlens, bands))
+
+
+def check_int8_output(qa: quant.QuantArgs, sparse_mode: int, pre: int, nxt: int, s1: int, qlens: list[int],
+                      kvlens: list[int], bands: list[Band]) -> None:
+    """The tiling's interceptions of int8 output (spec ops §1.7, §2.2). The NPU rejects a non-zero
+    quant_offset2 where rows stay uncomputed (they are written as 0, not the offset); reading the offset's
+    values would need a host sync, so any quant_offset2 is rejected there."""
+    if sparse_mode == 4:
+        require(pre >= 0, "pre_tokens", pre, "int8 output (quant_scale2) with sparse_mode=4 needs pre_tokens >= 0")
+        require(nxt >= 0, "next_tokens", nxt, "int8 output (quant_scale2) with sparse_mode=4 needs next_tokens >= 0")
+    if qa.quant_offset2 is not None:
+        require(rows_all_computed(s1, qlens, kvlens, bands), "quant_offset2", qa.quant_offset2,
+                "not allowed when some output rows are not computed (query rows past actual_seq_lengths, "
+                "empty kv, or rows without a key in the band): those rows are 0, not the offset")
 
 
 @dataclass(frozen=True)
@@ -139,16 +160,18 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
     o4 = as_bnsd(out, call.layout.out, h.N)
     on_gpu = o4.device.type == "cuda" if on_gpu is None else on_gpu
     block_m, block_n, warps, stages = prefill.block_config(h.D, h.Dv, on_gpu)
+    min_block = 32 if call.quant.int8_in else 16               # int8 tensor cores need k >= 32
     mask_strides = (0, 0, 0) if call.mask is None else \
         (checks.broadcast_stride(call.mask, 0), int(call.mask.stride(1)), int(call.mask.stride(2)))
     pse_strides = (0, 0, 0, 0) if call.pse is None else \
         (checks.broadcast_stride(call.pse, 0), *(int(s) for s in call.pse.stride()[1:]))
     lse_strides = (0, 0, 0) if lse is None else tuple(int(s) for s in lse.stride()[:3])
     strides = (*h.q.stride(), *h.k.stride(), *h.v.stride(), *o4.stride(), *lse_strides, *mask_strides, *pse_strides)
-    meta = (("HEAD_DIM", h.D), ("HEAD_DIM_V", h.Dv), ("BLOCK_D", _pow2(h.D)), ("BLOCK_DV", _pow2(h.Dv)),
+    meta = (("HEAD_DIM", h.D), ("HEAD_DIM_V", h.Dv), ("BLOCK_D", _pow2(h.D, min_block)),
+            ("BLOCK_DV", _pow2(h.Dv, min_block)),
             ("BLOCK_M", block_m), ("BLOCK_N", block_n), ("HAS_MASK", call.mask is not None),
             ("HAS_PSE", call.pse is not None), ("HAS_LSE", lse is not None), ("FILL", call.fill),
-            ("ZERO_MASKED_ROWS", call.zero_masked_rows))
+            ("ZERO_MASKED_ROWS", call.zero_masked_rows), *call.quant.meta())
     bn_total = h.B * h.N
     static = prefill.PrefillConfig(
         strides=tuple(int(s) for s in strides), sizes=(h.N, h.S1, bn_total, h.group), meta=meta,
@@ -158,8 +181,8 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
     return Plan(static, params.pack(rows))
 
 
-def _pow2(x: int) -> int:
-    return max(16, 1 << (x - 1).bit_length())
+def _pow2(x: int, least: int = 16) -> int:
+    return max(least, 1 << (x - 1).bit_length())
 
 
 def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None, op: str = OP,
@@ -175,8 +198,8 @@ def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = No
     dummy = h.q
     run = functools.partial(prefill.launch, p.static, h.q, h.k, h.v, o4,
                             dummy if lse is None else lse, dummy if mask is None else mask,
-                            dummy if call.pse is None else call.pse)
-    inputs = tuple(t for t in (h.q, h.k, h.v, mask, call.pse) if t is not None)
+                            dummy if call.pse is None else call.pse, scales=call.quant.kernel_scales())
+    inputs = tuple(t for t in (h.q, h.k, h.v, mask, call.pse) if t is not None) + call.quant.tensors()
     outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
     tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs))
 
