@@ -19,10 +19,18 @@ _TO_BNSD = {
     "BSH": "b s (n d) -> b n s d",
     "BSND": "b s n d -> b n s d",
     "BNSD": "b n s d -> b n s d",
+    "NBSD": "n b s d -> b n s d",
+    # token-major layouts hold one sequence of T tokens; batches are offsets into it
+    "TND": "t n d -> 1 n t d",
+    "NTD": "n t d -> 1 n t d",
+    "NSD": "n s d -> 1 n s d",
 }
 _FROM_BNSD = {name: " -> ".join(reversed(p.split(" -> "))) for name, p in _TO_BNSD.items()}
 
 PROMPT_LAYOUTS = ("BSH", "BSND", "BNSD", "BNSD_BSND")
+FUSED_LAYOUTS = ("BSH", "BSND", "BNSD", "BNSD_BSND", "TND", "NTD_TND", "TND_NTD", "BSH_NBSD", "BSND_NBSD",
+                 "BNSD_NBSD", "NSD")
+TOKEN_LAYOUTS = ("TND", "NTD")     # variable-length batches addressed by cumulative lengths
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,12 @@ def as_bnsd(t: torch.Tensor, layout: str, heads: int) -> torch.Tensor:
 
 
 def from_bnsd(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """Inverse of ``as_bnsd`` for a (B, N, S, D) tensor."""
+    """Inverse of ``as_bnsd`` for a (B, N, S, D) tensor (B = 1 for the token-major layouts)."""
     return rearrange(t, _FROM_BNSD[layout])
+
+
+def ndim(layout: str) -> int:
+    return 3 if layout in ("BSH", "TND", "NTD", "NSD") else 4
 
 
 def bnsd_shape(t: torch.Tensor, layout: str, heads: int) -> tuple[int, int, int, int]:
@@ -59,13 +71,23 @@ def bnsd_shape(t: torch.Tensor, layout: str, heads: int) -> tuple[int, int, int,
     if layout == "BSND":
         b, s, n, d = t.shape
         return b, n, s, d
+    if layout == "TND":
+        s, n, d = t.shape
+        return 1, n, s, d
+    if layout in ("NTD", "NSD"):
+        n, s, d = t.shape
+        return 1, n, s, d
+    if layout == "NBSD":
+        n, b, s, d = t.shape
+        return b, n, s, d
     b, n, s, d = t.shape
     return b, n, s, d
 
 
 def out_shape(layout: str, b: int, n: int, s: int, d: int) -> tuple[int, ...]:
     """Shape of a (b, n, s, d) result stored in ``layout``."""
-    return {"BSH": (b, s, n * d), "BSND": (b, s, n, d), "BNSD": (b, n, s, d)}[layout]
+    return {"BSH": (b, s, n * d), "BSND": (b, s, n, d), "BNSD": (b, n, s, d), "NBSD": (n, b, s, d),
+            "TND": (s, n, d), "NTD": (n, s, d), "NSD": (n, s, d)}[layout]
 
 
 def strides4(t: torch.Tensor) -> tuple[int, int, int, int]:

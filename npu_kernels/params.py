@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-FIELDS = 8
+FIELDS = 9
 QLEN = tl.constexpr(0)     # query rows of the batch
 KVLEN = tl.constexpr(1)    # keys of the batch (shared prefix included)
 Q_OFF = tl.constexpr(2)    # first query row in the query/output tensors' seq axis
@@ -18,10 +18,9 @@ QM_OFF = tl.constexpr(4)   # first query row in the mask/pse row axis
 KVM_OFF = tl.constexpr(5)  # first key column in the mask/pse column axis
 PRE = tl.constexpr(6)      # band: key j kept for row i iff i - PRE <= j <= i + NEXT
 NEXT = tl.constexpr(7)
+PREFIX = tl.constexpr(8)   # shared-prefix keys in front of the batch's own keys (counted in KVLEN)
 
 
 def pack(rows: list[tuple[int, ...]]) -> torch.Tensor:
-    """[B * FIELDS] int32 CPU tensor from one tuple of FIELDS values per batch."""
-    for row in rows:
-        assert len(row) == FIELDS
-    return torch.tensor(rows, dtype=torch.int32).reshape(-1)
+    """[B * FIELDS] int32 CPU tensor from one tuple per batch (fields past its end are 0)."""
+    return torch.tensor([tuple(r) + (0,) * (FIELDS - len(r)) for r in rows], dtype=torch.int32).reshape(-1)

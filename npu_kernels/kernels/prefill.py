@@ -35,6 +35,7 @@ from .. import quant
 def _prefill_kernel(
     Q, K, V, O, LSE, MASK, PSE, PARAMS,     # PARAMS: [B, FIELDS] int32
     DEQ1, QS1, DEQ2, QS2, QO2,              # [1] scales (int32 fp32 bits or int64 words); QS2/QO2: [1] or [N*DV]
+    QPAD, KVPAD, TABLE, KP, VP, QR, KR, AQS, AQO,   # fused-operator inputs (ops.sources); Q when absent
     sm_scale,
     stride_qb, stride_qn, stride_qs, stride_qd,     # Q: [B, N, S1, D] view
     stride_kb, stride_kn, stride_ks, stride_kd,     # K: [B, KV_N, S2, D] view
@@ -43,13 +44,22 @@ def _prefill_kernel(
     stride_lb, stride_ln, stride_ls,                # LSE: [B, N, S1]
     stride_mb, stride_ms, stride_mk,                # MASK: [B or 1, rows, cols]
     stride_pb, stride_pn, stride_ps, stride_pk,     # PSE: [B or 1, N, rows, cols]
-    N, S1, BN_TOTAL, GROUP,                         # GROUP = N // KV_N
+    stride_tb,                                      # TABLE: [B, max blocks] int32
+    stride_kpn, stride_kps, stride_kpd,             # KP: [1, KV_N, P_S, D] shared-prefix keys
+    stride_vpn, stride_vps, stride_vpd,             # VP: [1, KV_N, P_S, DV]
+    stride_qrb, stride_qrn, stride_qrs, stride_qrd, # QR: [B, N, S1, DR] rope part of the query
+    stride_krb, stride_krn, stride_krs, stride_krd, # KR: like K, rope part of the keys
+    stride_aqt, stride_aqx, stride_aqy,             # AQS/AQO: [2, KV_N, D] per channel, [2, B, S2] per token
+    N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE,          # GROUP = N // KV_N
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_LSE: tl.constexpr,
     FILL: tl.constexpr, ZERO_MASKED_ROWS: tl.constexpr,
     QUANT_MODE: tl.constexpr, OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr,
+    VARLEN: tl.constexpr, HAS_QPAD: tl.constexpr, HAS_KVPAD: tl.constexpr, IS_PAGED: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, ROPE_DIM: tl.constexpr, BLOCK_DR: tl.constexpr,
+    KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -69,6 +79,17 @@ def _prefill_kernel(
     kvm_off = tl.load(p_par + pb.KVM_OFF)
     pre = tl.load(p_par + pb.PRE)
     nxt = tl.load(p_par + pb.NEXT)
+    prefix = tl.load(p_par + pb.PREFIX)
+    if HAS_QPAD:                                         # right-aligned rows before S1 - padding
+        q_off = S1 - tl.maximum(tl.load(QPAD), 0).to(tl.int32) - qlen
+        qm_off = q_off
+        if q_off < 0:
+            qlen = 0
+    if HAS_KVPAD:
+        kv_off = S2 - tl.maximum(tl.load(KVPAD), 0).to(tl.int32) - kvlen
+        kvm_off = kv_off
+        if kv_off < 0:
+            kvlen = 0
     if QUANT_MODE == 1:
         deq1 = quant.deq_scale_tl(DEQ1)
         deq2 = quant.deq_scale_tl(DEQ2)
@@ -78,8 +99,14 @@ def _prefill_kernel(
         deq2 = 1.0
         qs1 = 1.0
 
-    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)          # [BM] rows of the tensor's seq axis
-    o_i = o_r - q_off                                    # [BM] rows in the batch's valid region
+    if VARLEN:                                           # token-major: programs walk the batch's rows
+        i_base = i_m * BLOCK_M
+        o_i = i_base + tl.arange(0, BLOCK_M)             # [BM] rows in the batch's valid region
+        o_r = o_i + q_off                                # [BM] rows of the tensor's seq axis
+    else:                                                # programs walk the tensor's rows
+        i_base = i_m * BLOCK_M - q_off
+        o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        o_i = o_r - q_off
     m_row = (o_i >= 0) & (o_i < qlen)
     o_d = tl.arange(0, BLOCK_D)
     o_dv = tl.arange(0, BLOCK_DV)
@@ -88,8 +115,8 @@ def _prefill_kernel(
     o_n = tl.arange(0, BLOCK_N)
 
     # Valid rows of this block and the key range their bands reach.
-    i_lo = tl.maximum(i_m * BLOCK_M - q_off, 0)
-    i_hi = tl.minimum(i_m * BLOCK_M + BLOCK_M - 1 - q_off, qlen - 1)
+    i_lo = tl.maximum(i_base, 0)
+    i_hi = tl.minimum(i_base + BLOCK_M - 1, qlen - 1)
     j_lo = tl.maximum(i_lo - pre, 0)
     j_hi = tl.minimum(i_hi + nxt + 1, kvlen)             # exclusive
     j_start = j_lo - j_lo % BLOCK_N
@@ -100,8 +127,12 @@ def _prefill_kernel(
     p_q = Q + b64 * stride_qb + i_n.to(tl.int64) * stride_qn \
         + o_r[:, None].to(tl.int64) * stride_qs + o_d[None, :] * stride_qd
     b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)    # [BM, BD]
-    k_base = K + b64 * stride_kb + i_kvn.to(tl.int64) * stride_kn
-    v_base = V + b64 * stride_vb + i_kvn.to(tl.int64) * stride_vn
+    if ROPE_DIM > 0:
+        o_dr = tl.arange(0, BLOCK_DR)
+        p_qr = QR + b64 * stride_qrb + i_n.to(tl.int64) * stride_qrn \
+            + o_r[:, None].to(tl.int64) * stride_qrs + o_dr[None, :] * stride_qrd
+        b_qr = tl.load(p_qr, mask=m_row[:, None] & (o_dr[None, :] < ROPE_DIM), other=0.0)   # [BM, BDR]
+    kvn64 = i_kvn.to(tl.int64)
 
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
@@ -110,13 +141,24 @@ def _prefill_kernel(
     for j0 in range(j_start, j_hi, BLOCK_N):
         o_j = j0 + o_n                                   # [BN] keys in the batch's region
         m_j = o_j < kvlen
-        o_kr = (kv_off + o_j).to(tl.int64)               # [BN] rows of the key tensor
-        p_k = k_base + o_kr[None, :] * stride_ks + o_d[:, None] * stride_kd
-        b_k = tl.load(p_k, mask=m_j[None, :] & m_d[:, None], other=0.0)     # [BD, BN]
+        o_kb, o_kr = _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE, IS_PAGED)
+        p_k = K + kvn64 * stride_kn + (o_kb * stride_kb + o_kr * stride_ks)[None, :] + o_d[:, None] * stride_kd
+        if HAS_PREFIX:
+            p_kp = KP + kvn64 * stride_kpn + o_j[None, :].to(tl.int64) * stride_kps + o_d[:, None] * stride_kpd
+            p_k = tl.where((o_j < prefix)[None, :], p_kp, p_k)
+        b_k = tl.load(p_k, mask=m_j[None, :] & m_d[:, None], other=0)                   # [BD, BN]
+        if KV_QUANT > 0:
+            b_k = _antiquant(b_k, AQS, AQO, 0, kvn64, b64, o_d, m_d, o_kr, stride_aqt, stride_aqx, stride_aqy,
+                             Q.dtype.element_ty, KV_QUANT, HAS_AQ_OFFSET, True)
         if QUANT_MODE == 1:
             b_s = tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32)         # [BM, BN] exact
             b_s = (b_s * deq1).to(tl.float16).to(tl.float32)
             b_s = (b_s * sm_scale).to(tl.float16).to(tl.float32)             # fp16 product
+        elif ROPE_DIM > 0:                               # MLA: [q, q_rope]·[k, k_rope]
+            p_kr = KR + kvn64 * stride_krn + (o_kb * stride_krb + o_kr * stride_krs)[None, :] \
+                + o_dr[:, None] * stride_krd
+            b_kr = tl.load(p_kr, mask=m_j[None, :] & (o_dr[:, None] < ROPE_DIM), other=0.0)  # [BDR, BN]
+            b_s = (tl.dot(b_q, b_k) + tl.dot(b_qr, b_kr)) * sm_scale
         else:
             b_s = tl.dot(b_q, b_k) * sm_scale                                # [BM, BN]
         if HAS_PSE:
@@ -143,8 +185,10 @@ def _prefill_kernel(
         else:
             b_p = tl.exp(b_s - b_m_new[:, None])                             # [BM, BN]
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        p_v = v_base + o_kr[:, None] * stride_vs + o_dv[None, :] * stride_vd
-        b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0.0)    # [BN, BDV]
+        b_v = _load_v(V, VP, AQS, AQO, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+                      stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
+                      stride_aqt, stride_aqx, stride_aqy, Q.dtype.element_ty, HAS_PREFIX, KV_QUANT,
+                      HAS_AQ_OFFSET)                                                   # [BN, BDV]
         b_acc = b_acc * b_alpha[:, None] + _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
         b_m = b_m_new
 
@@ -159,10 +203,13 @@ def _prefill_kernel(
                     if (j0 < j_start) | (j0 >= j_hi):
                         o_j = j0 + o_n
                         m_j = o_j < kvlen
-                        o_kr = (kv_off + o_j).to(tl.int64)
+                        o_kb, o_kr = _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE,
+                                                IS_PAGED)
                         b_p = tl.where(m_j[None, :], b_pf[:, None], 0.0)
-                        p_v = v_base + o_kr[:, None] * stride_vs + o_dv[None, :] * stride_vd
-                        b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0.0)
+                        b_v = _load_v(V, VP, AQS, AQO, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+                                      stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps,
+                                      stride_vpd, stride_aqt, stride_aqx, stride_aqy, Q.dtype.element_ty,
+                                      HAS_PREFIX, KV_QUANT, HAS_AQ_OFFSET)
                         b_acc += _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
                         b_l += tl.sum(b_p, 1)
 
@@ -186,14 +233,71 @@ def _prefill_kernel(
             if HAS_OFFSET2:
                 b_o2 = tl.load(QO2).to(tl.float32)
         b_o = tl.where(m_out[:, None], quant.ascend_quant_tl(b_o, b_s2, b_o2, HAS_OFFSET2), 0)
-    m_r = o_r < S1
+    m_r = m_row if VARLEN else o_r < S1                  # token-major rows of other batches are theirs
     p_o = O + b64 * stride_ob + i_n.to(tl.int64) * stride_on \
         + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
     tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_r[:, None] & m_dv[None, :])
     if HAS_LSE:
         b_lse = tl.where(m_out, b_m + tl.log(tl.where(m_out, b_l, 1.0)), float("inf"))
         p_lse = LSE + b64 * stride_lb + i_n.to(tl.int64) * stride_ln + o_r.to(tl.int64) * stride_ls
-        tl.store(p_lse, b_lse, mask=o_r < S1)
+        tl.store(p_lse, b_lse, mask=m_r)
+
+
+@triton.jit
+def _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE, IS_PAGED: tl.constexpr):
+    """[BN] (block, row) of the batch's own keys ``o_j - prefix``, int64: paged caches keep key t at row
+    t % PAGE_SIZE of block table[b, t // PAGE_SIZE]; plain tensors at row kv_off + t of batch b."""
+    o_t = o_j - prefix
+    if IS_PAGED:
+        p_blk = TABLE + b64 * stride_tb + tl.maximum(o_t, 0) // PAGE_SIZE
+        o_blk = tl.load(p_blk, mask=(o_t >= 0) & (o_j < kvlen), other=0).to(tl.int64)
+        return o_blk, (tl.maximum(o_t, 0) % PAGE_SIZE).to(tl.int64)
+    return tl.zeros_like(o_t).to(tl.int64) + b64, (kv_off + o_t).to(tl.int64)
+
+
+@triton.jit
+def _antiquant(b_x, AQS, AQO, which, kvn64, b64, o_d, m_d, o_kr, stride_aqt, stride_aqx, stride_aqy,
+               dtype: tl.constexpr, KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, D_FIRST: tl.constexpr):
+    """int8 block → (x + offset) * scale in ``dtype`` (fp16 arithmetic for fp16, fp32 then cast for bf16).
+    KV_QUANT 1: per channel, scale [2, KV_N, D]; 2: per token, scale [2, B, S2] (float32).
+    ``which`` 0 = key, 1 = value; D_FIRST: the block is [BD, BN] (keys) rather than [BN, BD]."""
+    if KV_QUANT == 1:
+        p_s = which * stride_aqt + kvn64 * stride_aqx + o_d * stride_aqy                 # [BD]
+        m_s = m_d
+    else:
+        p_s = which * stride_aqt + b64 * stride_aqx + o_kr * stride_aqy                  # [BN]
+        m_s = o_kr >= 0
+    b_sc = tl.load(AQS + p_s, mask=m_s, other=0.0)
+    if HAS_AQ_OFFSET:
+        b_of = tl.load(AQO + p_s, mask=m_s, other=0.0)
+    else:
+        b_of = tl.zeros_like(b_sc)
+    if (KV_QUANT == 1) == D_FIRST:                       # scale runs along the block's first axis
+        b_sc = b_sc[:, None]
+        b_of = b_of[:, None]
+    else:
+        b_sc = b_sc[None, :]
+        b_of = b_of[None, :]
+    if dtype == tl.float16:
+        return (b_x.to(tl.float16) + b_of.to(tl.float16)) * b_sc.to(tl.float16)
+    return ((b_x.to(tl.float32) + b_of.to(tl.float32)) * b_sc.to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def _load_v(V, VP, AQS, AQO, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+            stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
+            stride_aqt, stride_aqx, stride_aqy, dtype: tl.constexpr, HAS_PREFIX: tl.constexpr,
+            KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr):
+    """Value block [BN, BDV] of keys ``o_j`` (shared prefix first, then own keys; int8 anti-quantised)."""
+    p_v = V + kvn64 * stride_vn + (o_kb * stride_vb + o_kr * stride_vs)[:, None] + o_dv[None, :] * stride_vd
+    if HAS_PREFIX:
+        p_vp = VP + kvn64 * stride_vpn + o_j[:, None].to(tl.int64) * stride_vps + o_dv[None, :] * stride_vpd
+        p_v = tl.where((o_j < prefix)[:, None], p_vp, p_v)
+    b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0)
+    if KV_QUANT > 0:
+        b_v = _antiquant(b_v, AQS, AQO, 1, kvn64, b64, o_dv, m_dv, o_kr, stride_aqt, stride_aqx, stride_aqy,
+                         dtype, KV_QUANT, HAS_AQ_OFFSET, False)
+    return b_v
 
 
 @triton.jit
@@ -214,7 +318,7 @@ class PrefillConfig:
     """Static launch description of one prefill call (hashable; equal ⇔ same kernel and grid)."""
 
     strides: tuple[int, ...]        # the stride_* arguments, in signature order
-    sizes: tuple[int, ...]          # N, S1, BN_TOTAL, GROUP
+    sizes: tuple[int, ...]          # N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE
     meta: tuple[tuple[str, object], ...]   # constexpr name/value pairs
     grid: tuple[int, int, int]
     num_warps: int
@@ -242,17 +346,20 @@ def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
     return (triton.cdiv(s1, block_m), y, triton.cdiv(bn_total, y))
 
 
-def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = ()) -> dict:
+def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources: tuple = ()) -> dict:
     """Every argument of ``_prefill_kernel`` by name: tensors (Q, K, V, O, LSE, MASK, PSE, PARAMS), the
-    quantisation scales (DEQ1, QS1, DEQ2, QS2, QO2; Q stands in for absent ones), then the scale,
-    strides and sizes of ``cfg``, then its constexprs."""
-    scales = tuple(tensors[0] if s is None else s for s in scales) + (tensors[0],) * (5 - len(scales))
-    values = (*tensors, *scales, cfg.sm_scale, *cfg.strides, *cfg.sizes)
+    quantisation scales (DEQ1, QS1, DEQ2, QS2, QO2) and the fused-operator inputs (QPAD, KVPAD, TABLE, KP,
+    VP, QR, KR, AQS, AQO), Q standing in for absent ones, then the scale, strides and sizes of ``cfg``,
+    then its constexprs."""
+    def padded(group: tuple, size: int) -> tuple:
+        return tuple(tensors[0] if t is None else t for t in group) + (tensors[0],) * (size - len(group))
+
+    values = (*tensors, *padded(scales, 5), *padded(sources, 9), cfg.sm_scale, *cfg.strides, *cfg.sizes)
     args = dict(zip(_prefill_kernel.arg_names, values))
     args.update(cfg.meta)
     return args
 
 
-def launch(cfg: PrefillConfig, *tensors, scales: tuple = ()) -> None:
-    _prefill_kernel[cfg.grid](**kernel_args(cfg, tensors, scales), num_warps=cfg.num_warps,
+def launch(cfg: PrefillConfig, *tensors, scales: tuple = (), sources: tuple = ()) -> None:
+    _prefill_kernel[cfg.grid](**kernel_args(cfg, tensors, scales, sources), num_warps=cfg.num_warps,
                               num_stages=cfg.num_stages)

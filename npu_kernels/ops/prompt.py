@@ -18,6 +18,7 @@ from ..errors import require
 from ..kernels import prefill
 from ..layouts import PROMPT_LAYOUTS, Layout, as_bnsd, out_shape
 from ..masks import Band
+from .sources import Sources
 
 OP = "npu_prompt_flash_attention"
 
@@ -38,8 +39,9 @@ class PromptCall:
     scale: float
     fill: float
     zero_masked_rows: bool             # inner_precise bit 1 (FIA); PFA never sets it
-    q_off: int = 0                     # left padding offsets (FIA); 0 for PFA
-    kv_off: int = 0
+    # per batch (q_off, kv_off, qm_off, kvm_off, prefix): params.Q_OFF ... params.PREFIX; None = zeros
+    offsets: Optional[tuple[tuple[int, int, int, int, int], ...]] = None
+    sources: Sources = Sources()
     quant: quant.QuantArgs = quant.NO_QUANT
 
 
@@ -166,18 +168,21 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
     pse_strides = (0, 0, 0, 0) if call.pse is None else \
         (checks.broadcast_stride(call.pse, 0), *(int(s) for s in call.pse.stride()[1:]))
     lse_strides = (0, 0, 0) if lse is None else tuple(int(s) for s in lse.stride()[:3])
-    strides = (*h.q.stride(), *h.k.stride(), *h.v.stride(), *o4.stride(), *lse_strides, *mask_strides, *pse_strides)
+    strides = (*h.q.stride(), *h.k.stride(), *h.v.stride(), *o4.stride(), *lse_strides, *mask_strides,
+               *pse_strides, *call.sources.strides())
     meta = (("HEAD_DIM", h.D), ("HEAD_DIM_V", h.Dv), ("BLOCK_D", _pow2(h.D, min_block)),
             ("BLOCK_DV", _pow2(h.Dv, min_block)),
             ("BLOCK_M", block_m), ("BLOCK_N", block_n), ("HAS_MASK", call.mask is not None),
             ("HAS_PSE", call.pse is not None), ("HAS_LSE", lse is not None), ("FILL", call.fill),
-            ("ZERO_MASKED_ROWS", call.zero_masked_rows), *call.quant.meta())
+            ("ZERO_MASKED_ROWS", call.zero_masked_rows), *call.quant.meta(), *call.sources.meta())
     bn_total = h.B * h.N
     static = prefill.PrefillConfig(
-        strides=tuple(int(s) for s in strides), sizes=(h.N, h.S1, bn_total, h.group), meta=meta,
+        strides=tuple(int(s) for s in strides),
+        sizes=(h.N, h.S1, h.S2, bn_total, h.group, call.sources.page_size), meta=meta,
         grid=prefill.grid(h.S1, block_m, bn_total), num_warps=warps, num_stages=stages, sm_scale=call.scale)
-    rows = [(q, kv, call.q_off, call.kv_off, call.q_off, call.kv_off, *band.clamped())
-            for q, kv, band in zip(call.qlens, call.kvlens, call.bands)]
+    offsets = call.offsets or ((0, 0, 0, 0, 0),) * h.B
+    rows = [(q, kv, *off[:4], *band.clamped(), off[4])
+            for q, kv, band, off in zip(call.qlens, call.kvlens, call.bands, offsets)]
     return Plan(static, params.pack(rows))
 
 
@@ -198,8 +203,10 @@ def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = No
     dummy = h.q
     run = functools.partial(prefill.launch, p.static, h.q, h.k, h.v, o4,
                             dummy if lse is None else lse, dummy if mask is None else mask,
-                            dummy if call.pse is None else call.pse, scales=call.quant.kernel_scales())
-    inputs = tuple(t for t in (h.q, h.k, h.v, mask, call.pse) if t is not None) + call.quant.tensors()
+                            dummy if call.pse is None else call.pse, scales=call.quant.kernel_scales(),
+                            sources=call.sources.tensors())
+    inputs = tuple(t for t in (h.q, h.k, h.v, mask, call.pse, *call.sources.tensors()) if t is not None) \
+        + call.quant.tensors()
     outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
     tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs))
 

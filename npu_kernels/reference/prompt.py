@@ -19,8 +19,8 @@ from .core import BatchSpan, Int8Steps, attention
 
 
 def spans_of(call: prompt.PromptCall) -> list[BatchSpan]:
-    return [BatchSpan(q, kv, call.q_off, call.kv_off, call.q_off, call.kv_off, band)
-            for q, kv, band in zip(call.qlens, call.kvlens, call.bands)]
+    offsets = call.offsets or ((0, 0, 0, 0, 0),) * len(call.qlens)
+    return [BatchSpan(q, kv, *off[:4], band) for q, kv, band, off in zip(call.qlens, call.kvlens, call.bands, offsets)]
 
 
 def int8_steps(qa: quant.QuantArgs, block_n: int) -> Optional[Int8Steps]:
