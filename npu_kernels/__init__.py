@@ -14,5 +14,7 @@ if interpreted():
 
 from . import library, reference  # noqa: E402  (kernels must be defined after the interpreter switch)
 from .library import npu_incre_flash_attention, npu_prompt_flash_attention  # noqa: E402
+from .quant import npu_trans_quant_param  # noqa: E402
 
-__all__ = ["npu_device", "npu_incre_flash_attention", "npu_prompt_flash_attention", "reference"]
+__all__ = ["npu_device", "npu_incre_flash_attention", "npu_prompt_flash_attention", "npu_trans_quant_param",
+           "reference"]
