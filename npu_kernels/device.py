@@ -38,6 +38,7 @@ def use_interpreter() -> None:
     """Put Triton into interpreter mode, also when it was already imported in compiled mode."""
     os.environ["TRITON_INTERPRET"] = "1"
     _fix_interpreted_bf16_dot()
+    _fix_interpreted_bf16_cast()
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
@@ -65,6 +66,27 @@ def _fix_interpreted_bf16_dot() -> None:
 
     create_dot.widens_bf16 = True
     InterpreterBuilder.create_dot = create_dot
+
+
+def _fix_interpreted_bf16_cast() -> None:
+    """The interpreter converts float32 to bfloat16 by dropping the low 16 bits; the GPU rounds to
+    nearest even, as torch does. Round with torch."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    cast = InterpreterBuilder.cast_impl
+    if getattr(cast, "rounds_bf16", False):
+        return
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            x = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32))
+            return TensorHandle(x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
+        return cast(self, src, dst_type)
+
+    cast_impl.rounds_bf16 = True
+    InterpreterBuilder.cast_impl = cast_impl
 
 
 def check_device(name: str, tensor: torch.Tensor) -> None:
