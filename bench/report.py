@@ -1,0 +1,136 @@
+"""``python -m bench report``: the static kernel report, on any machine (no GPU needed).
+
+Compiles every kernel variant that ``npu_kernels.aot.all_variants()`` lists, ahead of time for sm_80
+and sm_90, in a subprocess where Triton is in compiled mode (``NPUK_COMPILE_ONLY=1``, ``TRITON_INTERPRET``
+unset: interpret mode replaces the jitted functions the compiler needs). Tabulates registers, spills,
+shared memory, tensor-core instructions (mma / wgmma) and compile time; spills and variants that fail to
+compile are flagged. Exit status 1 when a variant fails to compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import results
+
+ARCHS = (80, 90)
+TIMEOUT_PER_COMPILE_S = 300
+MAX_VARIANTS = 64                # bounds the worker's total time when no names are given
+
+
+def worker(archs: Sequence[int], names: Sequence[str]) -> None:
+    """In the compile-only subprocess: one JSON line per (variant, arch)."""
+    from npu_kernels import aot
+
+    known = aot.all_variants()
+    variants = [v for v in known if not names or v.name in names]
+    unknown = sorted(set(names) - {v.name for v in known})
+    print(json.dumps({"variants": len(variants) + len(unknown)}), flush=True)
+    for name in unknown:
+        for arch in archs:
+            print(json.dumps({"kernel": "?", "variant": name, "arch": arch,
+                              "error": f"unknown variant (known: {', '.join(v.name for v in known)})"}), flush=True)
+    for v in variants:
+        meta = {k: v.constexprs[k] for k in ("BLOCK_M", "BLOCK_N") if k in v.constexprs}
+        for arch in archs:
+            row = {"kernel": v.kernel, "variant": v.name, "arch": arch, "num_warps": v.num_warps,
+                   "num_stages": v.num_stages, **meta}
+            try:
+                c = aot.compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages)
+                row.update(registers=c.registers, spill_bytes=c.spill_bytes, shared_bytes=c.shared_bytes,
+                           tensor_cores=c.tensor_cores, compile_s=round(c.compile_s, 2), error=None)
+            except Exception as exc:  # reported, not raised: a failing variant is a row of the report
+                row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+            print(json.dumps(row), flush=True)
+
+
+def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list[dict]:
+    """Run ``worker`` in a compile-only subprocess and collect its rows; a worker that dies leaves a
+    failure row naming its exit status and the end of its stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["NPUK_COMPILE_ONLY"] = "1"
+    cmd = [sys.executable, "-m", "bench.report", "--worker", "--arch", ",".join(map(str, archs))]
+    if names:
+        cmd += ["--variant", ",".join(names)]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rows, expected = [], None
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_PER_COMPILE_S * (len(names) or MAX_VARIANTS) * len(archs))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err = f"timed out\n{err}"
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        data = json.loads(line)
+        if "variants" in data:
+            expected = data["variants"] * len(archs)
+        else:
+            rows.append(data)
+    if proc.returncode != 0 or expected is None or len(rows) < (expected or 0):
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        rows.append({"kernel": "?", "variant": "(compile worker)", "arch": 0,
+                     "error": f"worker exited with {proc.returncode} after {len(rows)} of {expected} compiles: {tail}"})
+    return rows
+
+
+def status(row: dict) -> str:
+    if row.get("error"):
+        return "FAILED"
+    return "SPILLS" if row.get("spill_bytes") else "ok"
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| kernel | variant | arch | BLOCK_M×N | warps/stages | registers | spill bytes | shared KiB "
+            "| tensor cores | compile s | status |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | | | | | | | | "
+                         f"**FAILED**: {r['error'].splitlines()[0][:160]} |")
+            continue
+        block = f"{r.get('BLOCK_M', '')}×{r.get('BLOCK_N', '')}"
+        spill = f"**{r['spill_bytes']}**" if r["spill_bytes"] else "0"
+        lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {block} | {r['num_warps']}/{r['num_stages']} "
+                     f"| {r['registers']} | {spill} | {r['shared_bytes'] / 1024:.1f} | {r['tensor_cores'] or 'none'} "
+                     f"| {r['compile_s']:.1f} | {'**SPILLS**' if r['spill_bytes'] else 'ok'} |")
+    return "\n".join(lines)
+
+
+def main(archs: Sequence[int] = ARCHS, names: Sequence[str] = (), out_dir: Optional[Path] = None) -> int:
+    rows = compile_all(archs, names)
+    for r in rows:
+        r["status"] = status(r)
+    env = results.environment()
+    jpath, cpath = results.write("report", rows, env, out_dir)
+    text = markdown(rows)
+    jpath.with_suffix(".md").write_text(
+        f"Static kernel report: git {env['git_sha']}, torch {env['torch']}, triton {env['triton']}, "
+        f"compiled on {env['gpu']}\n\n{text}\n")
+    print(text)
+    spills = [f"{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "SPILLS"]
+    failed = [f"{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "FAILED"]
+    print(f"{len(rows)} compiles: {len(failed)} failed, {len(spills)} with spills"
+          + (f" ({', '.join(spills)})" if spills else ""))
+    print(f"wrote {jpath}, {cpath} and {jpath.with_suffix('.md')}")
+    if failed:
+        print(f"failed to compile: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":                       # the compile worker: python -m bench.report --worker
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", action="store_true", required=True)
+    ap.add_argument("--arch", default="80,90")
+    ap.add_argument("--variant", default="")
+    a = ap.parse_args()
+    worker([int(x) for x in a.arch.split(",")], [x for x in a.variant.split(",") if x])

@@ -1,0 +1,90 @@
+"""Benchmark results as JSON and CSV under ``bench/results/``, with the machine they were measured on.
+
+A result file holds ``{"env": {...}, "rows": [...]}``; the CSV beside it has one line per row and the
+environment repeated in its leading columns, so each line stands alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENV_COLUMNS = ("gpu", "driver", "torch", "triton", "cuda", "git_sha", "date")
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=RESULTS.parent, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=RESULTS.parent,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _driver() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return ""
+
+
+def environment() -> dict:
+    """GPU name (or "cpu: <processor>"), driver, library versions, git sha and the date (UTC)."""
+    import triton
+
+    on_gpu = torch.cuda.is_available()
+    return {
+        "gpu": torch.cuda.get_device_name() if on_gpu else f"cpu: {platform.processor() or platform.machine()}",
+        "driver": _driver() if on_gpu else "",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda or "",
+        "git_sha": git_sha(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+    }
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def write(kind: str, rows: list[dict], env: dict, directory: Optional[Path] = None) -> tuple[Path, Path]:
+    """Write ``<kind>-<gpu>-<date>.json`` and ``.csv``; returns both paths."""
+    directory = Path(directory or RESULTS)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{kind}-{slug(env['gpu'])}-{slug(env['date'])}"
+    jpath, cpath = directory / f"{stem}.json", directory / f"{stem}.csv"
+    jpath.write_text(json.dumps({"kind": kind, "env": env, "rows": rows}, indent=1) + "\n")
+    columns = list(ENV_COLUMNS)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with cpath.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for row in rows:
+            w.writerow({**{k: env.get(k, "") for k in ENV_COLUMNS}, **row})
+    return jpath, cpath
+
+
+def read(path: Path) -> dict:
+    """A JSON result file back as ``{"kind", "env", "rows"}``."""
+    return json.loads(Path(path).read_text())
+
+
+def latest(kind: str, directory: Optional[Path] = None) -> list[Path]:
+    """JSON result files of ``kind``, newest first."""
+    directory = Path(directory or RESULTS)
+    return sorted(directory.glob(f"{kind}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
