@@ -24,6 +24,7 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode, _push_mode
 from triton.language.extra.cuda import globaltimer
 
@@ -34,7 +35,9 @@ from ..opkinds import op_kind
 FLAG_SLOTS = 1 << 16  # ExternalEvents per process (256 KiB of flags); slot 0 warms the kernels up
 
 
-@triton.jit
+# Slots, sites and the timeout are plain int32 arguments (no value specialisation), so each kernel
+# compiles once, before any capture.
+@triton.jit(do_not_specialize=["slot", "site"])
 def flag_record_kernel(flags_ptr, slot, err_ptr, site, CONSUMING: tl.constexpr):
     old = tl.atomic_xchg(flags_ptr + slot, 1, sem="release")
     if CONSUMING:
@@ -42,8 +45,9 @@ def flag_record_kernel(flags_ptr, slot, err_ptr, site, CONSUMING: tl.constexpr):
             tl.atomic_cas(err_ptr, 0, site)
 
 
-@triton.jit
-def flag_wait_kernel(flags_ptr, slot, err_ptr, site, timeout_ns, CONSUMING: tl.constexpr):
+@triton.jit(do_not_specialize=["slot", "site", "timeout_us"])
+def flag_wait_kernel(flags_ptr, slot, err_ptr, site, timeout_us, CONSUMING: tl.constexpr):
+    timeout_ns = timeout_us.to(tl.int64) * 1000
     start = globaltimer()
     if CONSUMING:
         seen = tl.atomic_cas(flags_ptr + slot, 1, 0, sem="acquire")
@@ -60,7 +64,7 @@ def flag_wait_kernel(flags_ptr, slot, err_ptr, site, timeout_ns, CONSUMING: tl.c
         tl.atomic_cas(err_ptr, 0, site)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["slot"])
 def flag_reset_kernel(flags_ptr, slot):
     tl.atomic_xchg(flags_ptr + slot, 0)
 
@@ -82,6 +86,12 @@ class CudaStream(streams.Stream):
             wrapper = cls._wrappers[key] = object.__new__(cls)
             wrapper.cuda = cuda_stream
         return wrapper
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CudaStream) and self.cuda == other.cuda
+
+    def __hash__(self) -> int:
+        return hash((self.cuda.stream_id, self.cuda.device_index))
 
     def __repr__(self) -> str:
         return f"<cuda Stream {self.cuda.stream_id:#x} on cuda:{self.cuda.device_index}>"
@@ -144,7 +154,7 @@ class CudaExternalEvent(events.ExternalEvent):
         )
         with torch.cuda.stream(stream.cuda):
             flag_wait_kernel[(1,)](_backend.flags, self.slot, _backend.error, site,
-                                   int(_backend.wait_timeout_s * 1e9), self.consuming, num_warps=1)
+                                   int(_backend.wait_timeout_s * 1e6), self.consuming, num_warps=1)
 
     def _reset(self, stream) -> None:
         with torch.cuda.stream(stream.cuda):
@@ -157,7 +167,7 @@ class GuardMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not _backend.internal and op_kind(func) in ("device", "host_read"):
-            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
             if any(t.is_cuda for t in tensors):
                 from .. import tasks
 
@@ -231,7 +241,7 @@ class CudaBackend:
 
     def raise_errors(self) -> None:
         """Raise the error a flag kernel reported, if any (read on the private stream)."""
-        with torch.cuda.stream(self.private):
+        with self.direct(), torch.cuda.stream(self.private):
             self.error_host.copy_(self.error, non_blocking=True)
             self.private.synchronize()
             site = int(self.error_host[0])
@@ -306,14 +316,17 @@ class CudaBackend:
         torch.cuda.current_stream().synchronize()
 
     def block_writer(self, block: torch.Tensor):
-        staging = torch.empty(block.shape, dtype=block.dtype).pin_memory()
-        copied = torch.cuda.Event()
+        """Writes into ``block`` through a pinned staging buffer, made at the first update (pinned
+        allocation is not allowed during a capture)."""
+        staging, copied = [], torch.cuda.Event()
 
         def write(params: torch.Tensor, stream) -> None:
+            if not staging:
+                staging.append(torch.empty(block.shape, dtype=block.dtype).pin_memory())
             copied.synchronize()  # the previous copy out of the staging buffer has finished
-            staging.copy_(params)
+            staging[0].copy_(params)
             with self.direct(), torch.cuda.stream(stream.cuda):
-                block.copy_(staging, non_blocking=True)
+                block.copy_(staging[0], non_blocking=True)
                 copied.record()
 
         return write

@@ -25,7 +25,7 @@ for consuming in (True, False):
     cases.append(("record", cuda.flag_record_kernel, dict(flags_ptr=flags, slot=3, err_ptr=err, site=5),
                   {"CONSUMING": consuming}))
     cases.append(("wait", cuda.flag_wait_kernel,
-                  dict(flags_ptr=flags, slot=3, err_ptr=err, site=5, timeout_ns=10**10), {"CONSUMING": consuming}))
+                  dict(flags_ptr=flags, slot=3, err_ptr=err, site=5, timeout_us=10**7), {"CONSUMING": consuming}))
 cases.append(("reset", cuda.flag_reset_kernel, dict(flags_ptr=flags, slot=3), {}))
 for name, fn, args, constexprs in cases:
     for arch in (80, 90):

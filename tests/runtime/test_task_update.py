@@ -11,48 +11,116 @@ from typing import Callable
 import pytest
 import torch
 
+import npu_kernels as nk
 import toy_ops
 from conftest import randn
 
 
 @dataclass
 class UpdatableCase:
-    """An operator called through its ``.out`` form with host length lists that task update changes."""
+    """An operator call with host length lists that task update changes. ``call`` returns the call's
+    result: ``None`` for ``.out`` forms; for functional forms the tensor the capture writes."""
 
     name: str
-    make: Callable          # make(device) -> dict of the captured tensors
-    call: Callable          # call(state, lengths): issues the operator into the state's outputs
-    reference: Callable     # reference(state, lengths) -> expected output tensors
-    outputs: Callable       # outputs(state) -> output tensors
+    make: Callable          # make(device) -> dict of the call's tensors (kernels compiled by a first call)
+    call: Callable          # call(state, lengths) -> result
+    reference: Callable     # reference(state, lengths) -> expected output
     captured: list          # lengths at capture
     updated: list           # lengths of the update
     random_lengths: Callable  # random_lengths(rng) -> valid lengths
     reshaped: Callable      # reshaped(state) -> a state whose call has another static plan
+    input_key: str          # an input that an update may replace by another tensor of its shape
+    out_form: bool          # the caller passes the outputs (``out=``)
+    host_steps: int = 16    # serving-loop steps on the host backend (kernels run in Triton's interpreter)
 
 
 def _toy_make(device):
     x = randn(2, 128, 8, device=device)
-    return {"x": x, "out": torch.empty(2, 8, device=device)}
+    out = torch.empty(2, 8, device=device)
+    torch.ops.rt_toy.prefix_sum_out(x, [1, 1], out)
+    return {"x": x, "out": out}
 
 
 TOY = UpdatableCase(
     name="toy_prefix_sum",
     make=_toy_make,
     call=lambda st, n: torch.ops.rt_toy.prefix_sum_out(st["x"], n, st["out"]),
-    reference=lambda st, n: (toy_ops.reference(st["x"], n),),
-    outputs=lambda st: (st["out"],),
+    reference=lambda st, n: toy_ops.reference(st["x"], n),
     captured=[29, 7],
     updated=[100, 128],
     random_lengths=lambda rng: [rng.randint(0, 128) for _ in range(2)],
     reshaped=lambda st: dict(st, x=st["x"][..., :4]),
+    input_key="x",
+    out_form=True,
 )
 
-CASES = [TOY]
+_PFA = dict(num_heads=2, input_layout="BNSD", scale_value=0.25, next_tokens=65535)
 
 
-def _close(case, state, lengths):
-    for got, want in zip(case.outputs(state), case.reference(state, lengths)):
-        torch.testing.assert_close(got, want)
+def _pfa_make(device):
+    st = {n: randn(1, 2, 32, 16, device=device, dtype=torch.float16) for n in ("q", "k", "v")}
+    torch.ops.npu.npu_prompt_flash_attention(st["q"], st["k"], st["v"], actual_seq_lengths=[1],
+                                             actual_seq_lengths_kv=[1], **_PFA)
+    return st
+
+
+def _pfa(fn, st, n):
+    return fn(st["q"], st["k"], st["v"], actual_seq_lengths=n, actual_seq_lengths_kv=n, **_PFA)
+
+
+PROMPT = UpdatableCase(
+    name="npu_prompt_flash_attention",
+    make=_pfa_make,
+    call=lambda st, n: _pfa(torch.ops.npu.npu_prompt_flash_attention, st, n),
+    reference=lambda st, n: _pfa(nk.reference.npu_prompt_flash_attention, st, n),
+    captured=[29],
+    updated=[32],
+    random_lengths=lambda rng: [rng.randint(1, 32)],
+    reshaped=lambda st: {n: t[..., :8] for n, t in st.items() if n != "out"},
+    input_key="k",
+    out_form=False,
+    host_steps=3,
+)
+
+_IFA = dict(num_heads=2, input_layout="BNSD", scale_value=0.25)
+
+
+def _ifa_make(device):
+    st = {"q": randn(2, 2, 1, 16, device=device, dtype=torch.float16),
+          "k": randn(2, 2, 64, 16, device=device, dtype=torch.float16)}
+    torch.ops.npu.npu_incre_flash_attention(st["q"], st["k"], st["k"], actual_seq_lengths=[1, 1], **_IFA)
+    return st
+
+
+def _ifa(fn, st, n):
+    return fn(st["q"], st["k"], st["k"], actual_seq_lengths=n, **_IFA)
+
+
+INCRE = UpdatableCase(
+    name="npu_incre_flash_attention",
+    make=_ifa_make,
+    call=lambda st, n: _ifa(torch.ops.npu.npu_incre_flash_attention, st, n),
+    reference=lambda st, n: _ifa(nk.reference.npu_incre_flash_attention, st, n),
+    captured=[29, 3],
+    updated=[64, 40],
+    random_lengths=lambda rng: [rng.randint(1, 64) for _ in range(2)],
+    reshaped=lambda st: {n: t[..., :8] for n, t in st.items() if n != "out"},
+    input_key="q",
+    out_form=False,
+    host_steps=3,
+)
+
+CASES = [TOY, PROMPT, INCRE]
+
+
+def _output(state):
+    return state["out"]
+
+
+def _close(case, state, lengths, got=None):
+    want = case.reference(state, lengths)
+    got = _output(state) if got is None else got
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)
 
 
 def _capture(rt, case, state, layers=1):
@@ -66,10 +134,16 @@ def _capture(rt, case, state, layers=1):
             ev.wait(s)
             ev.reset(s)
             rt.graph_task_group_begin(s)
-            case.call(state, case.captured)
+            _capture_call(case, state)
             handles.append(rt.graph_task_group_end(s))
             events.append(ev)
     return g, events, handles
+
+
+def _capture_call(case, state):
+    result = case.call(state, case.captured)
+    if result is not None:
+        state["out"] = result
 
 
 def _update(rt, case, state, u, handle, event, lengths):
@@ -107,8 +181,7 @@ def test_update_persists_over_replays(rt, device, case):
     _update(rt, case, state, u, h, ev, case.updated)
     g.replay()
     rt.synchronize()
-    for o in case.outputs(state):
-        o.zero_()
+    _output(state).zero_()
     ev.record(u)
     g.replay()
     rt.synchronize()
@@ -126,9 +199,9 @@ def test_captured_lengths_hold_without_update(rt, device, case):
 
 def test_serving_loop(rt, device, case):
     """vLLM-Ascend's decode loop: host sync, replay, then per layer update + record; four layers."""
-    layers, steps = 4, 16
+    layers, steps = 4, (case.host_steps if rt.backend().name == "host" else 16)
     state = case.make(device)
-    w = randn(*case.outputs(state)[0].shape[-1:], device=device)
+    w = 0.5
     g = rt.NPUGraph()
     events, handles, hidden = [], [], []
     with rt.graph(g):
@@ -138,10 +211,10 @@ def test_serving_loop(rt, device, case):
             ev.wait(s)
             ev.reset(s)
             rt.graph_task_group_begin(s)
-            case.call(state, case.captured)
+            _capture_call(case, state)
             handles.append(rt.graph_task_group_end(s))
             events.append(ev)
-            hidden.append(case.outputs(state)[0] * w)     # per-layer work reading the task's output
+            hidden.append(_output(state) * w)     # per-layer work reading the task's output
     u = rt.Stream()
     rng = random.Random(0)
     for _ in range(steps):
@@ -152,7 +225,7 @@ def test_serving_loop(rt, device, case):
             _update(rt, case, state, u, handles[layer], events[layer], lengths[layer])
         rt.synchronize()
         for layer in range(layers):
-            torch.testing.assert_close(hidden[layer], case.reference(state, lengths[layer])[0] * w)
+            _close(case, state, lengths[layer], got=hidden[layer] / w)
 
 
 def test_serving_loop_without_sync_reports_flag_merge(rt, device, case):
@@ -171,12 +244,15 @@ def test_serving_loop_without_sync_reports_flag_merge(rt, device, case):
 def test_new_input_tensor_is_copied_in(rt, device, case):
     state = case.make(device)
     g, (ev,), (h,) = _capture(rt, case, state)
-    fresh = {k: (randn(*v.shape, device=device) if k == "x" else v) for k, v in state.items()}
-    _update(rt, case, fresh, rt.Stream(), h, ev, case.updated)
+    key = case.input_key
+    fresh = dict(state, **{key: randn(*state[key].shape, device=device, dtype=state[key].dtype)})
+    u = rt.Stream()
+    u.wait_stream(rt.current_stream())      # the new tensor is copied in on u: order it after its producer
+    _update(rt, case, fresh, u, h, ev, case.updated)
     g.replay()
     rt.synchronize()
-    _close(case, fresh, case.updated)
-    torch.testing.assert_close(state["x"], fresh["x"])
+    _close(case, fresh, case.updated, got=_output(state))
+    torch.testing.assert_close(state[key], fresh[key])
 
 
 def test_update_with_other_shape_is_refused(rt, device, case):
@@ -192,11 +268,12 @@ def test_update_with_other_shape_is_refused(rt, device, case):
             rt.graph_task_update_end(u)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.out_form], ids=lambda c: c.name)
 def test_update_into_other_outputs_is_refused(rt, device, case):
     state = case.make(device)
     g, (ev,), (h,) = _capture(rt, case, state)
     u = rt.Stream()
-    other = {k: (v.clone() if any(v is o for o in case.outputs(state)) else v) for k, v in state.items()}
+    other = dict(state, out=state["out"].clone())
     with rt.stream(u):
         rt.graph_task_update_begin(u, h)
         with pytest.raises(RuntimeError, match="output tensors must be the captured ones"):
@@ -237,7 +314,7 @@ def test_non_task_work_in_update_mode_is_refused(rt, device, case):
     with rt.stream(u):
         rt.graph_task_update_begin(u, h)
         with pytest.raises(RuntimeError, match="RT_ERROR_TASK_NOT_SUPPORT"):
-            state["x"].copy_(torch.zeros_like(state["x"]))
+            state[case.input_key].copy_(torch.zeros_like(state[case.input_key]))
         case.call(state, case.updated)
         rt.graph_task_update_end(u)
 
@@ -283,7 +360,7 @@ def test_only_tasks_inside_a_group(rt, device, case):
         with rt.graph(rt.NPUGraph()):
             cs = rt.current_stream()
             rt.graph_task_group_begin(cs)
-            state["x"].mul_(2)
+            state[case.input_key].mul_(2)
     assert not rt.is_current_stream_capturing()
 
 
@@ -294,7 +371,7 @@ def test_auto_dispatch_update_broadcasts(rt, device):
         a = torch.ops.rt_toy.prefix_sum(x, [3, 4])
         b = torch.ops.rt_toy.prefix_sum(x * 2, [5, 6])
     assert a is None and b is None
-    outs = [r.args[2] for r in g._records]
+    outs = [r.args[2] for r in g._records]    # the outputs the handler allocated at capture
     g.update([{"actual_seq_lengths": [100, 128]}])
     g.replay()
     rt.synchronize()
