@@ -13,8 +13,11 @@ if interpreted():
     use_interpreter()
 
 from . import library, reference  # noqa: E402  (kernels must be defined after the interpreter switch)
-from .library import npu_incre_flash_attention, npu_prompt_flash_attention  # noqa: E402
+from .library import (  # noqa: E402
+    _npu_fused_infer_attention_score_get_max_workspace, _npu_fused_infer_attention_score_infer_output,
+    npu_fused_infer_attention_score, npu_incre_flash_attention, npu_prompt_flash_attention)
 from .quant import npu_trans_quant_param  # noqa: E402
 
-__all__ = ["npu_device", "npu_incre_flash_attention", "npu_prompt_flash_attention", "npu_trans_quant_param",
-           "reference"]
+__all__ = ["_npu_fused_infer_attention_score_get_max_workspace", "_npu_fused_infer_attention_score_infer_output",
+           "npu_device", "npu_fused_infer_attention_score", "npu_incre_flash_attention",
+           "npu_prompt_flash_attention", "npu_trans_quant_param", "reference"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import incre, prompt
+from .ops import fused, incre, prompt
 
 LIB = torch.library.Library("npu", "FRAGMENT")
 
@@ -60,3 +60,71 @@ define(INCRE_SCHEMA, incre.npu_incre_flash_attention, _incre_fake)
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """torch_npu.npu_incre_flash_attention (keyword arguments as torch_npu; spec ops §3)."""
     return torch.ops.npu.npu_incre_flash_attention(query, key, value, **kwargs)
+
+
+FUSED_ARGS = (
+    "Tensor query, Tensor key, Tensor value, *, Tensor? pse_shift=None, Tensor? atten_mask=None, "
+    "SymInt[]? actual_seq_lengths=None, SymInt[]? actual_seq_lengths_kv=None, Tensor? dequant_scale1=None, "
+    "Tensor? quant_scale1=None, Tensor? dequant_scale2=None, Tensor? quant_scale2=None, "
+    "Tensor? quant_offset2=None, Tensor? antiquant_scale=None, Tensor? antiquant_offset=None, "
+    "Tensor? key_antiquant_scale=None, Tensor? key_antiquant_offset=None, Tensor? value_antiquant_scale=None, "
+    "Tensor? value_antiquant_offset=None, Tensor? block_table=None, Tensor? query_padding_size=None, "
+    "Tensor? kv_padding_size=None, Tensor? key_shared_prefix=None, Tensor? value_shared_prefix=None, "
+    "SymInt[]? actual_shared_prefix_len=None, Tensor? query_rope=None, Tensor? key_rope=None, "
+    "Tensor? key_rope_antiquant_scale=None, int num_heads=1, float scale=1.0, int pre_tokens=2147483647, "
+    "int next_tokens=2147483647, str input_layout=\"BSH\", int num_key_value_heads=0, int sparse_mode=0, "
+    "int inner_precise=0, int block_size=0, int antiquant_mode=0, int key_antiquant_mode=0, "
+    "int value_antiquant_mode=0, bool softmax_lse_flag=False"
+)
+
+
+def _fused_fake(query, key, value, **kwargs):
+    return fused.outputs(fused.validate(query, key, value, **fused.with_defaults(kwargs)))
+
+
+def _fused_out_fake(query, key, value, *, workspace=None, attention_out, softmax_lse, **kwargs):
+    fused.validate(query, key, value, **fused.with_defaults(kwargs))
+    return attention_out, softmax_lse
+
+
+def _workspace_fake(query, key, value, **kwargs):
+    call = fused.validate(query, key, value, **fused.with_defaults(kwargs))
+    size = query.element_size()
+    return query.new_empty((max(1, -(-fused.workspace_elements(call) * 4 // size)),))
+
+
+define(f"npu_fused_infer_attention_score({FUSED_ARGS}) -> (Tensor, Tensor)",
+       fused.npu_fused_infer_attention_score, _fused_fake)
+define(f"npu_fused_infer_attention_score.out({FUSED_ARGS}, Tensor? workspace=None, Tensor(a!) attention_out, "
+       "Tensor(b!) softmax_lse) -> (Tensor(a!), Tensor(b!))", fused.npu_fused_infer_attention_score_out,
+       _fused_out_fake)
+define(f"_npu_fused_infer_attention_score_get_max_workspace({FUSED_ARGS}) -> Tensor", fused.get_max_workspace,
+       _workspace_fake)
+define("_npu_fused_infer_attention_score_infer_output(Tensor query, Tensor value, *, str input_layout=\"BSH\", "
+       "Tensor? quant_scale2=None, Tensor? block_table=None, int num_heads=1, int num_key_value_heads=0, "
+       "bool softmax_lse_flag=False, Tensor? query_rope=None) -> (Tensor, Tensor)", fused.infer_output,
+       fused.infer_output)
+
+
+class FusedInferAttentionScore:
+    """torch_npu.npu_fused_infer_attention_score (spec ops §4): call it, or ``.out(..., workspace=ws,
+    out=[attention_out, softmax_lse])``."""
+
+    def __call__(self, query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ops.npu.npu_fused_infer_attention_score(query, key, value, **kwargs)
+
+    def out(self, query, key, value, *, out, workspace=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        attention_out, softmax_lse = out
+        return torch.ops.npu.npu_fused_infer_attention_score.out(
+            query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
+
+
+npu_fused_infer_attention_score = FusedInferAttentionScore()
+
+
+def _npu_fused_infer_attention_score_get_max_workspace(query, key, value, **kwargs) -> torch.Tensor:
+    return torch.ops.npu._npu_fused_infer_attention_score_get_max_workspace(query, key, value, **kwargs)
+
+
+def _npu_fused_infer_attention_score_infer_output(query, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ops.npu._npu_fused_infer_attention_score_infer_output(query, value, **kwargs)

@@ -20,6 +20,7 @@ BAND_INF = 1 << 30
 FILL_FP32 = -3.4028234663852886e38  # lowest finite fp32 (0xFF7FFFFF): prefill path, fp32 compute
 FILL_FP16 = -65504.0           # prefill path, fp16 high performance and int8
 FILL_DECODE = -1e12            # decode path (IFA, FIA with Q_S = 1)
+LSE_DECODE_EMPTY = -3.4e38     # decode-path lse of a batch without keys (the prefill path writes +inf)
 
 SPARSE_MODES = (0, 1, 2, 3, 4)
 COMPRESSED_MASK = 2048         # side of the triu(ones, 1) mask that sparse modes 2-4 require

@@ -59,7 +59,7 @@ def _prefill_kernel(
     QUANT_MODE: tl.constexpr, OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr,
     VARLEN: tl.constexpr, HAS_QPAD: tl.constexpr, HAS_KVPAD: tl.constexpr, IS_PAGED: tl.constexpr,
     HAS_PREFIX: tl.constexpr, ROPE_DIM: tl.constexpr, BLOCK_DR: tl.constexpr,
-    KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr,
+    KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, LSE_EMPTY: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -238,7 +238,7 @@ def _prefill_kernel(
         + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
     tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_r[:, None] & m_dv[None, :])
     if HAS_LSE:
-        b_lse = tl.where(m_out, b_m + tl.log(tl.where(m_out, b_l, 1.0)), float("inf"))
+        b_lse = tl.where(m_out, b_m + tl.log(tl.where(m_out, b_l, 1.0)), tl.where(kvlen > 0, float("inf"), LSE_EMPTY))
         p_lse = LSE + b64 * stride_lb + i_n.to(tl.int64) * stride_ln + o_r.to(tl.int64) * stride_ls
         tl.store(p_lse, b_lse, mask=m_r)
 

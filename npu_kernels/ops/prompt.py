@@ -42,6 +42,7 @@ class PromptCall:
     # per batch (q_off, kv_off, qm_off, kvm_off, prefix): params.Q_OFF ... params.PREFIX; None = zeros
     offsets: Optional[tuple[tuple[int, int, int, int, int], ...]] = None
     sources: Sources = Sources()
+    lse_empty: float = float("inf")    # lse of rows of a batch without keys (decode semantics: -3.4e38)
     quant: quant.QuantArgs = quant.NO_QUANT
 
 
@@ -174,7 +175,8 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
             ("BLOCK_DV", _pow2(h.Dv, min_block)),
             ("BLOCK_M", block_m), ("BLOCK_N", block_n), ("HAS_MASK", call.mask is not None),
             ("HAS_PSE", call.pse is not None), ("HAS_LSE", lse is not None), ("FILL", call.fill),
-            ("ZERO_MASKED_ROWS", call.zero_masked_rows), *call.quant.meta(), *call.sources.meta())
+            ("ZERO_MASKED_ROWS", call.zero_masked_rows), *call.quant.meta(), *call.sources.meta(),
+            ("LSE_EMPTY", call.lse_empty))
     bn_total = h.B * h.N
     static = prefill.PrefillConfig(
         strides=tuple(int(s) for s in strides),

@@ -1,0 +1,487 @@
+"""``npu_fused_infer_attention_score`` (FIA): validate → plan → run (spec ops §4).
+
+The operator dispatches, as the NPU's tiling does (spec §4.3), to the decode semantics (IFA: fill -1e12,
+LSE -3.4e38 for empty batches, pre/next/sparse ignored) when the layout is BSH/BSND/BNSD (or their
+NBSD outputs) and Q_S = 1, and to the prefill semantics (PFA) otherwise. Decode-path calls run on the
+split-KV decode kernels when they need nothing those kernels lack (shared prefix, rope, per-token
+anti-quantisation), else on the prefill kernel with the decode semantics.
+
+Workspace: ``_npu_fused_infer_attention_score_get_max_workspace`` returns, in the query's dtype, room
+for the split-KV scratch of the decode kernels (partial outputs and per-split max/sum, float32) sized for
+the worst case of the call (capacity, not actual lengths); ``.out`` with that workspace allocates
+nothing on the device. The prefill kernel needs no scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+from einops import rearrange
+
+from .. import alloc, checks, masks, quant
+from ..errors import require
+from ..layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, ndim, out_shape
+from . import incre, prompt
+from .sources import PER_CHANNEL, PER_TOKEN, KVAntiQuant, Sources
+
+OP = "npu_fused_infer_attention_score"
+DECODE_LAYOUTS = ("BSH", "BSND", "BNSD")
+MAX_TOKEN_BATCH = 4096
+ROPE_DIM = 64
+
+
+@dataclass(frozen=True)
+class FusedCall:
+    """Validated arguments: the call of the path chosen and the shapes of both results."""
+
+    path: str                                   # "prefill" or "decode"
+    prompt: Optional[prompt.PromptCall]         # set when the prefill kernel runs the call
+    incre: Optional[incre.IncreCall]            # set when the decode kernels run it
+    layout: Layout
+    out_shape: tuple[int, ...]
+    out_dtype: torch.dtype
+    lse_shape: tuple[int, ...]                  # (B, N, Q_S, 1) or (T, N, 1); (0,) when the flag is off
+    lse_flag: bool
+    batch: int
+    heads: int
+    q_len: int                                  # Q_S, or T for the token-major layouts
+
+    def lse_view(self, lse: torch.Tensor) -> torch.Tensor:
+        """(B, N, S) view of ``lse`` as the kernels index it (token-major: batch stride 0, rows = tokens)."""
+        if self.layout.inp in TOKEN_LAYOUTS:
+            t = rearrange(lse, "t n 1 -> 1 n t")
+            return t.expand(self.batch, *t.shape[1:])
+        return lse[..., 0]
+
+
+# torch_npu's keyword arguments and defaults (spec §4.1), in schema order.
+DEFAULTS = {
+    "pse_shift": None, "atten_mask": None, "actual_seq_lengths": None, "actual_seq_lengths_kv": None,
+    "dequant_scale1": None, "quant_scale1": None, "dequant_scale2": None, "quant_scale2": None,
+    "quant_offset2": None, "antiquant_scale": None, "antiquant_offset": None, "key_antiquant_scale": None,
+    "key_antiquant_offset": None, "value_antiquant_scale": None, "value_antiquant_offset": None,
+    "block_table": None, "query_padding_size": None, "kv_padding_size": None, "key_shared_prefix": None,
+    "value_shared_prefix": None, "actual_shared_prefix_len": None, "query_rope": None, "key_rope": None,
+    "key_rope_antiquant_scale": None, "num_heads": 1, "scale": 1.0, "pre_tokens": masks.INT_MAX,
+    "next_tokens": masks.INT_MAX, "input_layout": "BSH", "num_key_value_heads": 0, "sparse_mode": 0,
+    "inner_precise": 0, "block_size": 0, "antiquant_mode": 0, "key_antiquant_mode": 0, "value_antiquant_mode": 0,
+    "softmax_lse_flag": False,
+}
+
+
+def with_defaults(kwargs: dict) -> dict:
+    unknown = sorted(set(kwargs) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"npu_fused_infer_attention_score got unexpected keyword arguments {unknown}")
+    return {**DEFAULTS, **kwargs}
+
+
+def _query_len(query: torch.Tensor, layout: Layout, num_heads: int) -> int:
+    require(query.dim() == ndim(layout.inp), "query", query, f"layout {layout.inp} needs {ndim(layout.inp)} dimensions")
+    return bnsd_shape(query, layout.inp, num_heads)[2]
+
+
+def _decode_path(layout: Layout, q_s: int, d: int) -> bool:
+    if layout.inp in TOKEN_LAYOUTS:
+        return False
+    if layout.name == "BNSD_BSND":
+        require(q_s != 1, "input_layout", layout.name, "BNSD_BSND is not supported with a query length of 1")
+        return False
+    return layout.inp in DECODE_LAYOUTS and q_s == 1
+
+
+def _cumulative(name: str, values, upper: int) -> list[int]:
+    """Per-batch (offset, length) pairs from cumulative lengths (negative differences clipped to 0)."""
+    require(values is not None, name, None, "required (cumulative lengths) with a token-major layout")
+    require(0 < len(values) <= MAX_TOKEN_BATCH, name, values, f"needs 1 to {MAX_TOKEN_BATCH} values")
+    require(all(0 <= v <= upper for v in values), name, values, f"cumulative lengths must be in [0, {upper}]")
+    return list(values)
+
+
+def _antiquant(key: torch.Tensor, layout: Layout, kv_n: int, d: int, batch: int, s2: int, query_dtype, kw) -> \
+        Optional[KVAntiQuant]:
+    """Combined or separated K/V anti-quantisation as one (2, ...) pair of views (spec §4.4)."""
+    names = ("antiquant_scale", "antiquant_offset", "key_antiquant_scale", "key_antiquant_offset",
+             "value_antiquant_scale", "value_antiquant_offset")
+    given = {n: kw[n] for n in names if kw[n] is not None}
+    if key.dtype != torch.int8:
+        for n, t in given.items():
+            require(False, n, t, f"only with int8 key/value (key is {key.dtype})")
+        return None
+    separated = kw["key_antiquant_scale"] is not None or kw["value_antiquant_scale"] is not None
+    if separated:
+        require(kw["key_antiquant_scale"] is not None and kw["value_antiquant_scale"] is not None,
+                "key_antiquant_scale", kw["key_antiquant_scale"], "key and value anti-quant scales go together")
+        k_mode, v_mode = kw["key_antiquant_mode"], kw["value_antiquant_mode"]
+        require(k_mode in (0, 1) and v_mode in (0, 1), "key_antiquant_mode", k_mode,
+                "modes 0 (per channel/tensor) and 1 (per token) are supported; 2-5 are not implemented yet")
+        require(k_mode == v_mode, "value_antiquant_mode", v_mode, f"must equal key_antiquant_mode ({k_mode})")
+        scale = torch.stack([kw["key_antiquant_scale"], kw["value_antiquant_scale"]])
+        offset = None
+        if kw["key_antiquant_offset"] is not None or kw["value_antiquant_offset"] is not None:
+            require(kw["key_antiquant_offset"] is not None and kw["value_antiquant_offset"] is not None,
+                    "key_antiquant_offset", kw["key_antiquant_offset"], "key and value offsets go together")
+            offset = torch.stack([kw["key_antiquant_offset"], kw["value_antiquant_offset"]])
+        mode = k_mode
+    else:
+        require(kw["antiquant_scale"] is not None, "antiquant_scale", None, "int8 key/value need anti-quant scales")
+        scale, offset, mode = kw["antiquant_scale"], kw["antiquant_offset"], kw["antiquant_mode"]
+        require(mode in (0, 1), "antiquant_mode", mode, "must be 0 (per channel/tensor) or 1 (per token)")
+    checks.tensor("antiquant_scale", scale)
+    if offset is not None:
+        checks.tensor("antiquant_offset", offset)
+        require(offset.shape == scale.shape and offset.dtype == scale.dtype, "antiquant_offset", offset,
+                f"must match the scale's shape {tuple(scale.shape)} and dtype {scale.dtype}")
+    if mode == 1:
+        require(scale.dtype == torch.float32, "antiquant_scale", scale, "per-token scales are float32")
+        require(tuple(scale.shape) == (2, batch, s2) or tuple(scale.shape) == (2, 1, batch, s2), "antiquant_scale",
+                scale, f"per-token scales are (2, B={batch}, S2={s2})")
+        view = (lambda t: t.reshape(2, batch, s2)) if scale.dim() == 4 else (lambda t: t)
+        return KVAntiQuant(PER_TOKEN, view(scale), None if offset is None else view(offset))
+    require(scale.dtype == query_dtype, "antiquant_scale", scale, f"per-channel scales have the query dtype {query_dtype}")
+    channel = {"BNSD": (2, kv_n, 1, d), "BSND": (2, kv_n, d), "BSH": (2, kv_n * d), "TND": (2, kv_n, d),
+               "NTD": (2, kv_n, d), "NSD": (2, kv_n, d), "NBSD": (2, kv_n, 1, d)}[layout.inp]
+    require(tuple(scale.shape) in ((2,), channel), "antiquant_scale", scale,
+            f"must be per-tensor (2,) or per-channel {channel} (index 0 key, 1 value)")
+
+    def view(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 1:
+            return t[:, None, None].expand(2, kv_n, d)
+        return t.reshape(2, kv_n, d)
+
+    return KVAntiQuant(PER_CHANNEL, view(scale), None if offset is None else view(offset))
+
+
+def _kv_views(t: torch.Tensor, layout: Layout, kv_n: int, block_table, name: str) -> torch.Tensor:
+    """(B or blocks, KV_N, S, D) view of a key/value tensor or paged cache."""
+    if block_table is None:
+        return as_bnsd(t, layout.inp, kv_n)
+    require(t.dim() in (3, 4), name, t, "a paged cache is (blocks, block_size, KV_N*D) or (blocks, KV_N, block_size, D)")
+    if t.dim() == 3:
+        return rearrange(t, "k s (n d) -> k n s d", n=kv_n)
+    return t
+
+
+def validate(query, key, value, **kw) -> FusedCall:
+    """torch_npu's keyword arguments of the fused operator (spec §4.1) → a ``FusedCall``."""
+    query = checks.tensor("query", query, dtypes=checks.FLOAT_DTYPES + (torch.int8,))
+    key = checks.tensor("key", key)
+    value = checks.tensor("value", value)
+    for name, t in (("key", key), ("value", value)):
+        require(t.dtype != torch.int32, name, t, "int4 key/value (packed in int32) is not supported")
+        checks.tensor(name, t, dtypes=checks.FLOAT_DTYPES + (torch.int8,))
+    require(key.dtype == value.dtype, "value", value, f"key and value must share one dtype (key is {key.dtype})",
+            TypeError)
+    if query.dtype == torch.int8:
+        require(key.dtype == torch.int8, "key", key, "an int8 query needs int8 key/value (full quantisation)", TypeError)
+    else:
+        require(key.dtype in (query.dtype, torch.int8), "key", key,
+                f"key/value must be {query.dtype} or int8 (anti-quantised)", TypeError)
+    layout = Layout.parse(kw["input_layout"], FUSED_LAYOUTS)
+    num_heads = kw["num_heads"]
+    kv_n = checks.head_counts(num_heads, kw["num_key_value_heads"])
+    if layout.inp == "BSH" or layout.inp in TOKEN_LAYOUTS or layout.inp == "NSD":
+        require(query.dim() == ndim(layout.inp), "query", query,
+                f"layout {layout.inp} needs {ndim(layout.inp)} dimensions")
+    if layout.inp == "BSH":
+        require(query.shape[-1] % num_heads == 0, "query", query, f"hidden size must be divisible by num_heads={num_heads}")
+    q_s = _query_len(query, layout, num_heads)
+    b, n, _, d = bnsd_shape(query, layout.inp, num_heads)
+    require(n == num_heads, "num_heads", num_heads, f"must equal the query's head axis ({n})")
+    scale = kw["scale"]
+    require(isinstance(scale, (int, float)) and abs(float(scale)) < float("inf"), "scale", scale, "must be a finite float")
+    require(kw["inner_precise"] in (0, 1, 2, 3), "inner_precise", kw["inner_precise"], "must be 0, 1, 2 or 3")
+    for name in ("pre_tokens", "next_tokens", "block_size", "sparse_mode"):
+        require(isinstance(kw[name], int), name, kw[name], "must be an int")
+    rope = kw["query_rope"], kw["key_rope"]
+    require((rope[0] is None) == (rope[1] is None), "query_rope", rope[0], "query_rope and key_rope go together")
+    lse_flag = bool(kw["softmax_lse_flag"])
+
+    decode = _decode_path(layout, q_s, d)
+    if decode and rope[0] is None and kw["key_shared_prefix"] is None and not _per_token(kw):
+        call = _decode_call(query, key, value, layout, kv_n, kw)
+        h = call.heads
+        out_dtype = call.out_dtype
+        return FusedCall("decode", None, call, layout, out_shape(layout.out, h.B, h.N, 1, h.Dv), out_dtype,
+                         (h.B, h.N, 1, 1) if lse_flag else (0,), lse_flag, h.B, h.N, 1)
+    call = _prefill_call(query, key, value, layout, kv_n, decode, kw)
+    h = call.heads
+    token = layout.inp in TOKEN_LAYOUTS
+    batch = h.B - 1 if token else h.B                      # token-major calls carry one trailing pseudo-batch
+    shape = out_shape(layout.out, 1 if token else h.B, h.N, h.S1, h.Dv)
+    lse_shape = ((h.S1, h.N, 1) if token else (h.B, h.N, h.S1, 1)) if lse_flag else (0,)
+    return FusedCall("decode" if decode else "prefill", call, None, layout, shape, call.out_dtype, lse_shape,
+                     lse_flag, h.B, h.N, h.S1)
+
+
+def _per_token(kw) -> bool:
+    return kw["antiquant_mode"] == 1 or kw["key_antiquant_mode"] == 1 or kw["value_antiquant_mode"] == 1
+
+
+def _decode_call(query, key, value, layout: Layout, kv_n: int, kw) -> incre.IncreCall:
+    """Decode path on the split-KV kernels: the IFA call with FIA's arguments (spec §4.3)."""
+    require(kw["inner_precise"] in (0, 1), "inner_precise", kw["inner_precise"], "must be 0 or 1 when Q_S = 1")
+    for name in ("query_padding_size", "dequant_scale1", "quant_scale1", "dequant_scale2"):
+        require(kw[name] is None, name, kw[name], "not supported with a query length of 1 (decode path)")
+    scale, offset = kw["antiquant_scale"], kw["antiquant_offset"]
+    if kw["key_antiquant_scale"] is not None or kw["value_antiquant_scale"] is not None:
+        # separated scales → the combined (2, ...) form in the shape IFA reads for the layout
+        stacked = [torch.stack([kw[f"key_antiquant_{x}"], kw[f"value_antiquant_{x}"]])
+                   if kw[f"key_antiquant_{x}"] is not None else None for x in ("scale", "offset")]
+        shape = (2,) if stacked[0].numel() == 2 else \
+            {"BNSD": (2, kv_n, 1, -1), "BSND": (2, kv_n, -1), "BSH": (2, -1)}[layout.inp]
+        scale, offset = (None if t is None else t.reshape(shape) for t in stacked)
+    call = incre.validate(query, key, value, atten_mask=kw["atten_mask"], pse_shift=kw["pse_shift"],
+                          actual_seq_lengths=kw["actual_seq_lengths_kv"], antiquant_scale=scale,
+                          antiquant_offset=offset, block_table=kw["block_table"], quant_scale2=kw["quant_scale2"],
+                          quant_offset2=kw["quant_offset2"], kv_padding_size=kw["kv_padding_size"],
+                          num_heads=kw["num_heads"], scale_value=float(kw["scale"]), input_layout=layout.inp,
+                          num_key_value_heads=kw["num_key_value_heads"], block_size=kw["block_size"],
+                          inner_precise=kw["inner_precise"])
+    return replace(call, layout=layout)
+
+
+def _prefill_call(query, key, value, layout: Layout, kv_n: int, decode: bool, kw) -> prompt.PromptCall:
+    """The prefill kernel's call (spec §1, §2), with the decode semantics when ``decode``."""
+    num_heads = kw["num_heads"]
+    token = layout.inp in TOKEN_LAYOUTS
+    table = kw["block_table"]
+    for name, t in (("key", key), ("value", value)):
+        if table is None:
+            require(t.dim() == ndim(layout.inp), name, t, f"layout {layout.inp} needs {ndim(layout.inp)} dimensions")
+    q4 = as_bnsd(query, layout.inp, num_heads)
+    k4 = _kv_views(key, layout, kv_n, table, "key")
+    v4 = _kv_views(value, layout, kv_n, table, "value")
+    _, n, s1, d = q4.shape
+    require(k4.shape[1] == kv_n and v4.shape[1] == kv_n, "num_key_value_heads", kw["num_key_value_heads"],
+            f"key/value head axes are ({k4.shape[1]}, {v4.shape[1]}), expected {kv_n}")
+    require(k4.shape[3] == d, "key", key, f"key head dim ({k4.shape[3]}) must equal the query head dim ({d})")
+    require(v4.shape[2] == k4.shape[2], "value", value, "value seq length must equal the key's")
+    checks.head_dim("query", query, d)
+    checks.head_dim("value", value, v4.shape[3])
+
+    qa = quant.full_quant_args(query.dtype, n, v4.shape[3], kw["dequant_scale1"], kw["quant_scale1"],
+                               kw["dequant_scale2"], kw["quant_scale2"], kw["quant_offset2"])
+    # batches and per-batch lengths/offsets
+    q_vals = checks.int_list(kw["actual_seq_lengths"])
+    kv_vals = checks.int_list(kw["actual_seq_lengths_kv"])
+    page = 0
+    if table is not None:
+        checks.tensor("block_table", table, ndim=(2,), dtypes=(torch.int32,))
+        page = kw["block_size"]
+        require(0 < page <= 1024 and page % 16 == 0, "block_size", page,
+                "must be a multiple of 16 in [16, 1024] with block_table")
+        require(kv_vals is not None, "actual_seq_lengths_kv", None, "required with block_table (PagedAttention)")
+    if token:
+        cum_q = _cumulative("actual_seq_lengths", q_vals, s1)
+        B = len(cum_q)
+        starts = [0] + cum_q[:-1]
+        qlens = [max(e - s, 0) for s, e in zip(starts, cum_q)]
+        if table is None:
+            cum_kv = _cumulative("actual_seq_lengths_kv", kv_vals, k4.shape[2])
+            require(len(cum_kv) == B, "actual_seq_lengths_kv", kv_vals, f"needs B={B} values like actual_seq_lengths")
+            kv_starts = [0] + cum_kv[:-1]
+            kvlens = [max(e - s, 0) for s, e in zip(kv_starts, cum_kv)]
+        else:                                   # TND + PagedAttention: per-batch kv lengths
+            kv_starts = [0] * B
+            kvlens = checks.lengths("actual_seq_lengths_kv", kv_vals, B, table.shape[1] * page)
+        q4 = q4.expand(B + 1, *q4.shape[1:])             # batches are row offsets: batch stride 0
+        if table is None:
+            k4, v4 = (t.expand(B + 1, *t.shape[1:]) for t in (k4, v4))
+        s2 = k4.shape[2]
+    else:
+        B = q4.shape[0]
+        require(table is not None or (k4.shape[0] == B and v4.shape[0] == B), "key", key,
+                f"key/value batch must equal the query batch ({B})")
+        s2 = k4.shape[2] if table is None else table.shape[1] * page
+        if table is not None:
+            require(table.shape[0] == B, "block_table", table, f"must be (B={B}, max blocks per sequence)")
+        qlens = ([1] * B if decode else checks.lengths("actual_seq_lengths", q_vals, B, s1)) or [s1] * B
+        kvlens = checks.lengths("actual_seq_lengths_kv", kv_vals, B, s2) or [s2] * B
+        starts = kv_starts = [0] * B
+    require(B <= checks.MAX_B, "query", query, f"batch must be <= {checks.MAX_B}")
+
+    # shared prefix
+    prefix, P = None, 0
+    if kw["key_shared_prefix"] is not None or kw["value_shared_prefix"] is not None:
+        kp = checks.tensor("key_shared_prefix", kw["key_shared_prefix"], dtypes=(key.dtype,))
+        vp = checks.tensor("value_shared_prefix", kw["value_shared_prefix"], dtypes=(value.dtype,))
+        require(table is None and not token, "key_shared_prefix", kp,
+                "a shared prefix cannot be combined with PagedAttention or a token-major layout")
+        kp4, vp4 = as_bnsd(kp, layout.inp, kv_n), as_bnsd(vp, layout.inp, kv_n)
+        require(kp4.shape[0] == 1 and vp4.shape[0] == 1, "key_shared_prefix", kp, "the prefix batch dim must be 1")
+        require(kp4.shape[1:3] == vp4.shape[1:3] and kp4.shape[3] == d and vp4.shape[3] == v4.shape[3],
+                "value_shared_prefix", vp, "prefix key/value must have the key/value heads and head dims")
+        plen = checks.int_list(kw["actual_shared_prefix_len"])
+        P = kp4.shape[2] if plen is None else plen[0]
+        require(0 <= P <= kp4.shape[2], "actual_shared_prefix_len", plen, f"must be in [0, {kp4.shape[2]}]")
+        prefix = (kp4, vp4)
+    elif kw["actual_shared_prefix_len"] is not None:
+        require(False, "actual_shared_prefix_len", kw["actual_shared_prefix_len"], "needs key_shared_prefix")
+    kvtots = [P + kv for kv in kvlens]
+
+    # rope
+    rope = None
+    if kw["query_rope"] is not None:
+        qr = checks.tensor("query_rope", kw["query_rope"], dtypes=(query.dtype,))
+        kr = checks.tensor("key_rope", kw["key_rope"], dtypes=(query.dtype,))
+        qr4 = as_bnsd(qr, layout.inp, num_heads)
+        kr4 = _kv_views(kr, layout, kv_n, table, "key_rope")
+        require(qr4.shape[3] == ROPE_DIM and kr4.shape[3] == ROPE_DIM, "query_rope", qr,
+                f"rope head dim must be {ROPE_DIM}")
+        require(qr4.shape[:3] == as_bnsd(query, layout.inp, num_heads).shape[:3], "query_rope", qr,
+                "must have the query's batch, heads and seq length")
+        require(kr4.shape[:3] == _kv_views(key, layout, kv_n, table, "key").shape[:3], "key_rope", kr,
+                "must have the key's batch (or blocks), heads and seq length")
+        require(prefix is None and key.dtype != torch.int8, "query_rope", qr,
+                "rope cannot be combined with a shared prefix or int8 key/value")
+        if token:
+            qr4 = qr4.expand(B + 1, *qr4.shape[1:])
+            kr4 = kr4.expand(B + 1, *kr4.shape[1:]) if table is None else kr4
+        rope = (qr4, kr4)
+
+    antiquant = None
+    if query.dtype != torch.int8:
+        antiquant = _antiquant(key, layout, kv_n, d, B, s2, query.dtype, kw)
+        if antiquant is not None:
+            require(not (antiquant.mode == PER_TOKEN and (table is not None or prefix is not None)), "antiquant_mode",
+                    1, "per-token anti-quantisation on this path cannot be combined with PagedAttention or a prefix")
+
+    # padding (read on the device, element 0 for every batch)
+    q_pad = kv_pad = None
+    if kw["query_padding_size"] is not None and q_vals is not None and not token and not decode:
+        q_pad = checks.tensor("query_padding_size", kw["query_padding_size"], dtypes=(torch.int64,)).reshape(-1)[:1]
+    if kw["kv_padding_size"] is not None and kv_vals is not None and not token:
+        kv_pad = checks.tensor("kv_padding_size", kw["kv_padding_size"], dtypes=(torch.int64,)).reshape(-1)[:1]
+    if q_pad is not None or kv_pad is not None:
+        require(table is None and prefix is None, "kv_padding_size", kw["kv_padding_size"],
+                "left padding cannot be combined with PagedAttention or a shared prefix")
+
+    # masks and bands
+    mode = kw["sparse_mode"]
+    require(mode in masks.SPARSE_MODES, "sparse_mode", mode, "must be 0-4 for this operator")
+    pre, nxt = kw["pre_tokens"], kw["next_tokens"]
+    mask = None
+    if decode:
+        mode, pre, nxt = 0, masks.INT_MAX, masks.INT_MAX             # ignored on the decode path
+        if kw["atten_mask"] is not None:
+            mask = checks.decode_mask(kw["atten_mask"], B, s2 + P)
+    elif mode in (2, 3, 4):
+        checks.compressed_mask(kw["atten_mask"], mode)
+    elif kw["atten_mask"] is not None:
+        mask = checks.user_mask(kw["atten_mask"], B, max(qlens, default=0) if token else s1,
+                                max(kvtots, default=0) if token or table is not None else s2 + P)
+    elif mode == 1:
+        require(False, "atten_mask", None, "sparse_mode=1 (allMask) requires atten_mask")
+    padding = q_pad is not None or kv_pad is not None
+    prompt.check_band_tokens(mode, pre, nxt, s1, qlens, kvtots, mask is not None)
+    bands = [masks.prefill_band(mode, pre, nxt, q, kv, mask is not None, padding) for q, kv in zip(qlens, kvtots)]
+    if qa.int8_out:
+        prompt.check_int8_output(qa, mode, pre, nxt, s1, qlens, kvtots, bands)
+
+    pse = None
+    inner = kw["inner_precise"]
+    if kw["pse_shift"] is not None:
+        require(not token, "pse_shift", kw["pse_shift"], "not supported with a token-major layout")
+        pse = checks.pse(kw["pse_shift"], torch.float16 if qa.int8_in else query.dtype, B, n, s1, s2 + P)
+        inner &= ~1                                             # pse forces high precision
+    fp16_compute = qa.int8_in or (query.dtype == torch.float16 and inner & 1 and not decode)
+    scale = float(torch.tensor(float(kw["scale"]), dtype=torch.float16)) if fp16_compute else float(kw["scale"])
+    fill = masks.FILL_DECODE if decode else masks.FILL_FP16 if fp16_compute else masks.FILL_FP32
+    out_dtype = torch.int8 if qa.int8_out else (rope[0].dtype if rope else torch.float16) if qa.int8_in \
+        else query.dtype
+
+    offsets = tuple((qs, ks, 0, 0, P) for qs, ks in zip(starts, kv_starts))
+    if token:                                                  # trailing tokens past the last batch: zeros
+        qlens, kvlens, kvtots = qlens + [s1 - cum_q[-1]], kvlens + [0], kvtots + [0]
+        bands = bands + [masks.Band(masks.INT_MAX, masks.INT_MAX, False)]
+        offsets = offsets + ((cum_q[-1], 0, 0, 0, 0),)
+        B += 1
+    heads = checks.Heads(q4, k4, v4, B, n, kv_n, s1, s2, d, v4.shape[3])
+    sources = Sources(varlen=token, q_pad=q_pad, kv_pad=kv_pad, table=table, page_size=page, prefix=prefix,
+                      rope=rope, antiquant=antiquant)
+    return prompt.PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=qlens,
+                             kvlens=kvtots, bands=bands, mask=mask, pse=pse, scale=scale, fill=fill,
+                             zero_masked_rows=bool(inner & 2) and not decode, quant=qa, offsets=offsets,
+                             sources=sources, lse_empty=masks.LSE_DECODE_EMPTY if decode else float("inf"))
+
+
+def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:
+    device = (call.prompt or call.incre).heads.q.device
+    return (alloc.empty(call.out_shape, call.out_dtype, device),
+            alloc.empty(call.lse_shape, torch.float32, device))
+
+
+def workspace_elements(call: FusedCall) -> int:
+    """Float32 scratch the call needs (split-KV partial results on the decode kernels, else none)."""
+    if call.incre is None:
+        return 0
+    out = torch.empty(call.out_shape, dtype=call.out_dtype, device="meta")
+    return sum(incre.plan(call.incre, out, None).static.workspace)
+
+
+def submit(call: FusedCall, out: torch.Tensor, lse: torch.Tensor, workspace: Optional[torch.Tensor] = None,
+           caller_outputs: bool = False) -> None:
+    lse_k = call.lse_view(lse) if call.lse_flag else None
+    if call.incre is not None:
+        ws = None
+        if workspace is not None:
+            require(workspace.is_contiguous() and (workspace.numel() * workspace.element_size()) % 4 == 0,
+                    "workspace", workspace, "must be contiguous and a whole number of float32 words")
+            ws = workspace.view(-1).view(torch.float32) if workspace.dtype != torch.float32 else workspace.view(-1)
+        incre.submit(call.incre, out, lse_k, workspace=ws, op=OP, caller_outputs=caller_outputs)
+    else:
+        prompt.submit(call.prompt, out, lse_k, op=OP, caller_outputs=caller_outputs)
+
+
+def npu_fused_infer_attention_score(query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager implementation behind ``torch.ops.npu.npu_fused_infer_attention_score``."""
+    call = validate(query, key, value, **with_defaults(kwargs))
+    out, lse = outputs(call)
+    submit(call, out, lse)
+    return out, lse
+
+
+def npu_fused_infer_attention_score_out(query, key, value, *, workspace=None, attention_out, softmax_lse,
+                                        **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``.out``: writes ``attention_out`` (and ``softmax_lse`` when the flag is set; untouched otherwise)."""
+    call = validate(query, key, value, **with_defaults(kwargs))
+    checks.tensor("attention_out", attention_out)
+    require(tuple(attention_out.shape) == call.out_shape and attention_out.dtype == call.out_dtype, "attention_out",
+            attention_out, f"must be {call.out_shape} {call.out_dtype}")
+    checks.tensor("softmax_lse", softmax_lse)
+    if call.lse_flag:
+        require(tuple(softmax_lse.shape) == call.lse_shape and softmax_lse.dtype == torch.float32, "softmax_lse",
+                softmax_lse, f"must be {call.lse_shape} float32 with softmax_lse_flag=True")
+    if workspace is not None:
+        checks.tensor("workspace", workspace)
+        need = workspace_elements(call) * 4
+        require(workspace.numel() * workspace.element_size() >= need, "workspace", workspace,
+                f"needs at least {need} bytes (see _npu_fused_infer_attention_score_get_max_workspace)")
+    submit(call, attention_out, softmax_lse, workspace, caller_outputs=True)
+    return attention_out, softmax_lse
+
+
+def get_max_workspace(query, key, value, **kwargs) -> torch.Tensor:
+    """A 1-D tensor of the query's dtype large enough for the call's scratch (at least one element)."""
+    call = validate(query, key, value, **with_defaults(kwargs))
+    size = query.element_size()
+    return alloc.empty((max(1, -(-workspace_elements(call) * 4 // size)),), query.dtype, query.device)
+
+
+def infer_output(query, value, *, input_layout="BSH", quant_scale2=None, block_table=None, num_heads=1,
+                 num_key_value_heads=0, softmax_lse_flag=False, query_rope=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised (attention_out, softmax_lse) with the shapes and dtypes of the call."""
+    layout = Layout.parse(input_layout, FUSED_LAYOUTS)
+    kv_n = checks.head_counts(num_heads, num_key_value_heads)
+    b, n, s, _ = bnsd_shape(query, layout.inp, num_heads)
+    v4 = _kv_views(value, layout, kv_n, block_table, "value")
+    dv = v4.shape[3]
+    token = layout.inp in TOKEN_LAYOUTS
+    dtype = torch.int8 if quant_scale2 is not None else \
+        (query_rope.dtype if query_rope is not None else torch.float16) if query.dtype == torch.int8 else query.dtype
+    lse = ((s, n, 1) if token else (b, n, s, 1)) if softmax_lse_flag else (0,)
+    return (alloc.empty(out_shape(layout.out, b, n, s, dv), dtype, query.device),
+            alloc.empty(lse, torch.float32, query.device))
