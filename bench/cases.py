@@ -45,6 +45,7 @@ class Case:
     kvlens: Optional[tuple[int, ...]] = None
     block_size: int = 0           # paged KV when > 0
     kv_int8: bool = False         # int8 K/V with per-channel antiquant scale/offset
+    qkv_int8: bool = False        # prefill: int8 Q/K/V (deq_scale1, quant_scale1, deq_scale2), dtype out
     series: str = ""              # plot line, e.g. "non-causal"
     compare_to: str = ""          # case whose throughput this one is compared with
     baselines: tuple[str, ...] = ()
@@ -86,7 +87,8 @@ class Case:
             return fl.decode_bytes(self.N, self.KV_N, self.S1, self.kv_lengths(), self.D, self.dv, elem,
                                    kv_elem=1 if self.kv_int8 else elem, block_size=self.block_size,
                                    scale_bytes=scales)
-        return fl.prefill_bytes(self.B, self.N, self.KV_N, self.S1, self.S2, self.D, self.dv, elem)
+        return fl.prefill_bytes(self.B, self.N, self.KV_N, self.S1, self.S2, self.D, self.dv,
+                                1 if self.qkv_int8 else elem, out_elem=elem)
 
 
 def _dt(dtype: torch.dtype) -> str:
@@ -173,6 +175,14 @@ def decode_cases() -> list[Case]:
 
 def int8_cases() -> list[Case]:
     cases = []
+    # int8 Q/K/V, float16 output (dequantised scores, P quantised with quant_scale1), against fp16.
+    for b, s in ((4, 4096), (1, 16384)):
+        for causal in (False, True):
+            tag = "causal" if causal else "full"
+            cases.append(Case("int8", f"pfa-int8-d128-b{b}-s{_k(s)}-{tag}", PFA, b, 16, 16, s, s, 128, torch.float16,
+                              sparse_mode=3 if causal else 0, qkv_int8=True, series=f"int8 QKV {tag}",
+                              compare_to=f"pfa-fp16-d128-b{b}-s{_k(s)}-{tag}",
+                              baselines=("sdpa_flash", "sdpa_cudnn"), quick=s == 16384))
     for b in (8, 64):
         for kv in (4096, 16384):
             cases.append(Case("int8", f"ifa-fp16-d128-h32x8-b{b}-kv{_k(kv)}-int8kv", IFA, b, 32, 8, 1, kv, 128,

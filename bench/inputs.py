@@ -55,7 +55,10 @@ def make(case: Case, device, seed: int = 0, values: bool = True) -> tuple[Call, 
     problem = Problem(q, k, v, scale, case.q_lengths(), case.kv_lengths(), case.bands(),
                       not case.qlens and not case.kvlens)
     if case.op == PFA:
-        return _prompt_call(case, q, k, v, scale), problem
+        call = _prompt_call(case, q, k, v, scale)
+        if case.qkv_int8:
+            _int8_prompt(call, problem)
+        return call, problem
     if case.kv_int8:
         k, v, quant = _int8(case, k, v)
         problem.k, problem.v = _dequant(k, quant[0]), _dequant(v, quant[1])
@@ -103,6 +106,21 @@ def _prompt_call(case: Case, q, k, v, scale) -> Call:
     if case.sparse_mode in (2, 3, 4):
         kw["atten_mask"] = _compressed(q.device)
     return Call((q, k, v), kw, lambda out: out)
+
+
+INT8_RANGE = 30.0          # int8 q/k/v = round(30 * x)
+P_SCALE = 127.0            # quant_scale1: P in (0, 1] onto [0, 127]
+
+
+def _int8_prompt(call: Call, problem: Problem) -> None:
+    """Int8 Q/K/V with float32 dequant scales (fp16 output); the baselines get the dequantised values."""
+    q, k, v = (x.float().mul(INT8_RANGE).round().clamp(-127, 127).to(torch.int8) for x in call.args)
+    dev = q.device
+    call.args = (q, k, v)
+    call.kwargs.update(deq_scale1=torch.tensor([1 / INT8_RANGE ** 2], device=dev),
+                       quant_scale1=torch.tensor([P_SCALE], device=dev),
+                       deq_scale2=torch.tensor([1 / (INT8_RANGE * P_SCALE)], device=dev))
+    problem.q, problem.k, problem.v = (x.to(problem.q.dtype) / INT8_RANGE for x in (q, k, v))
 
 
 def _int8(case: Case, k, v):

@@ -72,7 +72,16 @@ def _measured(case: Case, ms: float, env: dict, method: str) -> dict:
             "pct_roofline": None if roof is None else 100 * roof / s, "timing": method}
 
 
-def run_case(nk, case: Case, env: dict) -> list[dict]:
+class Timer:
+    """How cases are timed: ``device_ms`` (events, cold L2) and ``graph_ms`` (graph replay)."""
+
+    device_ms = staticmethod(timing.device_ms)
+    graph_ms = staticmethod(timing.graph_ms)
+
+
+def run_case(nk, case: Case, env: dict, device=None, timer=Timer) -> list[dict]:
+    """Rows of one case: ours, then each baseline. ``env`` needs ``peak_flops``, ``peak_bw``, ``l2_bytes``."""
+    device = torch.device("cuda") if device is None else device
     if not hasattr(nk, case.op) or not hasattr(nk.reference, case.op):
         return [_row(case, "ours", "skipped", f"operator not available: npu_kernels.{case.op}")]
     op = getattr(nk, case.op)
@@ -81,7 +90,7 @@ def run_case(nk, case: Case, env: dict) -> list[dict]:
         return op(*c.args, **c.kwargs)
 
     try:
-        call, problem = inputs.make(case, torch.device("cuda"))
+        call, problem = inputs.make(case, device)
         error = inputs.check(case, call, run, lambda c: getattr(nk.reference, case.op)(*c.args, **c.kwargs))
     except NotImplementedError as exc:
         return [_row(case, "ours", "skipped", f"not implemented: {exc}")]
@@ -89,22 +98,21 @@ def run_case(nk, case: Case, env: dict) -> list[dict]:
         error = f"{type(exc).__name__}: {exc}"
     if error is not None:
         return [_row(case, "ours", "failed", f"correctness: {error}")]
-    torch.cuda.empty_cache()
     if case.graph:
         return [_graph_case(nk, case, op, call, env)]
     if case.decode:
-        sets = [(call, problem)] + [inputs.make(case, torch.device("cuda"), seed=r)
+        sets = [(call, problem)] + [inputs.make(case, device, seed=r)
                                     for r in range(1, timing.rotations(case.bytes(), env["l2_bytes"]))]
         method = f"graph replay, {len(sets)} rotating input sets"
 
         def measure(fns: list[Callable]) -> float:
-            return timing.graph_ms(fns)
+            return timer.graph_ms(fns)
     else:
         sets = [(call, problem)]
         method = "events, cold L2, median"
 
         def measure(fns: list[Callable]) -> float:
-            return timing.device_ms(fns[0])
+            return timer.device_ms(fns[0])
 
     rows = [_row(case, "ours", "ok", **_measured(case, measure([functools.partial(run, c) for c, _ in sets]),
                                                   env, method))]
@@ -116,7 +124,6 @@ def run_case(nk, case: Case, env: dict) -> list[dict]:
             rows.append(_row(case, name, "unsupported", str(exc)))
         except (RuntimeError, ValueError, TypeError) as exc:
             rows.append(_row(case, name, "error", f"{type(exc).__name__}: {str(exc)[:300]}"))
-        torch.cuda.empty_cache()
     return rows
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import npu_kernels as nk
-from bench import baselines, flops, host, inputs, results
+from bench import baselines, flops, host, inputs, results, run
 from bench.cases import FIA, IFA, PFA, Case, all_cases, select
 from npu_kernels.masks import INT_MAX, Band, band_matrix
 
@@ -240,6 +240,92 @@ def test_sdpa_refuses_per_batch_lengths():
     _, problem = inputs.make(case, torch.device("cpu"))
     with pytest.raises(baselines.Unsupported, match="per-batch lengths"):
         baselines.prepare("sdpa_flash", problem)
+
+
+DECODE_INPUTS = [dict(), dict(block_size=16), dict(kv_int8=True), dict(kv_int8=True, block_size=32),
+                 dict(kvlens=(64, 17))]
+
+
+@pytest.mark.parametrize("op", [IFA, FIA])
+@pytest.mark.parametrize("extra", DECODE_INPUTS, ids=lambda e: "-".join(map(str, e)) or "contiguous")
+def test_decode_inputs_follow_the_operator(op, extra, device):
+    """Paged pools, block tables and antiquant scales as the operator reads them: the check passes, and
+    the eager baseline on the gathered, dequantised K/V gives the operator's output."""
+    if not hasattr(nk, op):
+        pytest.skip(f"npu_kernels.{op} is not available yet")
+    case = Case("decode", "d", op, 2, 4, 2, 1, 64, 32, torch.float16, **extra)
+    call, problem = inputs.make(case, device)
+    fn, ref = getattr(nk, op), getattr(nk.reference, op)
+    assert inputs.check(case, call, lambda c: fn(*c.args, **c.kwargs), lambda c: ref(*c.args, **c.kwargs)) is None
+    out = call.out(fn(*call.args, **call.kwargs)).float()
+    atol, rtol = tolerance(case.dtype)
+    torch.testing.assert_close(baselines.prepare("eager", problem)().float(), out, atol=atol, rtol=rtol)
+
+
+def test_int8_prompt_inputs(device):
+    case = tiny(name="i8", S1=40, S2=40, sparse_mode=3, qkv_int8=True)
+    call, problem = inputs.make(case, device)
+    assert call.args[0].dtype == torch.int8 and problem.q.dtype == torch.float16
+    assert case.bytes() == 1 * (2 * 40 * 16 * 1 + 2 * 40 * 32 * 1 + 2 * 40 * 16 * 2)
+    assert inputs.check(case, call, _run, _ref) is None
+
+
+# --- the runner's decisions (timer stubbed: no number here is a measurement) -----------------------
+
+class CountingTimer:
+    calls = 0
+
+    @classmethod
+    def device_ms(cls, fn):
+        cls.calls += 1
+        fn()
+        return 1.0
+
+    @classmethod
+    def graph_ms(cls, fns):
+        cls.calls += 1
+        return 1.0
+
+
+ENV = {"peak_flops": None, "peak_bw": None, "l2_bytes": 1 << 20}
+
+
+def test_runner_times_ours_and_the_baselines(device):
+    CountingTimer.calls = 0
+    case = tiny(name="r-ok", S1=32, S2=32, sparse_mode=3, baselines=("eager", "sdpa_flash"), compare_to="r-ok")
+    rows = run.run_case(nk, case, ENV, device, CountingTimer)
+    by = {r["impl"]: r for r in rows}
+    assert by["ours"]["status"] == "ok" and by["ours"]["time_us"] == 1000.0
+    assert by["ours"]["tflops"] == case.flops() / 1e-3 / 1e12 and by["ours"]["roofline_us"] is None
+    assert by["eager"]["status"] == "ok"
+    assert by["sdpa_flash"]["status"] in ("ok", "unsupported")      # no flash kernel on some machines
+    assert CountingTimer.calls == 1 + sum(r["status"] == "ok" for r in rows if r["impl"] != "ours")
+    run.compare(rows)
+    assert by["ours"]["rel_to_compare"] == 1.0
+
+
+def test_runner_does_not_time_a_failing_case(device, monkeypatch):
+    CountingTimer.calls = 0
+    real = nk.npu_prompt_flash_attention
+    monkeypatch.setattr(nk, "npu_prompt_flash_attention", lambda *a, **k: real(*a, **k) * 1.01)
+    rows = run.run_case(nk, tiny(name="r-bad", S1=32, S2=32, baselines=("eager",)), ENV, device, CountingTimer)
+    assert [(r["impl"], r["status"]) for r in rows] == [("ours", "failed")]
+    assert "correctness" in rows[0]["note"] and CountingTimer.calls == 0
+
+
+def test_runner_skips_missing_and_unimplemented_operators(device, monkeypatch):
+    CountingTimer.calls = 0
+    missing = Case("decode", "r-missing", "npu_no_such_operator", 1, 2, 2, 1, 16, 16, torch.float16)
+    (row,) = run.run_case(nk, missing, ENV, device, CountingTimer)
+    assert row["status"] == "skipped" and row["note"] == "operator not available: npu_kernels.npu_no_such_operator"
+
+    def unimplemented(*a, **k):
+        raise NotImplementedError("query: this path is not implemented yet")
+
+    monkeypatch.setattr(nk, "npu_prompt_flash_attention", unimplemented)
+    (row,) = run.run_case(nk, tiny(name="r-ni"), ENV, device, CountingTimer)
+    assert row["status"] == "skipped" and row["note"].startswith("not implemented")
+    assert CountingTimer.calls == 0
 
 
 # --- bench run without a GPU -----------------------------------------------------------------------
