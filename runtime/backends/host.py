@@ -322,48 +322,73 @@ class HostExternalEvent(events.ExternalEvent):
         self.flag = 0
 
 
-def _to_meta(memo: dict):
-    def convert(x):
+def _signature(func, leaves: list):
+    """Cache key of a call's shape inference, and the distinct tensors among ``leaves`` in order."""
+    tensors: dict = {}
+    key = [func]
+    for x in leaves:
         if isinstance(x, torch.Tensor):
-            if id(x) not in memo:
-                memo[id(x)] = (torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta"), x)
-            return memo[id(x)][0]
-        if isinstance(x, torch.device):
-            return torch.device("meta")
-        return x
+            index = tensors.setdefault(id(x), (len(tensors), x))[0]
+            key.append((index, x.shape, x.stride(), x.dtype))
+        elif isinstance(x, torch.device):
+            key.append("device")
+        else:
+            key.append(x)
+    return tuple(key), [x for _, x in tensors.values()]
 
-    return convert
+
+def _infer(func, leaves: list, spec, tensors: list):
+    """Output description: per output leaf ("arg", index of the tensor it is), ("new", shape, stride,
+    dtype) or ("value", v); from the meta kernels."""
+    metas = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in tensors]
+    index = {id(t): i for i, t in enumerate(tensors)}
+    meta_leaves = [metas[index[id(x)]] if isinstance(x, torch.Tensor)
+                   else torch.device("meta") if isinstance(x, torch.device) else x for x in leaves]
+    args, kwargs = pytree.tree_unflatten(meta_leaves, spec)
+    try:
+        out = func(*args, **kwargs)
+    except Exception as e:
+        raise RuntimeError(f"host backend cannot queue {func}: no shape inference for it on 'meta' ({e})") from e
+    arg_of = {id(m): i for i, m in enumerate(metas)}
+    out_leaves, out_spec = pytree.tree_flatten(out)
+    desc = tuple(("arg", arg_of[id(m)]) if isinstance(m, torch.Tensor) and id(m) in arg_of
+                 else ("new", m.shape, m.stride(), m.dtype) if isinstance(m, torch.Tensor)
+                 else ("value", m) for m in out_leaves)
+    return desc, out_spec
+
+
+_inferred: dict = {}  # call signature -> output description (shape inference is costly: Python refs)
 
 
 def record(func, args: tuple, kwargs: dict):
     """Outputs of ``func`` from shape inference (poisoned, or the tensors it writes) and a thunk
     computing them."""
-    memo: dict = {}
-    meta_args, meta_kwargs = pytree.tree_map(_to_meta(memo), (args, kwargs))
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    key, tensors = _signature(func, leaves)
     try:
-        meta_out = func(*meta_args, **meta_kwargs)
-    except Exception as e:
-        raise RuntimeError(f"host backend cannot queue {func}: no shape inference for it on 'meta' ({e})") from e
-    written = {id(m): x for m, x in memo.values()}
-    leaves, spec = pytree.tree_flatten(meta_out)
+        desc, out_spec = _inferred[key]
+    except KeyError:
+        desc, out_spec = _inferred[key] = _infer(func, leaves, spec, tensors)
+    except TypeError:  # an unhashable argument
+        desc, out_spec = _infer(func, leaves, spec, tensors)
     outs, fresh = [], []
-    for i, m in enumerate(leaves):
-        if not isinstance(m, torch.Tensor):
-            outs.append(m)
-        elif id(m) in written:
-            outs.append(written[id(m)])
-        else:
-            t = torch.empty_strided(m.shape, m.stride(), dtype=m.dtype)
+    for i, d in enumerate(desc):
+        if d[0] == "arg":
+            outs.append(tensors[d[1]])
+        elif d[0] == "new":
+            t = torch.empty_strided(d[1], d[2], dtype=d[3])
             poison_(t)
             outs.append(t)
             fresh.append((i, t))
+        else:
+            outs.append(d[1])
 
     def thunk():
         results = pytree.tree_leaves(func(*args, **kwargs))
         for i, t in fresh:
             t.copy_(results[i])
 
-    return pytree.tree_unflatten(outs, spec), thunk
+    return pytree.tree_unflatten(outs, out_spec), thunk
 
 
 class HostMode(TorchDispatchMode):
