@@ -333,7 +333,7 @@ def _signature(func, leaves: list):
         elif isinstance(x, torch.device):
             key.append("device")
         else:
-            key.append(x)
+            key.append((type(x), x))  # 1, 1.0 and True are equal keys but give other dtypes
     return tuple(key), [x for _, x in tensors.values()]
 
 
@@ -510,6 +510,8 @@ class HostBackend:
         _sched.current = stream
 
     def synchronize(self) -> None:
+        if self.captures:
+            raise RuntimeError("synchronize(): operation not permitted when stream is capturing")
         _sched.drain(lambda: not _sched.busy, "synchronize()")
 
     def discard_pending_work(self) -> None:

@@ -188,6 +188,23 @@ def test_host_read_during_capture_is_an_error(host_rt):
             (x * 2).sum().item()
 
 
+def test_scalar_type_decides_the_recorded_dtype(host_rt):
+    x = torch.arange(3)
+    g = host_rt.NPUGraph()
+    with host_rt.graph(g):
+        a = x * 2
+        b = x * 2.0
+    g.replay()
+    assert a.dtype == torch.int64 and b.dtype == torch.float32
+    assert torch.equal(b, x * 2.0)
+
+
+def test_synchronize_during_capture_is_an_error(rt):
+    with pytest.raises(RuntimeError, match="not permitted when stream is capturing"):
+        with rt.graph(rt.NPUGraph()):
+            rt.synchronize()
+
+
 def test_make_graphed_callables(rt, device):
     lin = torch.nn.Linear(4, 4).to(device).requires_grad_(False)
     x = randn(2, 4, device=device)
