@@ -1,8 +1,9 @@
 """What an intercepted operator call is, as far as streams and graphs care.
 
-``task``       an operator of a task namespace (``npu`` and those added with
-               ``register_task_namespace``): its Python implementation runs and ends in
-               ``npu_kernels.tasks.submit``, which decides whether to launch, capture or update.
+``task``       an operator of a task namespace (``npu``, ``air`` and those added with
+               ``register_task_namespace``): its Python implementation runs at once and issues its
+               device work through the runtime (``npu``: ``npu_kernels.tasks.submit``, which decides
+               whether to launch, capture or update; ``air``: stream scopes and events).
 ``view``       returns aliases of its inputs without writing them: metadata only, always run at once.
 ``alloc``      allocates without reading or writing data (``empty`` and friends): run at once.
 ``host_read``  returns a host value (number, bool) computed from tensor data: needs the data now.
@@ -15,7 +16,7 @@ import functools
 
 import torch
 
-_task_namespaces = {"npu"}
+_task_namespaces = {"npu", "air"}
 
 _ALLOC = {
     torch.ops.aten.empty.memory_format,

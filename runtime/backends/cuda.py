@@ -335,5 +335,8 @@ class CudaBackend:
         with self.direct(), torch.cuda.stream(stream.cuda):
             dst.copy_(src, non_blocking=True)
 
+    def record_stream(self, tensor: torch.Tensor, stream) -> None:
+        tensor.record_stream(stream.cuda)
+
 
 _backend: CudaBackend = None  # the instance (one per process, created by runtime.backends)

@@ -559,5 +559,9 @@ class HostBackend:
     def copy_into(self, dst: torch.Tensor, src: torch.Tensor, stream) -> None:
         _sched.issue(stream, lambda: dst.copy_(src))
 
+    def record_stream(self, tensor: torch.Tensor, stream) -> None:
+        """Nothing to do: queued and captured work holds references to the tensors it uses, so their
+        memory cannot be reused before that work has run."""
+
 
 _backend: HostBackend = None  # the instance (one per process, created by runtime.backends)
