@@ -32,6 +32,9 @@ class Task:
     # allocated its outputs itself (a functional call in update mode then returns unwritten tensors:
     # the results land in the captured outputs at replay)
     outputs: tuple[torch.Tensor, ...] = field(default=())
+    # [P] int32 on the device to hold the block in eager calls (carved from a caller's workspace), so
+    # that the call allocates nothing on the device; None: a fresh block per call
+    block_buffer: Optional[torch.Tensor] = None
 
 
 Submitter = Callable[[Task], None]
@@ -41,18 +44,21 @@ Submitter = Callable[[Task], None]
 _captured_staging: list[torch.Tensor] = []
 
 
-def device_block(params: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A device copy of a parameter block, enqueued on the current stream (capturable on CUDA)."""
+def device_block(params: torch.Tensor, device: torch.device, into: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A device copy of a parameter block (into ``into`` when given), enqueued on the current stream
+    (capturable on CUDA)."""
     if device.type != "cuda":
-        return params.clone()
+        return params.clone() if into is None else into.copy_(params)
     staged = params.pin_memory()
     if torch.cuda.is_current_stream_capturing():
         _captured_staging.append(staged)
+    if into is not None:
+        return into.copy_(staged, non_blocking=True)
     return staged.to(device, non_blocking=True)
 
 
 def eager_submit(task: Task) -> None:
-    task.launch(device_block(task.params, task.device))
+    task.launch(device_block(task.params, task.device, task.block_buffer))
 
 
 _submitter: Submitter = eager_submit

@@ -148,7 +148,7 @@ def _prefill_kernel(
             p_k = tl.where((o_j < prefix)[None, :], p_kp, p_k)
         b_k = tl.load(p_k, mask=m_j[None, :] & m_d[:, None], other=0)                   # [BD, BN]
         if KV_QUANT > 0:
-            b_k = _antiquant(b_k, AQS, AQO, 0, kvn64, b64, o_d, m_d, o_kr, stride_aqt, stride_aqx, stride_aqy,
+            b_k = _antiquant(b_k, AQS, AQO, 0, kvn64, b64, o_d, m_d, o_kr, m_j, stride_aqt, stride_aqx, stride_aqy,
                              Q.dtype.element_ty, KV_QUANT, HAS_AQ_OFFSET, True)
         if QUANT_MODE == 1:
             b_s = tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32)         # [BM, BN] exact
@@ -256,7 +256,7 @@ def _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE, IS_
 
 
 @triton.jit
-def _antiquant(b_x, AQS, AQO, which, kvn64, b64, o_d, m_d, o_kr, stride_aqt, stride_aqx, stride_aqy,
+def _antiquant(b_x, AQS, AQO, which, kvn64, b64, o_d, m_d, o_kr, m_j, stride_aqt, stride_aqx, stride_aqy,
                dtype: tl.constexpr, KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, D_FIRST: tl.constexpr):
     """int8 block → (x + offset) * scale in ``dtype`` (fp16 arithmetic for fp16, fp32 then cast for bf16).
     KV_QUANT 1: per channel, scale [2, KV_N, D]; 2: per token, scale [2, B, S2] (float32).
@@ -266,7 +266,7 @@ def _antiquant(b_x, AQS, AQO, which, kvn64, b64, o_d, m_d, o_kr, stride_aqt, str
         m_s = m_d
     else:
         p_s = which * stride_aqt + b64 * stride_aqx + o_kr * stride_aqy                  # [BN]
-        m_s = o_kr >= 0
+        m_s = m_j
     b_sc = tl.load(AQS + p_s, mask=m_s, other=0.0)
     if HAS_AQ_OFFSET:
         b_of = tl.load(AQO + p_s, mask=m_s, other=0.0)
@@ -295,7 +295,7 @@ def _load_v(V, VP, AQS, AQO, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_d
         p_v = tl.where((o_j < prefix)[:, None], p_vp, p_v)
     b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0)
     if KV_QUANT > 0:
-        b_v = _antiquant(b_v, AQS, AQO, 1, kvn64, b64, o_dv, m_dv, o_kr, stride_aqt, stride_aqx, stride_aqy,
+        b_v = _antiquant(b_v, AQS, AQO, 1, kvn64, b64, o_dv, m_dv, o_kr, m_j, stride_aqt, stride_aqx, stride_aqy,
                          dtype, KV_QUANT, HAS_AQ_OFFSET, False)
     return b_v
 

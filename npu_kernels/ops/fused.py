@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from einops import rearrange
 
-from .. import alloc, checks, masks, quant
+from .. import alloc, checks, masks, params, quant
 from ..errors import require
 from ..layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, ndim, out_shape
 from . import incre, prompt
@@ -200,7 +200,8 @@ def validate(query, key, value, **kw) -> FusedCall:
     lse_flag = bool(kw["softmax_lse_flag"])
 
     decode = _decode_path(layout, q_s, d)
-    if decode and rope[0] is None and kw["key_shared_prefix"] is None and not _per_token(kw):
+    same_dv = _kv_views(value, layout, kv_n, kw["block_table"], "value").shape[3] == d
+    if decode and rope[0] is None and kw["key_shared_prefix"] is None and not _per_token(kw) and same_dv:
         call = _decode_call(query, key, value, layout, kv_n, kw)
         h = call.heads
         out_dtype = call.out_dtype
@@ -414,26 +415,39 @@ def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:
             alloc.empty(call.lse_shape, torch.float32, device))
 
 
-def workspace_elements(call: FusedCall) -> int:
-    """Float32 scratch the call needs (split-KV partial results on the decode kernels, else none)."""
+def _scratch_words(call: FusedCall) -> int:
+    """Float32 words of split-KV scratch (partial outputs, per-split max and sum) on the decode kernels."""
     if call.incre is None:
         return 0
+    device = call.incre.heads.q.device
     out = torch.empty(call.out_shape, dtype=call.out_dtype, device="meta")
-    return sum(incre.plan(call.incre, out, None).static.workspace)
+    return sum(incre.plan(call.incre, out, None, on_gpu=device.type == "cuda").static.workspace)
+
+
+def workspace_elements(call: FusedCall) -> int:
+    """4-byte words of workspace: the split-KV scratch, then the parameter block (int32 per batch field)."""
+    batches = (call.prompt or call.incre).heads.B
+    return _scratch_words(call) + batches * params.FIELDS
 
 
 def submit(call: FusedCall, out: torch.Tensor, lse: torch.Tensor, workspace: Optional[torch.Tensor] = None,
            caller_outputs: bool = False) -> None:
+    """Submit the call; with ``workspace`` its words hold the scratch and the parameter block, so the call
+    allocates nothing on the device."""
     lse_k = call.lse_view(lse) if call.lse_flag else None
+    scratch = block = None
+    if workspace is not None:
+        require(workspace.is_contiguous() and (workspace.numel() * workspace.element_size()) % 4 == 0,
+                "workspace", workspace, "must be contiguous and a whole number of 4-byte words")
+        words = workspace.view(-1).view(torch.int32)
+        n = _scratch_words(call)
+        scratch = words[:n].view(torch.float32)
+        block = words[n:workspace_elements(call)]
     if call.incre is not None:
-        ws = None
-        if workspace is not None:
-            require(workspace.is_contiguous() and (workspace.numel() * workspace.element_size()) % 4 == 0,
-                    "workspace", workspace, "must be contiguous and a whole number of float32 words")
-            ws = workspace.view(-1).view(torch.float32) if workspace.dtype != torch.float32 else workspace.view(-1)
-        incre.submit(call.incre, out, lse_k, workspace=ws, op=OP, caller_outputs=caller_outputs)
+        incre.submit(call.incre, out, lse_k, workspace=scratch, op=OP, caller_outputs=caller_outputs,
+                     block_buffer=block)
     else:
-        prompt.submit(call.prompt, out, lse_k, op=OP, caller_outputs=caller_outputs)
+        prompt.submit(call.prompt, out, lse_k, op=OP, caller_outputs=caller_outputs, block_buffer=block)
 
 
 def npu_fused_infer_attention_score(query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

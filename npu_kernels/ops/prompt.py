@@ -160,7 +160,7 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
     """Static configuration and parameter block; ``on_gpu`` picks the block sizes (default: the
     output's device)."""
     h = call.heads
-    o4 = as_bnsd(out, call.layout.out, h.N)
+    o4 = out_view(call, out)
     on_gpu = o4.device.type == "cuda" if on_gpu is None else on_gpu
     block_m, block_n, warps, stages = prefill.block_config(h.D, h.Dv, on_gpu)
     min_block = 32 if call.quant.int8_in else 16               # int8 tensor cores need k >= 32
@@ -188,19 +188,25 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
     return Plan(static, params.pack(rows))
 
 
+def out_view(call: PromptCall, out: torch.Tensor) -> torch.Tensor:
+    """(B, N, S1, Dv) view of the output; token-major outputs are shared by all batches (stride 0)."""
+    o4 = as_bnsd(out, call.layout.out, call.heads.N)
+    return o4.expand(call.heads.B, *o4.shape[1:]) if call.sources.varlen else o4
+
+
 def _pow2(x: int, least: int = 16) -> int:
     return max(least, 1 << (x - 1).bit_length())
 
 
 def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None, op: str = OP,
-           caller_outputs: bool = False) -> None:
+           caller_outputs: bool = False, block_buffer: Optional[torch.Tensor] = None) -> None:
     """Plan and submit the prefill kernel writing ``out`` (and ``lse`` when given); ``caller_outputs``
     when the caller passed them (``.out`` overloads), see ``tasks.Task.outputs``."""
     h = call.heads
     if out.numel() == 0 and (lse is None or lse.numel() == 0):
         return
     p = plan(call, out, lse)
-    o4 = as_bnsd(out, call.layout.out, h.N)
+    o4 = out_view(call, out)
     mask = None if call.mask is None else (call.mask.view(torch.uint8) if call.mask.dtype == torch.bool else call.mask)
     dummy = h.q
     run = functools.partial(prefill.launch, p.static, h.q, h.k, h.v, o4,
@@ -210,7 +216,7 @@ def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = No
     inputs = tuple(t for t in (h.q, h.k, h.v, mask, call.pse, *call.sources.tensors()) if t is not None) \
         + call.quant.tensors()
     outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
-    tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs))
+    tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs, block_buffer))
 
 
 def output(call: PromptCall) -> torch.Tensor:

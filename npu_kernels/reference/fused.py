@@ -32,9 +32,11 @@ def _gather(cache: torch.Tensor, table: torch.Tensor, page: int, batches: int) -
     return torch.cat([g, g.new_zeros(pad, *g.shape[1:])]) if pad > 0 else g
 
 
-def _keys(t: torch.Tensor, src: Sources, batches: int, which: int, dtype: torch.dtype) -> torch.Tensor:
-    """Keys (which=0) or values (1) as (B, KV_N, S, D) in ``dtype``: pages gathered, anti-quantised."""
-    if src.table is not None:
+def _keys(t: torch.Tensor, src: Sources, batches: int, which: int, dtype: torch.dtype, paged: bool = True
+          ) -> torch.Tensor:
+    """Keys (which=0) or values (1) as (B, KV_N, S, D) in ``dtype``: pages gathered (when ``paged``),
+    anti-quantised (the shared prefix with the same per-channel parameters)."""
+    if src.table is not None and paged:
         t = _gather(t, src.table, src.page_size, batches)
     aq = src.antiquant
     if aq is not None:
@@ -76,8 +78,9 @@ def prefill_attention(call: prompt.PromptCall, block_n: Optional[int], compute_d
     v = _keys(h.v, src, h.B, 1, call.dtype)
     if src.prefix is not None:
         plen = call.offsets[0][4]
-        kp, vp = (t[:, :, :plen].expand(h.B, -1, -1, -1) for t in src.prefix)
-        k, v = torch.cat([kp.to(k.dtype), k], 2), torch.cat([vp.to(v.dtype), v], 2)
+        kp, vp = (_keys(t[:, :, :plen], src, 1, i, call.dtype, paged=False).expand(h.B, -1, -1, -1)
+                  for i, t in enumerate(src.prefix))
+        k, v = torch.cat([kp, k], 2), torch.cat([vp, v], 2)
     if src.rope is not None:
         qr, kr = src.rope
         q = torch.cat([q, qr], -1)

@@ -1,0 +1,121 @@
+"""npu_fused_infer_attention_score: kernel against the golden reference, and its relations to the other
+operators (spec ops §4)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import example, given
+
+import npu_kernels as nk
+from npu_kernels.masks import INT_MAX
+
+from .conftest import assert_close
+from .fused_cases import FCase, fcases, make_inputs
+
+
+def assert_lse_close(lse: torch.Tensor, ref: torch.Tensor) -> None:
+    """Sentinels (+inf, -3.4e38) exactly, finite values to float32 accuracy."""
+    assert lse.shape == ref.shape and lse.dtype == torch.float32
+    sentinel = ~torch.isfinite(ref) | (ref.abs() > 1e30)
+    assert torch.equal(lse[sentinel], ref[sentinel])
+    torch.testing.assert_close(lse[~sentinel], ref[~sentinel], atol=1e-4, rtol=1e-4)
+
+
+def check(case: FCase, device) -> None:
+    q, k, v, kw = make_inputs(case, device)
+    out, lse = nk.npu_fused_infer_attention_score(q, k, v, **kw)
+    ref, ref_lse = nk.reference.npu_fused_infer_attention_score(q, k, v, **kw)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert_close(out, ref, case.dtype)
+    if case.lse:
+        assert_lse_close(lse, ref_lse)
+    else:
+        assert lse.shape == (0,) and lse.dtype == torch.float32
+
+
+@given(case=fcases())
+@example(case=FCase(layout="TND", B=2, qlens=(5, 3), kvlens=(7, 0), S2=7, sparse_mode=3))
+@example(case=FCase(layout="BSH_NBSD", B=2, S1=1, S2=20, kvlens=(20, 0), kv_pad=2))
+@example(case=FCase(layout="BNSD", B=2, S1=6, S2=30, paged="4d", kvlens=(30, 17), rope=True))
+@example(case=FCase(layout="BSND", B=2, S1=5, S2=9, prefix=3, mask_p=0.3, inner_precise=2))
+@example(case=FCase(layout="BNSD", S1=1, S2=12, antiquant="token", separated=True))
+def test_matches_reference(case, device):
+    check(case, device)
+
+
+def test_prefill_equals_prompt(device):
+    """Q_S > 1: the prompt operator with the same arguments (its next_tokens default is 0, and its
+    sparse modes 10-14 are FIA's high precision, inner_precise 0)."""
+    case = FCase(layout="BSH", B=2, kv_heads=2, group=2, S1=11, S2=17, qlens=(11, 6), kvlens=(9, 17),
+                 sparse_mode=3, lse=False)
+    q, k, v, kw = make_inputs(case, device)
+    out, _ = nk.npu_fused_infer_attention_score(q, k, v, **kw)
+    pfa = nk.npu_prompt_flash_attention(
+        q, k, v, num_heads=case.N, num_key_value_heads=case.kv_heads, input_layout="BSH", scale_value=kw["scale"],
+        actual_seq_lengths=list(case.qlens), actual_seq_lengths_kv=list(case.kvlens), sparse_mode=13,
+        atten_mask=kw["atten_mask"], next_tokens=INT_MAX)
+    torch.testing.assert_close(out, pfa, atol=0, rtol=0)
+
+
+def test_decode_equals_incre(device):
+    case = FCase(layout="BNSD", B=2, kv_heads=2, group=4, S1=1, S2=40, kvlens=(40, 13), lse=False)
+    q, k, v, kw = make_inputs(case, device)
+    out, _ = nk.npu_fused_infer_attention_score(q, k, v, **kw)
+    ifa = nk.npu_incre_flash_attention(q, k, v, num_heads=case.N, num_key_value_heads=case.kv_heads,
+                                       input_layout="BNSD", scale_value=kw["scale"], actual_seq_lengths=[40, 13])
+    torch.testing.assert_close(out, ifa, atol=0, rtol=0)
+
+
+def test_out_equals_functional_and_leaves_lse(device):
+    case = FCase(layout="BSND", B=2, S1=7, S2=10, sparse_mode=2, lse=False)
+    q, k, v, kw = make_inputs(case, device)
+    out, _ = nk.npu_fused_infer_attention_score(q, k, v, **kw)
+    ws = nk._npu_fused_infer_attention_score_get_max_workspace(q, k, v, **kw)
+    o = torch.full_like(out, float("nan"))
+    lse = torch.full((1,), 7.0, dtype=torch.float16, device=device)
+    nk.npu_fused_infer_attention_score.out(q, k, v, workspace=ws, out=[o, lse], **kw)
+    torch.testing.assert_close(o, out, atol=0, rtol=0)
+    assert lse.item() == 7.0
+
+
+def test_out_with_workspace_allocates_nothing(device, monkeypatch):
+    from npu_kernels import alloc
+
+    for case in (FCase(layout="BNSD", B=2, S1=1, S2=30, kvlens=(30, 9)), FCase(layout="BSH", S1=5, S2=6)):
+        q, k, v, kw = make_inputs(case, device)
+        ws = nk._npu_fused_infer_attention_score_get_max_workspace(q, k, v, **kw)
+        o, lse = nk._npu_fused_infer_attention_score_infer_output(
+            q, v, input_layout=case.layout, num_heads=case.N, softmax_lse_flag=True)
+        with monkeypatch.context() as m:
+            m.setattr(alloc, "empty", lambda *a: (_ for _ in ()).throw(AssertionError("allocated")))
+            m.setattr(torch.Tensor, "to", lambda *a, **k: (_ for _ in ()).throw(AssertionError("copied")))
+            nk.npu_fused_infer_attention_score.out(q, k, v, workspace=ws, out=[o, lse], **kw)
+        ref, ref_lse = nk.reference.npu_fused_infer_attention_score(q, k, v, **kw)
+        assert_close(o, ref, case.dtype)
+        assert_lse_close(lse, ref_lse)
+
+
+def test_lse_merge_law(device):
+    """Attention over all keys equals the two halves merged with their lse (spec ops §4.2)."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 6, 32, generator=g).to(device)
+    k = torch.randn(1, 2, 24, 32, generator=g).to(device)
+    v = torch.randn(1, 2, 24, 32, generator=g).to(device)
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    kw = dict(num_heads=2, input_layout="BNSD", scale=32 ** -0.5, softmax_lse_flag=True)
+    full, _ = nk.npu_fused_infer_attention_score(q, k, v, **kw)
+    o1, l1 = nk.npu_fused_infer_attention_score(q, k[:, :, :10], v[:, :, :10], **kw)
+    o2, l2 = nk.npu_fused_infer_attention_score(q, k[:, :, 10:], v[:, :, 10:], **kw)
+    lmax = torch.maximum(l1, l2)
+    w1, w2 = torch.exp(l1 - lmax), torch.exp(l2 - lmax)
+    merged = (w1 * o1.float() + w2 * o2.float()) / (w1 + w2)
+    assert_close(full, merged, torch.bfloat16)
+
+
+def test_token_layout_lse_shape(device):
+    case = FCase(layout="NTD_TND", B=2, qlens=(4, 2), kvlens=(5, 3), S2=5)
+    q, k, v, kw = make_inputs(case, device)
+    out, lse = nk.npu_fused_infer_attention_score(q, k, v, **kw)
+    T = q.shape[1]
+    assert out.shape == (T, case.N, case.Dv) and lse.shape == (T, case.N, 1)
+    assert (out[6:] == 0).all() and torch.isinf(lse[6:]).all()          # trailing token: no batch
