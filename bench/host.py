@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from npu_kernels import alloc, tasks
 
 from . import inputs, results, timing
+from .progress import progress
 from .cases import PFA, Case, select
 
 TARGET_US = 30.0
@@ -80,7 +81,7 @@ def default_cases() -> list[Case]:
 def run(cases: list[Case], rounds: int = 15, per_round: int = 200) -> list[dict]:
     import npu_kernels as nk
 
-    return [measure(nk, c, rounds, per_round) for c in cases]
+    return [measure(nk, c, rounds, per_round) for c in progress(cases, len(cases), "bench host")]
 
 
 def table(rows: list[dict]) -> str:

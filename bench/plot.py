@@ -61,6 +61,7 @@ def plot(path: Path, out_dir: Optional[Path] = None) -> list[Path]:
         ax.set_xlabel("context length (keys)" if decode else "sequence length (keys)")
         ax.set_ylabel("TB/s" if decode else "TFLOP/s (FA3 FLOP count)")
         ax.set_title(f"{title}\n{env['gpu']}, git {env['git_sha']}", fontsize=9)
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,10 +37,10 @@ def worker(archs: Sequence[int], names: Sequence[str]) -> None:
             print(json.dumps({"kernel": "?", "variant": name, "arch": arch,
                               "error": f"unknown variant (known: {', '.join(v.name for v in known)})"}), flush=True)
     for v in variants:
-        meta = {k: v.constexprs[k] for k in ("BLOCK_M", "BLOCK_N") if k in v.constexprs}
+        blocks = " ".join(f"{k[6:]}={val}" for k, val in v.constexprs.items() if k.startswith("BLOCK_"))
         for arch in archs:
             row = {"kernel": v.kernel, "variant": v.name, "arch": arch, "num_warps": v.num_warps,
-                   "num_stages": v.num_stages, **meta}
+                   "num_stages": v.num_stages, "blocks": blocks}
             try:
                 c = aot.compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages)
                 row.update(registers=c.registers, spill_bytes=c.spill_bytes, shared_bytes=c.shared_bytes,
@@ -58,14 +59,16 @@ def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list
     if names:
         cmd += ["--variant", ",".join(names)]
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rows, expected = [], None
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_PER_COMPILE_S * (len(names) or MAX_VARIANTS) * len(archs))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        err = f"timed out\n{err}"
+    with tempfile.TemporaryDirectory(prefix="bench-report-cache-") as cache:
+        env["TRITON_CACHE_DIR"] = cache           # cold compiles: the compile time is not a cache hit
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=TIMEOUT_PER_COMPILE_S * (len(names) or MAX_VARIANTS) * len(archs))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            err = f"timed out\n{err}"
     for line in out.splitlines():
         if not line.startswith("{"):
             continue
@@ -88,7 +91,7 @@ def status(row: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| kernel | variant | arch | BLOCK_M×N | warps/stages | registers | spill bytes | shared KiB "
+    head = ("| kernel | variant | arch | blocks | warps/stages | registers | spill bytes | shared KiB "
             "| tensor cores | compile s | status |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
@@ -96,9 +99,8 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | | | | | | | | "
                          f"**FAILED**: {r['error'].splitlines()[0][:160]} |")
             continue
-        block = f"{r.get('BLOCK_M', '')}×{r.get('BLOCK_N', '')}"
         spill = f"**{r['spill_bytes']}**" if r["spill_bytes"] else "0"
-        lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {block} | {r['num_warps']}/{r['num_stages']} "
+        lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {r.get('blocks', '')} | {r['num_warps']}/{r['num_stages']} "
                      f"| {r['registers']} | {spill} | {r['shared_bytes'] / 1024:.1f} | {r['tensor_cores'] or 'none'} "
                      f"| {r['compile_s']:.1f} | {'**SPILLS**' if r['spill_bytes'] else 'ok'} |")
     return "\n".join(lines)
@@ -115,8 +117,8 @@ def main(archs: Sequence[int] = ARCHS, names: Sequence[str] = (), out_dir: Optio
         f"Static kernel report: git {env['git_sha']}, torch {env['torch']}, triton {env['triton']}, "
         f"compiled on {env['gpu']}\n\n{text}\n")
     print(text)
-    spills = [f"{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "SPILLS"]
-    failed = [f"{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "FAILED"]
+    spills = [f"{r['kernel']}:{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "SPILLS"]
+    failed = [f"{r['kernel']}:{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "FAILED"]
     print(f"{len(rows)} compiles: {len(failed)} failed, {len(spills)} with spills"
           + (f" ({', '.join(spills)})" if spills else ""))
     print(f"wrote {jpath}, {cpath} and {jpath.with_suffix('.md')}")

@@ -158,24 +158,25 @@ def _graph_case(nk, case: Case, op, call: inputs.Call, env: dict) -> dict:
     return _row(case, "ours", "ok", **values)
 
 
-def _task_update(nk, case: Case, op, call: inputs.Call) -> tuple[float, float, Optional[str]]:
-    """Capture ``layers`` calls, one task group each; time the update of every task to new lengths
-    (host µs per task) and the replay (µs per call); check layer 0 against an eager call."""
-    import runtime as rt
-
+def updated_lengths(case: Case, call: inputs.Call) -> dict:
+    """``call``'s keyword arguments with every length 7 shorter (at least 1): what a task update sets."""
     key = "actual_seq_lengths_kv" if case.op == FIA else "actual_seq_lengths"    # PFA: query, IFA: kv
     full = call.kwargs.get(key) or [case.S1 if case.op == PFA else case.S2] * case.B
-    shorter = dict(call.kwargs, **{key: [max(1, x - 7) for x in full]})
+    return dict(call.kwargs, **{key: [max(1, x - 7) for x in full]})
+
+
+def capture_and_update(rt, op, call: inputs.Call, shorter: dict, layers: int, reps: int):
+    """Capture ``layers`` calls of ``op``, one task group each, then update every task to ``shorter``
+    ``reps`` times from a side stream. Returns (graph, captured outputs, host µs per task update)."""
     g = rt.NPUGraph()
     outs, handles = [], []
     with rt.graph(g):
         s = rt.current_stream()
-        for _ in range(case.layers):
+        for _ in range(layers):
             rt.graph_task_group_begin(s)
             outs.append(op(*call.args, **call.kwargs))
             handles.append(rt.graph_task_group_end(s))
     u = rt.Stream()
-    reps = 20
     t0 = time.perf_counter()
     for _ in range(reps):
         with rt.stream(u):
@@ -183,8 +184,17 @@ def _task_update(nk, case: Case, op, call: inputs.Call) -> tuple[float, float, O
                 rt.graph_task_update_begin(u, h)
                 op(*call.args, **shorter)
                 rt.graph_task_update_end(u)
-    update_us = (time.perf_counter() - t0) / (reps * case.layers) * 1e6
+    update_us = (time.perf_counter() - t0) / (reps * layers) * 1e6
     rt.synchronize()
+    return g, outs, update_us
+
+
+def _task_update(nk, case: Case, op, call: inputs.Call) -> tuple[float, float, Optional[str]]:
+    """Task update per task (host µs), replay per call (device µs), and layer 0 against an eager call."""
+    import runtime as rt
+
+    shorter = updated_lengths(case, call)
+    g, outs, update_us = capture_and_update(rt, op, call, shorter, case.layers, reps=20)
     g.replay()
     rt.synchronize()
     expected = call.out(op(*call.args, **shorter))

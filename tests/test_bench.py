@@ -242,8 +242,7 @@ def test_sdpa_refuses_per_batch_lengths():
         baselines.prepare("sdpa_flash", problem)
 
 
-DECODE_INPUTS = [dict(), dict(block_size=16), dict(kv_int8=True), dict(kv_int8=True, block_size=32),
-                 dict(kvlens=(64, 17))]
+DECODE_INPUTS = [dict(), dict(kv_int8=True, block_size=32), dict(kvlens=(64, 17))]
 
 
 @pytest.mark.parametrize("op", [IFA, FIA])
@@ -326,6 +325,24 @@ def test_runner_skips_missing_and_unimplemented_operators(device, monkeypatch):
     (row,) = run.run_case(nk, tiny(name="r-ni"), ENV, device, CountingTimer)
     assert row["status"] == "skipped" and row["note"].startswith("not implemented")
     assert CountingTimer.calls == 0
+
+
+def test_task_update_case_captures_updates_and_replays(device):
+    """The graph suite's capture and task update, on the runtime's backend of this machine."""
+    import runtime as rt
+
+    case = tiny(name="u", B=2, S1=24, S2=24, sparse_mode=3, layers=2)
+    call, _ = inputs.make(case, device)
+    shorter = run.updated_lengths(case, call)
+    assert shorter["actual_seq_lengths"] == [17, 17] and "actual_seq_lengths" not in call.kwargs
+    g, outs, update_us = run.capture_and_update(rt, nk.npu_prompt_flash_attention, call, shorter, layers=2, reps=1)
+    assert update_us > 0 and len(outs) == 2
+    g.replay()
+    rt.synchronize()
+    expected = nk.npu_prompt_flash_attention(*call.args, **shorter)
+    for out in outs:
+        assert torch.equal(out, expected)
+        assert (out[:, :, 17:] == 0).all()
 
 
 # --- bench run without a GPU -----------------------------------------------------------------------

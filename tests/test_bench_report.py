@@ -24,7 +24,8 @@ def test_report_on_one_variant(tmp_path):
     row = rows[0]
     assert row["kernel"] == "prefill" and row["variant"] == "fp16-d128" and row["arch"] == 90
     assert row["error"] is None and row["status"] in ("ok", "SPILLS")
-    assert 0 < row["registers"] <= 255 and row["shared_bytes"] > 0 and row["compile_s"] > 0
+    assert 0 < row["registers"] <= 255 and row["shared_bytes"] > 0
+    assert row["compile_s"] > 0.5                           # a cold compile, not a cache hit
     assert row["tensor_cores"] == "wgmma"                    # sm_90 flash attention must use wgmma
     assert row["status"] == ("SPILLS" if row["spill_bytes"] else "ok")
     assert "| prefill | fp16-d128 | sm_90 |" in p.stdout
