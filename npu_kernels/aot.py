@@ -120,6 +120,61 @@ def prefill_variants() -> list[tuple[str, dict, object]]:
     return out
 
 
+def decode_variants() -> list[tuple[str, dict, dict, object]]:
+    """Representative decode variants: (name, split kernel args, combine kernel args, static config),
+    planned for a GPU."""
+    from .kernels import decode
+    from .ops import incre
+
+    # name, dtype, D, N, KV_N, extra: paged cache ("3d"/"4d"), int8 K/V and int8 output ("tensor"/"channel"),
+    # mask/pse/pad
+    cases = [
+        ("bf16-d128-gqa8", torch.bfloat16, 128, 8, 1, {}),
+        ("fp16-d128-paged-bsh", torch.float16, 128, 8, 2, {"paged": "3d"}),
+        ("bf16-d128-gqa8-int8-paged", torch.bfloat16, 128, 8, 1, {"paged": "4d", "int8": "channel"}),
+        ("fp16-d128-int8-tensor", torch.float16, 128, 4, 4, {"int8": "tensor"}),
+        ("fp16-d64-mask-pse-pad", torch.float16, 64, 4, 2, {"mask": True, "pse": True, "pad": True}),
+        ("bf16-d128-quant-tensor", torch.bfloat16, 128, 8, 1, {"quant": "tensor"}),
+        ("fp16-d128-int8-quant-channel", torch.float16, 128, 8, 2, {"int8": "channel", "quant": "channel"}),
+        ("bf16-d256-mqa", torch.bfloat16, 256, 16, 1, {}),
+        ("fp16-d512", torch.float16, 512, 2, 2, {}),
+    ]
+    out = []
+    for name, dtype, d, n, kv_n, extra in cases:
+        b, s2, bs = 2, 1024, 128
+        kv_dtype = torch.int8 if extra.get("int8") else dtype
+        q = torch.zeros(b, n, 1, d, dtype=dtype)
+        kw = {"num_heads": n, "num_key_value_heads": kv_n, "input_layout": "BNSD", "actual_seq_lengths": [s2] * b}
+        if extra.get("paged") == "3d":
+            k = torch.zeros(16, bs, kv_n * d, dtype=kv_dtype)
+        elif extra.get("paged") == "4d":
+            k = torch.zeros(16, kv_n, bs, d, dtype=kv_dtype)
+        else:
+            k = torch.zeros(b, kv_n, s2, d, dtype=kv_dtype)
+        if extra.get("paged"):
+            kw.update(block_table=torch.zeros(b, s2 // bs, dtype=torch.int32), block_size=bs)
+        if extra.get("int8"):
+            shape = (2,) if extra["int8"] == "tensor" else (2, kv_n, 1, d)
+            kw.update(antiquant_scale=torch.ones(shape, dtype=dtype), antiquant_offset=torch.zeros(shape, dtype=dtype))
+        if extra.get("mask"):
+            kw["atten_mask"] = torch.zeros(b, s2, dtype=torch.bool)
+        if extra.get("pse"):
+            kw["pse_shift"] = torch.zeros(1, n, 1, s2, dtype=dtype)
+        if extra.get("pad"):
+            kw["kv_padding_size"] = torch.zeros(1, dtype=torch.int64)
+        if extra.get("quant"):
+            shape = (1,) if extra["quant"] == "tensor" else (n, d)
+            kw.update(quant_scale2=torch.ones(shape), quant_offset2=torch.zeros(shape))
+        call = incre.validate(q, k, k, **kw)
+        o = incre.output(call)
+        p = incre.plan(call, o, None, on_gpu=True)
+        n_acc, n_ml = p.static.workspace
+        ws = torch.zeros(n_acc + n_ml, dtype=torch.float32)
+        split, combine = incre.kernel_tensors(call, o, None, ws[:n_acc], ws[n_acc:], p.params)
+        out.append((name, decode.split_args(p.static, split), decode.combine_args(p.static, combine), p.static))
+    return out
+
+
 @dataclass(frozen=True)
 class Variant:
     kernel: str                 # kernel family, e.g. "prefill"
@@ -134,25 +189,39 @@ class Variant:
 def all_variants() -> list[Variant]:
     """Every kernel variant of every family, for the AOT check and the static report (``bench report``).
     A new family's variant list joins here."""
-    from .kernels import prefill
+    from .kernels import decode, prefill
 
     return [Variant("prefill", name, prefill._prefill_kernel, args, dict(cfg.meta), cfg.num_warps, cfg.num_stages)
-            for name, args, cfg in prefill_variants()]
+            for name, args, cfg in prefill_variants()] + decode_kernel_variants(decode)
+
+
+def decode_kernel_variants(decode) -> list[Variant]:
+    """The split and combine kernels of every decode variant. Integer arguments equal to 1 (unit strides)
+    are compiled as constants, as Triton's launcher specialises them."""
+    def constants(args: dict, meta) -> dict:
+        ones = {k: 1 for k, v in args.items() if k.startswith("stride_") and type(v) is int and v == 1}
+        return {**ones, **dict(meta)}
+
+    out = []
+    for name, split, combine, cfg in decode_variants():
+        out.append(Variant("decode_split", name, decode._decode_split_kernel, split,
+                           constants(split, cfg.split_meta), cfg.num_warps, cfg.num_stages))
+        out.append(Variant("decode_combine", name, decode._decode_combine_kernel, combine,
+                           constants(combine, cfg.combine_meta), 4, 1))
+    return out
 
 
 def main() -> None:
     """Compile every representative variant for sm_80 and sm_90; print one JSON line each."""
     import json
 
-    from .kernels import prefill
-
-    for name, args, cfg in prefill_variants():
+    for v in all_variants():
         for arch in (80, 90):
             try:
-                c = compile_kernel(prefill._prefill_kernel, args, dict(cfg.meta), arch, cfg.num_warps, cfg.num_stages)
-                row = {"kernel": "prefill", "variant": name, **c.__dict__, "error": None}
+                c = compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages)
+                row = {"kernel": v.kernel, "variant": v.name, **c.__dict__, "error": None}
             except Exception as exc:  # reported, not raised: the caller tabulates failures
-                row = {"kernel": "prefill", "variant": name, "arch": arch, "error": f"{type(exc).__name__}: {exc}"}
+                row = {"kernel": v.kernel, "variant": v.name, "arch": arch, "error": f"{type(exc).__name__}: {exc}"}
             print(json.dumps(row), flush=True)
 
 

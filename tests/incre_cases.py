@@ -37,6 +37,9 @@ class Case:
     spare_blocks: int = 2                 # blocks of the pool no table entry points to
     int8: Optional[str] = None            # None, "tensor", "channel"
     aq_offset: bool = False
+    quant: Optional[str] = None           # int8 output: None, "tensor", "channel"
+    quant_offset: bool = False
+    quant_bf16: bool = False              # bfloat16 quant_scale2/quant_offset2 (bfloat16 query only)
     seed: int = 0
 
     @property
@@ -109,6 +112,13 @@ def make_inputs(case: Case, device) -> tuple[torch.Tensor, torch.Tensor, torch.T
         kw["antiquant_scale"] = (torch.rand(shape, generator=g) * 0.02 + 0.005).to(case.dtype).to(device)
         if case.aq_offset:
             kw["antiquant_offset"] = torch.randint(-4, 5, shape, generator=g).to(case.dtype).to(device)
+    if case.quant:
+        shape = (1,) if case.quant == "tensor" else \
+            {"BNSD": (1, N, 1, D), "BSND": (1, 1, N, D), "BSH": (N * D,)}[case.layout]
+        qdtype = torch.bfloat16 if case.quant_bf16 else torch.float32
+        kw["quant_scale2"] = (torch.rand(shape, generator=g) * 30 + 5).to(qdtype).to(device)
+        if case.quant_offset:
+            kw["quant_offset2"] = torch.randint(-10, 11, shape, generator=g).to(qdtype).to(device)
     return q.to(device), k.to(device), v.to(device), kw
 
 
@@ -127,16 +137,19 @@ def cases(draw) -> Case:
     else:
         block_size = 16
         S2 = draw(st.integers(0, 64))
-    length = st.sampled_from((0, 1, S2)) | st.integers(0, S2)
+    length = st.sampled_from(sorted({0, min(1, S2), S2})) | st.integers(0, S2)
     kvlens = draw((st.just(None) if not paged else st.nothing()) | st.lists(length, min_size=B, max_size=B).map(tuple)
                   | length.map(lambda x: (x,)))
     kv_pad = draw(st.none() | st.integers(-2, S2)) if kvlens is not None and not paged else None
     mask = draw(st.sampled_from((None, "2d", "3d", "4d")))
+    dtype = draw(st.sampled_from(DTYPES))
+    quant = draw(st.sampled_from((None, None, "tensor") + (("channel",) if kv_pad is None else ())))
     return Case(
-        dtype=draw(st.sampled_from(DTYPES)), layout=layout, B=B, kv_heads=kv_heads, group=group, S2=S2,
+        dtype=dtype, layout=layout, B=B, kv_heads=kv_heads, group=group, S2=S2,
         D=draw(st.sampled_from((16, 32, 48, 64))), kvlens=kvlens, kv_pad=kv_pad, mask=mask,
         mask_dtype=draw(st.sampled_from(MASK_DTYPES)), mask_pad=draw(st.sampled_from((0, 5))),
         mask_p=draw(st.sampled_from((0.0, 0.3, 1.0))), pse=draw(st.booleans()), pse_batch=draw(st.booleans()),
-        paged=paged, block_size=block_size, int8=int8, aq_offset=draw(st.booleans()),
+        paged=paged, block_size=block_size, int8=int8, aq_offset=draw(st.booleans()), quant=quant,
+        quant_offset=draw(st.booleans()), quant_bf16=dtype == torch.bfloat16 and draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
     )

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .. import params as pb
+from .. import quant
 from .prefill import grid as fold_grid
 
 LSE_EMPTY = -3.4e38        # decode lse of a batch without keys (spec ops §1.7)
@@ -183,12 +184,13 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_combine_kernel(
-    WS_ACC, WS_ML, O, LSE, KV_PAD, PARAMS,
+    WS_ACC, WS_ML, O, LSE, KV_PAD, QS2, QO2, PARAMS,   # QS2/QO2: output quant, [1] or [N * DV]
     stride_ob, stride_on, stride_od,                # O: [B, N, DV] (seq axis of length 1 dropped)
     stride_lb, stride_ln,                           # LSE: [B, N]
     N, BN_TOTAL, S2,
     HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLITS: tl.constexpr, HAS_KV_PAD: tl.constexpr, HAS_LSE: tl.constexpr, LSE_EMPTY: tl.constexpr,
+    OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr,   # OUT_QUANT: 0 none, 1 per-tensor, 2 per-channel
 ):
     i_bn = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if i_bn >= BN_TOTAL:
@@ -220,9 +222,25 @@ def _decode_combine_kernel(
         b_m = b_m_new
 
     has_keys = n_splits > 0
-    b_o = tl.where(has_keys, b_acc / tl.where(has_keys, b_l, 1.0), 0.0)
+    b_o = tl.where(has_keys, b_acc / tl.where(has_keys, b_l, 1.0), 0.0)                # [BDV]
     p_o = O + i_b.to(tl.int64) * stride_ob + i_n.to(tl.int64) * stride_on + o_dv * stride_od
-    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_dv)
+    if OUT_QUANT == 1:                  # per tensor: AscendQuant; a batch without keys writes 0
+        b_s2 = tl.load(QS2).to(tl.float32)
+        b_o2 = b_s2
+        if HAS_OFFSET2:
+            b_o2 = tl.load(QO2).to(tl.float32)
+        b_q = quant.ascend_quant_tl(b_o, b_s2, b_o2, HAS_OFFSET2)
+        tl.store(p_o, tl.where(has_keys, b_q, 0).to(tl.int8), mask=m_dv)
+    elif OUT_QUANT == 2:                # per channel (n, d) at n * DV + d: the IFA rounding
+        o_c = i_n.to(tl.int64) * HEAD_DIM_V + o_dv
+        b_s2 = tl.load(QS2 + o_c, mask=m_dv, other=0.0).to(tl.float32)
+        b_o2 = tl.zeros([BLOCK_DV], tl.float32)
+        if HAS_OFFSET2:
+            b_o2 = tl.load(QO2 + o_c, mask=m_dv, other=0.0).to(tl.float32)
+        b_q = quant.ifa_channel_quant_tl(b_o, b_s2, b_o2)
+        tl.store(p_o, tl.where(has_keys, b_q, 0).to(tl.int8), mask=m_dv)
+    else:
+        tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_dv)
     if HAS_LSE:
         b_lse = tl.where(has_keys, b_m + tl.log(tl.where(has_keys, b_l, 1.0)), LSE_EMPTY)
         p_lse = LSE + i_b.to(tl.int64) * stride_lb + i_n.to(tl.int64) * stride_ln + tl.arange(0, 1)
@@ -248,15 +266,16 @@ class DecodeConfig:
     workspace: tuple[int, int]       # float32 elements of the accumulators and of (max, sum)
 
 
-def block_config(d: int, dv: int, on_gpu: bool) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages) for head dims d/dv."""
+def block_config(d: int, dv: int, on_gpu: bool, int8_kv: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages) for head dims d/dv: the widest key block that compiles without
+    register spills for sm_80/sm_90 (``python -m npu_kernels.aot``)."""
     if not on_gpu:
         return 16, 4, 1
     width = max(d, dv)
     if width <= 128:
-        return 64, 4, 3
+        return (32 if int8_kv and width > 64 else 64), 8, 2
     if width <= 256:
-        return 32, 4, 2
+        return 32, 8, 2
     return 16, 8, 1
 
 
@@ -282,8 +301,8 @@ def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
 
 
 def combine_args(cfg: DecodeConfig, tensors: tuple) -> dict:
-    """Every argument of ``_decode_combine_kernel`` by name: tensors (WS_ACC, WS_ML, O, LSE, KV_PAD,
-    PARAMS), then strides, sizes and constexprs of ``cfg``."""
+    """Every argument of ``_decode_combine_kernel`` by name: tensors (WS_ACC, WS_ML, O, LSE, KV_PAD, QS2,
+    QO2, PARAMS), then strides, sizes and constexprs of ``cfg``."""
     args = dict(zip(_decode_combine_kernel.arg_names, (*tensors, *cfg.combine_strides, *cfg.combine_sizes)))
     args.update(cfg.combine_meta)
     return args

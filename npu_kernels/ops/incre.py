@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import torch
 from einops import rearrange
 
-from .. import alloc, checks, params, tasks
-from ..errors import not_implemented, require
+from .. import alloc, checks, params, quant, tasks
+from ..errors import require
 from ..kernels import decode
 from ..layouts import Layout, as_bnsd, out_shape
 from ..masks import BAND_INF, FILL_DECODE
@@ -64,6 +64,7 @@ class IncreCall:
     scale: float
     paged: Optional[Paged] = None
     antiquant: Optional[AntiQuant] = None
+    quant: quant.QuantArgs = quant.NO_QUANT      # int8 output (quant_scale2 / quant_offset2)
     fill: float = FILL_DECODE
 
 
@@ -143,9 +144,6 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
             f"key and value must both be {query.dtype} or both int8 (with antiquant_scale)", TypeError)
     for name, val in zip(ALL_INT8_ARGS, (dequant_scale1, quant_scale1, dequant_scale2)):
         require(val is None, name, val, "only for int8 query/key/value, which this operator does not support")
-    for name, val in (("quant_scale2", quant_scale2), ("quant_offset2", quant_offset2)):
-        if val is not None:
-            raise not_implemented(name, "int8 output quantisation")
     layout = Layout.parse(input_layout, LAYOUTS)
     require(isinstance(scale_value, (int, float)) and abs(float(scale_value)) < float("inf"), "scale_value",
             scale_value, "must be a finite float")
@@ -191,9 +189,14 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
         require(heads.D % 16 == 0, "pse_shift", pse_shift, f"needs a head dim multiple of 16, got {heads.D}")
         pse = checks.pse(pse_shift, query.dtype, heads.B, heads.N, 1, heads.S2)
     antiquant = _antiquant(key, antiquant_scale, antiquant_offset, layout, query.dtype, kv_n, heads.D)
-    return IncreCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=query.dtype, kvlens=kvlens,
-                     capacity=heads.S2, kv_pad=kv_pad, mask=mask, pse=pse, scale=float(scale_value), paged=paged,
-                     antiquant=antiquant)
+    qa = quant.full_quant_args(query.dtype, heads.N, heads.Dv, quant_scale2=quant_scale2,
+                               quant_offset2=quant_offset2)
+    require(not (qa.per_channel and kv_pad is not None), "quant_scale2", quant_scale2,
+            "per-channel output quantisation cannot be combined with kv_padding_size")
+    return IncreCall(heads=heads, layout=layout, dtype=query.dtype,
+                     out_dtype=torch.int8 if qa.int8_out else query.dtype, kvlens=kvlens, capacity=heads.S2,
+                     kv_pad=kv_pad, mask=mask, pse=pse, scale=float(scale_value), paged=paged, antiquant=antiquant,
+                     quant=qa)
 
 
 @dataclass(frozen=True)
@@ -220,10 +223,10 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
     """Static configuration and parameter block. ``lse`` is a view whose first two dims are (B, N);
     ``on_gpu`` picks block sizes and splits (default: the output's device)."""
     h = call.heads
-    o4 = as_bnsd(out, call.layout.inp, h.N)
+    o4 = as_bnsd(out, call.layout.out, h.N)
     on_gpu = o4.device.type == "cuda" if on_gpu is None else on_gpu
-    block_n, warps, stages = decode.block_config(h.D, h.Dv, on_gpu)
-    splits = decode.num_splits(call.capacity, h.B * h.KV_N, block_n, _programs(o4.device, on_gpu))
+    block_n, warps, stages = decode.block_config(h.D, h.Dv, on_gpu, call.antiquant is not None)
+    splits = decode.num_splits(call.capacity, h.B * h.KV_N, block_n, _programs(h.q.device, on_gpu))
     mask_strides = (0, 0) if call.mask is None else (int(call.mask.stride(0)), int(call.mask.stride(2)))
     pse_strides = (0, 0, 0) if call.pse is None else \
         (checks.broadcast_stride(call.pse, 0), int(call.pse.stride(1)), int(call.pse.stride(3)))
@@ -245,7 +248,8 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
     lse_strides = (0, 0) if lse is None else (int(lse.stride(0)), int(lse.stride(1)))
     combine_meta = (("HEAD_DIM_V", h.Dv), ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_S", min(16, _pow2(splits))),
                     ("BLOCK_N", block_n), ("SPLITS", splits), ("HAS_KV_PAD", call.kv_pad is not None),
-                    ("HAS_LSE", lse is not None), ("LSE_EMPTY", decode.LSE_EMPTY))
+                    ("HAS_LSE", lse is not None), ("LSE_EMPTY", decode.LSE_EMPTY),
+                    *(kv for kv in call.quant.meta() if kv[0] != "QUANT_MODE"))
     split_grid, combine_grid = decode.grids(splits, h.B * h.KV_N, h.B * h.N)
     rows_ws = h.B * h.N * splits
     static = decode.DecodeConfig(
@@ -272,12 +276,14 @@ def kernel_tensors(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tenso
 
     split = (h.q, h.k, h.v, pick(mask), pick(call.pse), pick(call.paged and call.paged.table), pick(call.kv_pad),
              pick(aq and aq.scale), pick(aq and aq.offset), ws_acc, ws_ml, block)
-    combine = (ws_acc, ws_ml, as_bnsd(out, call.layout.inp, h.N), pick(lse), pick(call.kv_pad), block)
+    combine = (ws_acc, ws_ml, as_bnsd(out, call.layout.out, h.N), pick(lse), pick(call.kv_pad),
+               pick(call.quant.quant_scale2), pick(call.quant.quant_offset2), block)
     return split, combine
 
 
 def submit(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
-           workspace: Optional[torch.Tensor] = None, op: str = OP, caller_outputs: bool = False) -> None:
+           workspace: Optional[torch.Tensor] = None, op: str = OP, caller_outputs: bool = False,
+           block_buffer: Optional[torch.Tensor] = None) -> None:
     """Plan and submit the decode kernels writing ``out`` (and ``lse``, a (B, N, ...) view, when given).
     ``workspace``: float32 scratch of at least ``sum(plan(...).static.workspace)`` elements, else allocated;
     ``caller_outputs`` when the caller passed ``out``/``lse`` (``.out`` overloads), see ``tasks.Task.outputs``."""
@@ -293,10 +299,10 @@ def submit(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = Non
     run = functools.partial(_launch, call, p.static, out, lse, ws_acc, ws_ml)
     aq = call.antiquant
     inputs = tuple(t for t in (call.heads.q, call.heads.k, call.heads.v, call.mask, call.pse,
-                               call.paged and call.paged.table, call.kv_pad, aq and aq.scale, aq and aq.offset)
-                   if t is not None)
+                               call.paged and call.paged.table, call.kv_pad, aq and aq.scale, aq and aq.offset,
+                               *call.quant.tensors()) if t is not None)
     outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
-    tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs))
+    tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs, block_buffer))
 
 
 def _launch(call, static, out, lse, ws_acc, ws_ml, block) -> None:

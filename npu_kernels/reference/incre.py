@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .. import quant
 from ..kernels.decode import LSE_EMPTY
 from ..layouts import from_bnsd
 from ..masks import INT_MAX, Band
@@ -29,7 +30,7 @@ def antiquant(x: torch.Tensor, scale: torch.Tensor, offset: Optional[torch.Tenso
     return (y * scale.to(work)).to(dtype)
 
 
-def _kv(call: incre.IncreCall) -> tuple[torch.Tensor, torch.Tensor]:
+def key_values(call: incre.IncreCall) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys/values as (B, KV_N, capacity, D) in the query dtype (pages gathered, int8 anti-quantised)."""
     h = call.heads
     k, v = h.k, h.v
@@ -68,7 +69,7 @@ def spans_of(call: incre.IncreCall) -> list[BatchSpan]:
 def decode_attention(call: incre.IncreCall, compute_dtype: torch.dtype = torch.float32
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (B, N, 1, Dv), lse (B, N, 1)) in ``compute_dtype`` for a validated decode call."""
-    k, v = _kv(call)
+    k, v = key_values(call)
     return attention(call.heads.q, k, v, spans_of(call), scale=call.scale, fill=call.fill, mask=call.mask,
                      pse=call.pse, empty_lse=LSE_EMPTY, compute_dtype=compute_dtype)
 
@@ -82,4 +83,22 @@ def npu_incre_flash_attention(query, key, value, *, compute_dtype: torch.dtype =
     """
     call = incre.validate(query, key, value, **kwargs)
     out, _ = decode_attention(call, compute_dtype)
+    if call.quant.int8_out:
+        out = quantise_output(call, out)
     return from_bnsd(out, call.layout.inp).to(call.out_dtype).contiguous()
+
+
+def quantise_output(call: incre.IncreCall, out: torch.Tensor) -> torch.Tensor:
+    """int8 output (spec ops §1.9): per-tensor AscendQuant, per-channel the IFA rounding; batches without
+    keys are 0. ``out`` (B, N, 1, Dv) float."""
+    qa, h = call.quant, call.heads
+    x = out.to(torch.float32)
+    if qa.per_channel:
+        def channel(t):
+            return None if t is None else t.reshape(h.N, h.Dv)[None, :, None, :]
+        y = quant.ifa_channel_quant(x, channel(qa.quant_scale2), channel(qa.quant_offset2))
+    else:
+        y = quant.ascend_quant(x, qa.quant_scale2.reshape(()), None if qa.quant_offset2 is None
+                               else qa.quant_offset2.reshape(()))
+    empty = torch.tensor([sp.kvlen == 0 for sp in spans_of(call)], device=out.device)[:, None, None, None]
+    return y.masked_fill(empty, 0)
