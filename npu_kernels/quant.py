@@ -121,10 +121,8 @@ def deq_scale_tl(ptr):
 def rint_sat_int8_tl(y):
     """fp32 → int8, round half to even, saturated."""
     y = tl.minimum(tl.maximum(y, -128.0), 127.0)
-    f = tl.floor(y)
-    d = y - f
-    odd = f - 2.0 * tl.floor(f * 0.5)
-    return (f + tl.where((d > 0.5) | ((d == 0.5) & (odd != 0.0)), 1.0, 0.0)).to(tl.int8)
+    # adding 1.5 * 2^23 leaves no fraction bits: fp32 addition rounds y half to even
+    return ((y + 12582912.0) - 12582912.0).to(tl.int8)
 
 
 @triton.jit
