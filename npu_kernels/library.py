@@ -82,8 +82,17 @@ def _fused_fake(query, key, value, **kwargs):
     return fused.outputs(fused.validate(query, key, value, **fused.with_defaults(kwargs)))
 
 
-def _fused_out_fake(query, key, value, *, workspace=None, attention_out, softmax_lse, **kwargs):
+def _fused_into_fake(query, key, value, *, workspace=None, attention_out, softmax_lse, **kwargs):
     fused.validate(query, key, value, **fused.with_defaults(kwargs))
+
+
+def _fused_into(query, key, value, **kwargs) -> None:
+    fused.npu_fused_infer_attention_score_out(query, key, value, **kwargs)
+
+
+def _fused_out(query, key, value, *, workspace=None, attention_out, softmax_lse, **kwargs):
+    torch.ops.npu._npu_fused_infer_attention_score_into(query, key, value, workspace=workspace,
+                                                         attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
     return attention_out, softmax_lse
 
 
@@ -95,9 +104,12 @@ def _workspace_fake(query, key, value, **kwargs):
 
 define(f"npu_fused_infer_attention_score({FUSED_ARGS}) -> (Tensor, Tensor)",
        fused.npu_fused_infer_attention_score, _fused_fake)
-define(f"npu_fused_infer_attention_score.out({FUSED_ARGS}, Tensor? workspace=None, Tensor(a!) attention_out, "
-       "Tensor(b!) softmax_lse) -> (Tensor(a!), Tensor(b!))", fused.npu_fused_infer_attention_score_out,
-       _fused_out_fake)
+# ``.out`` keeps torch_npu's schema (aliased returns) and decomposes into an op that returns nothing,
+# which torch.compile can functionalise. The workspace is scratch the call writes: declared mutable.
+OUT_ARGS = f"{FUSED_ARGS}, Tensor(c!)? workspace=None, Tensor(a!) attention_out, Tensor(b!) softmax_lse"
+define(f"_npu_fused_infer_attention_score_into({OUT_ARGS}) -> ()", _fused_into, _fused_into_fake)
+LIB.define(f"npu_fused_infer_attention_score.out({OUT_ARGS}) -> (Tensor(a!), Tensor(b!))")
+LIB.impl("npu_fused_infer_attention_score.out", _fused_out, "CompositeImplicitAutograd")
 define(f"_npu_fused_infer_attention_score_get_max_workspace({FUSED_ARGS}) -> Tensor", fused.get_max_workspace,
        _workspace_fake)
 define("_npu_fused_infer_attention_score_infer_output(Tensor query, Tensor value, *, str input_layout=\"BSH\", "
