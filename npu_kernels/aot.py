@@ -81,11 +81,22 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
     return regs, spills
 
 
-def prefill_variants() -> list[tuple[str, dict, object]]:
-    """Representative prefill variants: (name, kernel args, static config), planned for a GPU."""
+def _planned_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict) -> tuple[dict, object]:
+    """(kernel args, static config) of a prompt call planned for a GPU."""
     from .kernels import prefill
     from .ops import prompt
 
+    call = prompt.validate(q, k, v, **kw)
+    o = prompt.output(call)
+    p = prompt.plan(call, o, None, on_gpu=True)
+    mask = call.mask.view(torch.uint8) if call.mask is not None else q
+    tensors = (call.heads.q, call.heads.k, call.heads.v, o, q, mask, call.pse if call.pse is not None else q,
+               p.params.to(torch.int32))
+    return prefill.kernel_args(p.static, tensors, call.quant.kernel_scales()), p.static
+
+
+def prefill_variants() -> list[tuple[str, dict, object]]:
+    """Representative prefill variants: (name, kernel args, static config), planned for a GPU."""
     cases = [
         ("fp16-d128", torch.float16, 128, 128, {}),
         ("bf16-d64-causal", torch.bfloat16, 64, 64, {"sparse_mode": 3, "atten_mask": "compressed"}),
@@ -110,13 +121,43 @@ def prefill_variants() -> list[tuple[str, dict, object]]:
             kw["atten_mask"] = torch.zeros(s, s, dtype=torch.bool)
         if extra.get("pse_shift"):
             kw["pse_shift"] = torch.zeros(1, n, s, s, dtype=dtype)
-        call = prompt.validate(q, k, v, **kw)
-        o = prompt.output(call)
-        p = prompt.plan(call, o, None, on_gpu=True)
-        mask = call.mask.view(torch.uint8) if call.mask is not None else q
-        tensors = (call.heads.q, call.heads.k, call.heads.v, o, q, mask, call.pse if call.pse is not None else q,
-                   p.params.to(torch.int32))
-        out.append((name, prefill.kernel_args(p.static, tensors), p.static))
+        out.append((name, *_planned_prefill(q, k, v, kw)))
+    return out
+
+
+def prefill_int8_variants() -> list[tuple[str, dict, object]]:
+    """Int8 prefill variants (spec ops §2.4): (name, kernel args, static config), planned for a GPU.
+    Paths (a) int8 → int8, (b) int8 → fp16, (c) fp16/bf16 → int8, per-tensor and per-channel."""
+    # name, input dtype, D, path, extra
+    cases = [
+        ("int8-d128-a-tensor", torch.int8, 128, "a", {}),
+        ("int8-d128-a-channel-causal-words", torch.int8, 128, "a", {"per_channel": True, "sparse_mode": 3,
+                                                                   "words": True}),
+        ("int8-d128-b-mask-pse-gqa", torch.int8, 128, "b", {"mask": True, "pse": True, "num_key_value_heads": 1}),
+        ("fp16-d128-c-channel", torch.float16, 128, "c", {"per_channel": True}),
+        ("bf16-d128-c-tensor-band", torch.bfloat16, 128, "c", {"sparse_mode": 4}),
+    ]
+    out = []
+    for name, dtype, d, path, extra in cases:
+        b, n, s = 1, 2, 64
+        kv_n = extra.get("num_key_value_heads") or n
+        q = torch.zeros(b, n, s, d, dtype=dtype)
+        k = torch.zeros(b, kv_n, s, d, dtype=dtype)
+        kw = {"num_heads": n, "input_layout": "BNSD", "num_key_value_heads": extra.get("num_key_value_heads", 0),
+              "sparse_mode": extra.get("sparse_mode", 0), "next_tokens": 65535}
+        if path in "ab":
+            deq = torch.ones(1) if not extra.get("words") else torch.ones(1, dtype=torch.int64)
+            kw.update(deq_scale1=deq, quant_scale1=torch.ones(1), deq_scale2=deq)
+        if path in "ac":
+            shape = (n, d) if extra.get("per_channel") else (1,)
+            kw.update(quant_scale2=torch.ones(shape), quant_offset2=torch.zeros(shape))
+        if kw["sparse_mode"]:
+            kw["atten_mask"] = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
+        if extra.get("mask"):
+            kw["atten_mask"] = torch.zeros(s, s, dtype=torch.bool)
+        if extra.get("pse"):
+            kw["pse_shift"] = torch.zeros(1, n, s, s, dtype=torch.float16)
+        out.append((name, *_planned_prefill(q, k, k, kw)))
     return out
 
 
@@ -192,7 +233,7 @@ def all_variants() -> list[Variant]:
     from .kernels import decode, prefill
 
     return [Variant("prefill", name, prefill._prefill_kernel, args, dict(cfg.meta), cfg.num_warps, cfg.num_stages)
-            for name, args, cfg in prefill_variants()] + decode_kernel_variants(decode)
+            for name, args, cfg in prefill_variants() + prefill_int8_variants()] + decode_kernel_variants(decode)
 
 
 def decode_kernel_variants(decode) -> list[Variant]:
