@@ -8,6 +8,10 @@ FX graph Dynamo produced, after the event closure pass, through ``NPUGraph`` cap
   each replay (``debug.aclgraph.clone_input``);
 - after ``debug.aclgraph.static_capture_size_limit`` captures the graph runs eagerly from then on;
 - outputs are the captured buffers, or clones of them (``debug.aclgraph.enable_output_clone``);
+- task update (§3.4 step 4): an ``npu`` operator call whose length lists (``actual_seq_lengths`` ...)
+  hold graph inputs is captured behind an ExternalEvent in a task group; those inputs are left out of
+  the signature, and each call replays, then updates the calls with the new lengths on the update
+  stream (after the previous replay) and records their events, without a recapture;
 - captures share ``aclgraph_config.use_custom_pool`` when given, else one pool per compiled graph
   (``debug.aclgraph.disable_mempool_reuse_in_same_fx``: one pool per capture).
 ``debug.run_eagerly`` runs the graph without capture.
@@ -19,41 +23,109 @@ import warnings
 
 import torch
 from torch import fx
+from torch.utils import _pytree as pytree
 
-from .. import graphs, streams
+from .. import events, graphs, streams, tasks
 from .config import CompilerConfig
 from .passes import apply_event_closure
 
+UPDATE_KWARGS = ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len", "actual_seq_qlen",
+                 "actual_seq_kvlen")
 
-def _signature(args) -> tuple:
-    return tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else (type(a), a) for a in args)
+
+def updatable_nodes(graph: fx.Graph) -> dict:
+    """``npu`` operator calls whose update keyword arguments hold graph inputs: node -> those names."""
+    found = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or str(node.target).split(".")[0] != "npu":
+            continue
+        names = [k for k in UPDATE_KWARGS if isinstance(node.kwargs.get(k), (list, tuple))
+                 and any(isinstance(x, fx.Node) and x.op == "placeholder" for x in node.kwargs[k])]
+        if names:
+            found[node] = names
+    return found
+
+
+class _UpdatedCall:
+    """A call captured in a task group behind ``event``; re-issued with new lengths at each call."""
+
+    def __init__(self, node: fx.Node, names: list, args, kwargs, event, handle):
+        self.node, self.names, self.args, self.kwargs = node, names, args, kwargs
+        self.event, self.handle = event, handle
+
+    def reissue(self, values: dict) -> None:
+        kwargs = dict(self.kwargs)
+        for name in self.names:
+            kwargs[name] = [values[x] if isinstance(x, fx.Node) else x for x in self.node.kwargs[name]]
+        self.node.target(*self.args, **kwargs)
+
+
+class _CaptureInterpreter(fx.Interpreter):
+    """Runs the graph in a capture, wrapping the updatable calls (ExternalEvent, task group)."""
+
+    def __init__(self, gm: fx.GraphModule, updatable: dict):
+        super().__init__(gm)
+        self.updatable = updatable
+        self.calls: list = []
+
+    def run_node(self, n: fx.Node):
+        if n not in self.updatable:
+            return super().run_node(n)
+        s = streams.current_stream()
+        event = events.ExternalEvent()
+        event.wait(s)
+        event.reset(s)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        tasks.graph_task_group_begin(s)
+        result = n.target(*args, **kwargs)
+        handle = tasks.graph_task_group_end(s)
+        self.calls.append(_UpdatedCall(n, self.updatable[n], args, kwargs, event, handle))
+        return result
 
 
 class _Capture:
-    """One captured NPUGraph with its static inputs and outputs."""
+    """One captured NPUGraph with its static inputs, outputs and updated calls."""
 
-    def __init__(self, gm: fx.GraphModule, args: tuple, pool, config: CompilerConfig):
+    def __init__(self, gm: fx.GraphModule, updatable: dict, args: tuple, pool, config: CompilerConfig):
         clone = config.debug.aclgraph.clone_input
         self.static = [a.clone() if isinstance(a, torch.Tensor) and clone and not isinstance(a, torch.nn.Parameter)
                        else a for a in args]
         self.addresses = [a.data_ptr() if isinstance(a, torch.Tensor) else None for a in self.static]
         self.graph = graphs.NPUGraph()
+        interpreter = _CaptureInterpreter(gm, updatable)
         with graphs.graph(self.graph, pool=pool, capture_error_mode=config.aclgraph_config.capture_error_mode):
-            self.outputs = gm(*self.static)
+            self.outputs = interpreter.run(*self.static)
+        self.calls = interpreter.calls
+        self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.replayed = streams.Event()      # recorded after each replay; the next updates wait for it
 
     def stale(self, args) -> bool:
         """A captured-as-is input (parameter, or any input without clone_input) moved."""
         return any(s is a and a.data_ptr() != addr for s, a, addr in zip(self.static, args, self.addresses)
                    if isinstance(a, torch.Tensor))
 
-    def run(self, args, clone_output: bool):
+    def run(self, args, clone_output: bool, update_stream):
         for dst, src in zip(self.static, args):
             if isinstance(dst, torch.Tensor) and dst is not src:
                 dst.copy_(src)
         self.graph.replay()
+        if self.calls:
+            self.update(args, update_stream)
         if clone_output:
-            return type(self.outputs)(o.clone() if isinstance(o, torch.Tensor) else o for o in self.outputs)
+            return pytree.tree_map(lambda o: o.clone() if isinstance(o, torch.Tensor) else o, self.outputs)
         return self.outputs
+
+    def update(self, args, u) -> None:
+        """Replay-then-update, ordered after the previous step's replay on the device."""
+        values = dict(zip(self.placeholders, args))
+        u.wait_event(self.replayed)
+        with streams.stream(u):
+            for call in self.calls:
+                tasks.graph_task_update_begin(u, call.handle)
+                call.reissue(values)
+                tasks.graph_task_update_end(u)
+                call.event.record(u)
+        self.replayed.record(streams.current_stream())
 
 
 class GraphRunner:
@@ -63,15 +135,26 @@ class GraphRunner:
         self.gm = gm
         self.config = config
         self.stream_scopes = apply_event_closure(gm)
+        self.updatable = updatable_nodes(gm.graph)
+        lengths = {x for node, names in self.updatable.items() for name in names for x in node.kwargs[name]}
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.update_inputs = {i for i, p in enumerate(placeholders) if p in lengths}
+        self.update_stream = None
         self.captures: dict = {}     # input signature -> _Capture
         self.capture_count = 0
         self.eager = False           # the capture limit was reached
         self.pool = None             # this graph's pool, shared by its captures
 
+    def _signature(self, args) -> tuple:
+        """Shapes, dtypes and values of the inputs, less the lengths that task update changes."""
+        return tuple(None if i in self.update_inputs
+                     else (tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else (type(a), a)
+                     for i, a in enumerate(args))
+
     def __call__(self, *args):
         if self.eager:
             return self.gm(*args)
-        key = _signature(args)
+        key = self._signature(args)
         capture = self.captures.get(key)
         if capture is None or capture.stale(args):
             limit = self.config.debug.aclgraph.static_capture_size_limit
@@ -82,14 +165,16 @@ class GraphRunner:
                 self.captures.clear()
                 return self.gm(*args)
             capture = self.captures[key] = self._capture(args)
-        return capture.run(args, self.config.debug.aclgraph.enable_output_clone)
+        if capture.calls and self.update_stream is None:
+            self.update_stream = streams.Stream(priority=-1)
+        return capture.run(args, self.config.debug.aclgraph.enable_output_clone, self.update_stream)
 
     def _capture(self, args) -> _Capture:
         for _ in range(self.config.aclgraph_config.num_warmup_iters):
             self.gm(*args)
         streams.synchronize()
         self.capture_count += 1
-        return _Capture(self.gm, args, self._pool(), self.config)
+        return _Capture(self.gm, self.updatable, args, self._pool(), self.config)
 
     def _pool(self):
         if self.config.aclgraph_config.use_custom_pool is not None:

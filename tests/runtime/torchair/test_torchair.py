@@ -1,0 +1,274 @@
+"""torchair layer: multi-stream scopes, tagged events and the reduce-overhead backend (spec §3; §6.4
+scenario 8), on each backend present. Seed programs of seeds/*.md with small operands."""
+
+import itertools
+import warnings
+
+import pytest
+import torch
+
+import npu_kernels as nk
+from runtime import torchair as tng
+
+_tags = itertools.count()
+
+
+def tag(name: str) -> str:
+    """A process-unique event tag (tags cannot be reused)."""
+    return f"{name}_{next(_tags)}"
+
+
+def compiled(fn, runners: list, dynamic=False, **config):
+    """``fn`` compiled in reduce-overhead mode; the backend's runners are appended to ``runners``."""
+    cfg = tng.CompilerConfig()
+    cfg.mode = "reduce-overhead"
+    for path, value in config.items():
+        obj, *names = [cfg, *path.split("__")]
+        for name in names[:-1]:
+            obj = getattr(obj, name)
+        setattr(obj, names[-1], value)
+    backend = tng.get_npu_backend(compiler_config=cfg)
+
+    def spy(gm, example_inputs):
+        runner = backend(gm, example_inputs)
+        runners.append(runner)
+        return runner
+
+    torch._dynamo.reset()
+    return torch.compile(fn, backend=spy, dynamic=dynamic, fullgraph=True)
+
+
+class MultiStreamModel(torch.nn.Module):
+    """seeds/multi_stream_in_graph_aclgraph.md."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.device = device
+        self.tagged_event1 = tng.ops.npu_create_tagged_event(tag=tag("66"))
+        self.tagged_event2 = tng.ops.npu_create_tagged_event(tag=tag("77"))
+
+    def forward(self, in1, in2, in3, in4):
+        add_result = torch.add(in1, in2)
+        tng.ops.npu_tagged_event_record(self.tagged_event1)
+        with tng.scope.npu_stream_switch("1"):
+            tng.ops.npu_tagged_event_wait(self.tagged_event1)
+            mm_result = torch.mm(in3, in4)
+            tng.ops.npu_tagged_event_record(self.tagged_event2)
+            B = in3 + in4
+            tng.ops.npu_record_tagged_stream(B, "1")
+        mm1 = torch.mm(in3, in4)
+        del B
+        C = torch.ones(16, 16, dtype=in1.dtype, device=self.device)
+        C.add_(2)
+        with tng.scope.npu_stream_switch("2"):
+            tng.ops.npu_tagged_event_wait(self.tagged_event2)
+            add2 = torch.add(in3, in4)
+        return add_result, mm_result, mm1, add2, C
+
+
+def _inputs(device, n=4, size=16):
+    return [torch.randn(size, size, device=device) for _ in range(n)]
+
+
+def _assert_all_close(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_multi_stream_seed(rt, device):
+    model = MultiStreamModel(device)
+    runners = []
+    cm = compiled(model, runners)
+    for _ in range(2):
+        ins = _inputs(device)
+        _assert_all_close(cm(*ins), model(*ins))
+    (runner,) = runners
+    assert runner.stream_scopes == 2 and runner.capture_count == 1
+
+
+def test_scoped_ops_are_captured_on_their_streams(host_rt):
+    model = MultiStreamModel("cpu")
+    runners = []
+    compiled(model, runners)(*_inputs("cpu"))
+    capture = next(iter(runners[0].captures.values()))
+    impl = capture.graph._impl
+    assert len(impl.lanes) == 2                       # streams '1' and '2' joined the capture
+    per_lane = [sum(1 for lane, item in impl.program if lane == i and callable(item)) for i in range(3)]
+    assert per_lane[0] >= 3                           # add, mm, add_ on the capture stream
+    assert per_lane[1] >= 2 and per_lane[2] >= 1      # mm + add on '1', add on '2'
+
+
+
+def test_create_tagged_event_seed(rt, device):
+    event = tng.ops.npu_create_tagged_event(tag=tag("66"))
+
+    def forward(in1, in2, in3, in4):
+        add_result = torch.add(in1, in2)
+        tng.ops.npu_tagged_event_record(event)
+        with tng.scope.npu_stream_switch("1"):
+            tng.ops.npu_tagged_event_wait(event)
+            mm_result = torch.mm(in3, in4)
+        mm1 = torch.mm(in3, in4)
+        add2 = torch.add(in3, in4)
+        return add_result, mm_result, mm1, add2
+
+    cm = compiled(forward, [])
+    ins = _inputs(device)
+    _assert_all_close(cm(*ins), forward(*ins))
+
+
+def test_record_tagged_stream_seed(rt, device):
+    state = {"mm_input": torch.randn(16, 16, device=device) / 16}
+
+    def func(x):
+        A = torch.zeros([8, 8], device=x.device)
+        with tng.scope.npu_stream_switch("second_stream", 3):
+            m = state["mm_input"]
+            for _ in range(3):
+                m = m @ m
+            B = A.add(1)
+            tng.ops.npu_record_tagged_stream(A, "second_stream")
+        del A
+        C = torch.ones([8, 8], device=x.device)
+        C.add_(100)
+        return B, C, m
+
+    cm = compiled(func, [])
+    B, C, m = cm(torch.ones(8, 8, device=device))
+    assert torch.equal(B, torch.ones(8, 8, device=device))
+    assert torch.equal(C, torch.full((8, 8), 101.0, device=device))
+
+
+def test_eager_stream_switch_has_no_effect(rt):
+    before = rt.current_stream()
+    with tng.scope.npu_stream_switch("eager_tag"):
+        assert rt.current_stream() == before
+
+
+def test_tag_reuse_is_refused(rt):
+    t = tag("dup")
+    tng.ops.npu_create_tagged_event(t)
+    with pytest.raises(ValueError, match="already used"):
+        tng.ops.npu_create_tagged_event(t)
+
+
+def test_one_capture_per_shape(rt, device):
+    runners = []
+    cm = compiled(lambda a, b: (a @ b).relu() + 1, runners, dynamic=True)
+    for size in (8, 8, 12, 8, 12, 16):
+        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        torch.testing.assert_close(cm(a, b), (a @ b).relu() + 1)
+    (runner,) = runners                     # one graph with a symbolic size: a capture per size
+    assert runner.capture_count == 3 and len(runner.captures) == 3
+
+
+def test_capture_limit_falls_back_to_eager(rt, device):
+    runners = []
+    cm = compiled(lambda a: a * 2 + 1, runners, dynamic=True, debug__aclgraph__static_capture_size_limit=1)
+    a = torch.randn(4, device=device)
+    torch.testing.assert_close(cm(a), a * 2 + 1)
+    b = torch.randn(5, device=device)     # another shape: a second capture is over the limit
+    with pytest.warns(UserWarning, match="static_capture_size_limit=1"):
+        torch.testing.assert_close(cm(b), b * 2 + 1)
+    (runner,) = runners
+    assert runner.eager and runner.capture_count == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(cm(a), a * 2 + 1)
+
+
+def test_outputs_are_the_captured_buffers_unless_cloned(rt, device):
+    f = lambda a: a + 1  # noqa: E731
+    a = torch.randn(4, device=device)
+    shared = compiled(f, [])
+    assert shared(a) is shared(a)
+    cloned = compiled(f, [], debug__aclgraph__enable_output_clone=True)
+    assert cloned(a) is not cloned(a)
+
+
+def test_wait_of_an_event_never_recorded_is_an_error(rt, device):
+    event = tng.ops.npu_create_tagged_event(tag=tag("never"))
+
+    def forward(a):
+        with tng.scope.npu_stream_switch("w"):
+            tng.ops.npu_tagged_event_wait(event)
+            b = a * 2
+        return b
+
+    with pytest.raises(Exception, match="waited in the compiled graph but never recorded"):
+        compiled(forward, [])(torch.randn(4, device=device))
+
+
+def test_missing_join_is_an_error(rt, device):
+    """A stream scope that forks from the capture but is not joined back (no closure pass) fails."""
+    fork = tng.ops.npu_create_tagged_event(tag("fork"))
+
+    def forward(a):
+        torch.ops.air.tagged_event_record(fork.tag)
+        torch.ops.air.scope_enter(["_user_stream_label"], ["unjoined"], need_execute=True)
+        torch.ops.air.tagged_event_wait(fork.tag)
+        b = a * 2
+        torch.ops.air.scope_exit(need_execute=True)
+        return b
+
+    a = torch.randn(4, device=device)
+    with pytest.raises(RuntimeError, match="not joined"):
+        with rt.graph(rt.NPUGraph()):
+            forward(a)
+    assert rt.current_stream() == rt.default_stream()
+
+
+def test_run_eagerly(rt, device):
+    runners = []
+    cm = compiled(lambda a: a.exp(), runners, debug__run_eagerly=True)
+    a = torch.randn(3, device=device)
+    torch.testing.assert_close(cm(a), a.exp())
+    assert not isinstance(runners[0], tng.backend.GraphRunner)
+
+
+def test_max_autotune_uses_the_standard_compiler(rt, device, monkeypatch):
+    import torch._inductor.compile_fx as inductor
+
+    seen = []
+
+    def fake_compile_fx(gm, example_inputs, decompositions=None):
+        seen.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(inductor, "compile_fx", fake_compile_fx)
+    cfg = tng.CompilerConfig()
+    torch._dynamo.reset()
+    cm = torch.compile(lambda a: a + 1, backend=tng.get_npu_backend(compiler_config=cfg), fullgraph=True)
+    a = torch.randn(3, device=device)
+    torch.testing.assert_close(cm(a), a + 1)
+    assert len(seen) == 1
+
+
+def test_unknown_mode_is_refused():
+    cfg = tng.CompilerConfig()
+    cfg.mode = "fast"
+    with pytest.raises(ValueError, match="expected one of max-autotune, reduce-overhead, npugraph_ex"):
+        tng.get_npu_backend(compiler_config=cfg)
+
+
+def test_lengths_are_updated_without_recapture(rt, device):
+    """An operator call whose length list holds graph inputs is captured once and task-updated at
+    every call (§3.4 step 4). The FX graph is traced directly: through Dynamo the operator's fake
+    implementation currently specialises the lengths, so each new value recompiles."""
+    kw = dict(num_heads=2, input_layout="BNSD", scale_value=0.25)
+    q = torch.randn(2, 2, 1, 16, dtype=torch.float16, device=device)
+    k = torch.randn(2, 2, 64, 16, dtype=torch.float16, device=device)
+
+    def decode(q, k, l0, l1):
+        return torch.ops.npu.npu_incre_flash_attention(q, k, k, actual_seq_lengths=[l0, l1], **kw) * 2
+
+    cfg = tng.CompilerConfig()
+    cfg.mode = "reduce-overhead"
+    runner = tng.backend.GraphRunner(torch.fx.symbolic_trace(decode), cfg)
+    assert len(runner.updatable) == 1
+    for lengths in ([3, 5], [7, 9], [64, 1], [30, 2]):
+        want = nk.reference.npu_incre_flash_attention(q, k, k, actual_seq_lengths=lengths, **kw) * 2
+        got = runner(q, k, *lengths)
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)
+    assert runner.capture_count == 1
