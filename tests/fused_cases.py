@@ -49,6 +49,11 @@ class FCase:
     def N(self) -> int:
         return self.kv_heads * self.group
 
+    @property
+    def page(self) -> int:
+        """Paged-attention block size: int8 caches need a multiple of 32."""
+        return 32 if self.antiquant else 16
+
 
 def _rand(g, *shape) -> torch.Tensor:
     return torch.randn(*shape, generator=g)
@@ -90,7 +95,8 @@ def make_inputs(c: FCase, device):
         if c.kvlens is not None:
             kw["actual_seq_lengths_kv"] = list(c.kvlens)
     if c.paged is not None:
-        bs, per_seq = 16, -(-c.S2 // 16)
+        bs = c.page
+        per_seq = -(-c.S2 // bs)
         blocks = c.B * per_seq + 3
         table = torch.randperm(blocks, generator=g)[:c.B * per_seq].reshape(c.B, per_seq).to(torch.int32)
         kc, vc = kv_tensor(blocks, bs, c.D), kv_tensor(blocks, bs, c.Dv)     # (blocks, KV_N, bs, D)
@@ -100,7 +106,7 @@ def make_inputs(c: FCase, device):
         kw.update(block_table=table.to(device), block_size=bs)
         if "actual_seq_lengths_kv" not in kw:
             kw["actual_seq_lengths_kv"] = [c.S2] * c.B
-    cols = (-(-c.S2 // 16) * 16 if c.paged else c.S2) + c.prefix         # paged: the table's capacity
+    cols = (-(-c.S2 // c.page) * c.page if c.paged else c.S2) + c.prefix  # paged: the table's capacity
     if c.mask_p is not None:
         rows = max(c.qlens or (c.S1,)) if c.layout in TOKEN else c.S1
         if c.sparse_mode in (0, 1):

@@ -119,3 +119,24 @@ def test_token_layout_lse_shape(device):
     T = q.shape[1]
     assert out.shape == (T, case.N, case.Dv) and lse.shape == (T, case.N, 1)
     assert (out[6:] == 0).all() and torch.isinf(lse[6:]).all()          # trailing token: no batch
+
+
+def test_decode_sliding_window(device):
+    """BSH + paged 3-D cache + 0 < pre_tokens = W: the decode path keeps the last min(W, kvlen) keys."""
+    case = FCase(layout="BSH", B=2, kv_heads=1, group=2, S1=1, S2=40, paged="3d", kvlens=(40, 3), lse=True)
+    q, k, v, kw = make_inputs(case, device)
+    out, lse = nk.npu_fused_infer_attention_score(q, k, v, **{**kw, "pre_tokens": 5})
+    ref, ref_lse = nk.reference.npu_fused_infer_attention_score(q, k, v, **{**kw, "pre_tokens": 5})
+    assert_close(out, ref, case.dtype)
+    assert_lse_close(lse, ref_lse)
+    # the same as attending to the last keys of each sequence, gathered by hand
+    table, bs = kw["block_table"].long(), kw["block_size"]
+    for b, (kvlen, keep) in enumerate(((40, 5), (3, 3))):
+        idx = torch.arange(kvlen - keep, kvlen, device=device)
+        rows = table[b, idx // bs] * bs + idx % bs
+        kb = k.reshape(-1, k.shape[-1])[rows][None]
+        vb = v.reshape(-1, v.shape[-1])[rows][None]
+        one = nk.reference.npu_fused_infer_attention_score(q[b:b + 1], kb, vb, num_heads=case.N,
+                                                           num_key_value_heads=case.kv_heads, input_layout="BSH",
+                                                           scale=kw["scale"])[0]
+        assert_close(out[b:b + 1], one, case.dtype)

@@ -83,13 +83,21 @@ def _query_len(query: torch.Tensor, layout: Layout, num_heads: int) -> int:
     return bnsd_shape(query, layout.inp, num_heads)[2]
 
 
-def _decode_path(layout: Layout, q_s: int, d: int) -> bool:
+def _decode_path(layout: Layout, q_s: int, d: int, key: torch.Tensor, kw) -> bool:
+    """The tiling's choice of the decode (IFA) semantics (spec §4.3)."""
+    rope = kw["query_rope"] is not None
     if layout.inp in TOKEN_LAYOUTS:
-        return False
+        if layout.name == "NTD_TND":
+            return False
+        aq = kw["antiquant_scale"] if kw["antiquant_scale"] is not None else kw["key_antiquant_scale"]
+        int8_paged = kw["block_table"] is not None and key.dtype == torch.int8 and aq is not None \
+            and aq.dtype == torch.float32 and (kw["antiquant_offset"] is not None or kw["key_antiquant_offset"] is not None)
+        return d == 512 or int8_paged
     if layout.name == "BNSD_BSND":
         require(q_s != 1, "input_layout", layout.name, "BNSD_BSND is not supported with a query length of 1")
         return False
-    return layout.inp in DECODE_LAYOUTS and q_s == 1
+    mla_mtp = rope and 1 < q_s <= 16 and d == 512
+    return layout.inp in DECODE_LAYOUTS and (q_s == 1 or mla_mtp)
 
 
 def _cumulative(name: str, values, upper: int) -> list[int]:
@@ -199,9 +207,10 @@ def validate(query, key, value, **kw) -> FusedCall:
     require((rope[0] is None) == (rope[1] is None), "query_rope", rope[0], "query_rope and key_rope go together")
     lse_flag = bool(kw["softmax_lse_flag"])
 
-    decode = _decode_path(layout, q_s, d)
+    decode = _decode_path(layout, q_s, d, key, kw)
     same_dv = _kv_views(value, layout, kv_n, kw["block_table"], "value").shape[3] == d
-    if decode and rope[0] is None and kw["key_shared_prefix"] is None and not _per_token(kw) and same_dv:
+    if decode and q_s == 1 and not token_layout(layout) and rope[0] is None and kw["key_shared_prefix"] is None \
+            and not _per_token(kw) and same_dv and _sliding_window(layout, key, query, kw) is None:
         call = _decode_call(query, key, value, layout, kv_n, kw)
         h = call.heads
         out_dtype = call.out_dtype
@@ -215,6 +224,19 @@ def validate(query, key, value, **kw) -> FusedCall:
     lse_shape = ((h.S1, h.N, 1) if token else (h.B, h.N, h.S1, 1)) if lse_flag else (0,)
     return FusedCall("decode" if decode else "prefill", call, None, layout, shape, call.out_dtype, lse_shape,
                      lse_flag, h.B, h.N, h.S1)
+
+
+def token_layout(layout: Layout) -> bool:
+    return layout.inp in TOKEN_LAYOUTS
+
+
+def _sliding_window(layout: Layout, key: torch.Tensor, query: torch.Tensor, kw) -> Optional[int]:
+    """Decode sliding window W (spec §4.3): BSH, paged 3-D cache, float K/V, no prefix or rope, and
+    0 < pre_tokens < INT_MAX keep only the last min(W, kvlen) keys."""
+    if layout.inp == "BSH" and kw["block_table"] is not None and key.dim() == 3 and key.dtype == query.dtype \
+            and kw["key_shared_prefix"] is None and kw["query_rope"] is None and 0 < kw["pre_tokens"] < masks.INT_MAX:
+        return kw["pre_tokens"]
+    return None
 
 
 def _per_token(kw) -> bool:
@@ -365,8 +387,9 @@ def _prefill_call(query, key, value, layout: Layout, kv_n: int, decode: bool, kw
     require(mode in masks.SPARSE_MODES, "sparse_mode", mode, "must be 0-4 for this operator")
     pre, nxt = kw["pre_tokens"], kw["next_tokens"]
     mask = None
-    if decode:
-        mode, pre, nxt = 0, masks.INT_MAX, masks.INT_MAX             # ignored on the decode path
+    ignore_band = decode and s1 == 1 and rope is None and not token     # Q_S = 1: sparse, pre, next ignored
+    if ignore_band:
+        mode, pre, nxt = 0, masks.INT_MAX, masks.INT_MAX
         if kw["atten_mask"] is not None:
             mask = checks.decode_mask(kw["atten_mask"], B, s2 + P)
     elif mode in (2, 3, 4):
@@ -379,6 +402,9 @@ def _prefill_call(query, key, value, layout: Layout, kv_n: int, decode: bool, kw
     padding = q_pad is not None or kv_pad is not None
     prompt.check_band_tokens(mode, pre, nxt, s1, qlens, kvtots, mask is not None)
     bands = [masks.prefill_band(mode, pre, nxt, q, kv, mask is not None, padding) for q, kv in zip(qlens, kvtots)]
+    window = _sliding_window(layout, key, query, kw) if decode else None
+    if window is not None:                              # row 0 keeps keys [kvlen - W, kvlen)
+        bands = [masks.Band(window - kv, masks.INT_MAX, mask is not None) for kv in kvtots]
     if qa.int8_out:
         prompt.check_int8_output(qa, mode, pre, nxt, s1, qlens, kvtots, bands)
 
