@@ -112,11 +112,9 @@ class GraphDispatchMode(TorchDispatchMode):
         return handler.postprocess_result(result, kwargs)
 
 
-_update_streams: dict = {}  # backend name -> update stream shared by every graph
-
-
 def update(npu_graph, cpu_update_input: list) -> None:
-    from . import backend, graph_task_update_begin, graph_task_update_end, stream
+    from . import graph_task_update_begin, graph_task_update_end, stream
+    from .streams import shared_stream
 
     if not npu_graph.auto_dispatch_capture:
         raise RuntimeError(
@@ -132,10 +130,7 @@ def update(npu_graph, cpu_update_input: list) -> None:
             f"NPUGraph.update: cpu_update_input has {len(cpu_update_input)} entries; expected 1 or one "
             f"per captured updatable call ({len(records)})"
         )
-    be = backend()
-    u = _update_streams.get(be.name)
-    if u is None:
-        u = _update_streams[be.name] = be.Stream()
+    u = shared_stream("NPUGraph.update")
     with stream(u):
         for record, update_input in zip(records, inputs):
             args, kwargs = record.handler.update_args(record, update_input)

@@ -15,7 +15,7 @@ import os
 
 from . import auto_dispatch
 from .backends import backend
-from .streams import current_stream, default_stream, stream, synchronize
+from .streams import current_stream, default_stream, shared_stream, stream, synchronize
 
 CAPTURE_ERROR_MODES = ("global", "thread_local", "relaxed")
 
@@ -137,18 +137,11 @@ class NPUGraph:
 class graph:
     """Context manager capturing into ``npu_graph`` (torch_npu's argument order)."""
 
-    _capture_streams: dict = {}  # backend name -> stream shared by every ``graph`` without ``stream=``
-
     def __init__(self, npu_graph: NPUGraph, pool=None, stream=None, auto_dispatch_capture: bool = False,
                  capture_error_mode: str = "global"):
-        be = backend()
-        if stream is None:
-            stream = self._capture_streams.get(be.name)
-            if stream is None:
-                stream = self._capture_streams[be.name] = be.Stream()
         self.npu_graph = npu_graph
         self.pool = pool
-        self.capture_stream = stream
+        self.capture_stream = shared_stream("capture") if stream is None else stream
         self.auto_dispatch_capture = auto_dispatch_capture
         self.capture_error_mode = capture_error_mode
 

@@ -63,6 +63,17 @@ def stream(s: "Stream | None"):
         set_stream(previous)
 
 
+_shared: dict = {}  # (backend name, purpose) -> Stream
+
+
+def shared_stream(purpose, priority: int = 0) -> Stream:
+    """The process-wide stream for ``purpose`` on the active backend (made at first use)."""
+    key = (backend().name, purpose)
+    if key not in _shared:
+        _shared[key] = Stream(priority=priority)
+    return _shared[key]
+
+
 def synchronize(device=None) -> None:
     """Wait for all work of every stream (raises instead of hanging where the device would hang)."""
     backend().synchronize()

@@ -104,13 +104,13 @@ class _Capture:
         return any(s is a and a.data_ptr() != addr for s, a, addr in zip(self.static, args, self.addresses)
                    if isinstance(a, torch.Tensor))
 
-    def run(self, args, clone_output: bool, update_stream):
+    def run(self, args, clone_output: bool):
         for dst, src in zip(self.static, args):
             if isinstance(dst, torch.Tensor) and dst is not src:
                 dst.copy_(src)
         self.graph.replay()
         if self.calls:
-            self.update(args, update_stream)
+            self.update(args, streams.shared_stream("torchair update", priority=-1))
         if clone_output:
             return pytree.tree_map(lambda o: o.clone() if isinstance(o, torch.Tensor) else o, self.outputs)
         return self.outputs
@@ -139,7 +139,6 @@ class GraphRunner:
         lengths = {x for node, names in self.updatable.items() for name in names for x in node.kwargs[name]}
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.update_inputs = {i for i, p in enumerate(placeholders) if p in lengths}
-        self.update_stream = None
         self.captures: dict = {}     # input signature -> _Capture
         self.capture_count = 0
         self.eager = False           # the capture limit was reached
@@ -165,9 +164,7 @@ class GraphRunner:
                 self.captures.clear()
                 return self.gm(*args)
             capture = self.captures[key] = self._capture(args)
-        if capture.calls and self.update_stream is None:
-            self.update_stream = streams.Stream(priority=-1)
-        return capture.run(args, self.config.debug.aclgraph.enable_output_clone, self.update_stream)
+        return capture.run(args, self.config.debug.aclgraph.enable_output_clone)
 
     def _capture(self, args) -> _Capture:
         for _ in range(self.config.aclgraph_config.num_warmup_iters):

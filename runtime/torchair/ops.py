@@ -21,7 +21,6 @@ STREAM_PRIORITY = "_user_stream_priority"
 
 _LIB = torch.library.Library("air", "DEF")
 _events: dict = {}         # tag -> Event made by npu_create_tagged_event (or the backend's passes)
-_tag_streams: dict = {}    # (backend name, tag) -> Stream
 _scopes: list = []         # executed scopes: the stream current before each stream scope, or None
 _recorded: set = set()     # tags of events recorded at least once
 
@@ -31,11 +30,7 @@ def tag_stream(tag: str) -> streams.Stream:
     if tag == "default":
         outer = [s for s in _scopes if s is not None]
         return outer[0] if outer else streams.current_stream()
-    be = backend()
-    key = (be.name, tag)
-    if key not in _tag_streams:
-        _tag_streams[key] = be.Stream()
-    return _tag_streams[key]
+    return streams.shared_stream(("tag", tag))
 
 
 def _define(schema: str, impl) -> None:
