@@ -22,7 +22,8 @@ _tasks.install()
 from . import torchair  # noqa: E402  (registers the air:: operators)
 
 __all__ = [
-    "DeadlockError", "Event", "ExternalEvent", "FlagMergeError", "NPUGraph", "NpuGraphOpHandler", "Stream", "TaskGroupHandle",
+    "DeadlockError", "Event", "ExternalEvent", "FlagMergeError", "NPUGraph", "NpuGraphOpHandler", "Stream",
+    "TaskGroupHandle",
     "available_backends", "backend", "current_stream", "default_stream", "graph", "graph_pool_handle",
     "graph_task_group_begin", "graph_task_group_end", "graph_task_update_begin", "graph_task_update_end",
     "is_current_stream_capturing", "make_graphed_callables", "npu_device", "register_npu_graph_handler",

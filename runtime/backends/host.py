@@ -47,11 +47,12 @@ def poison_(t: torch.Tensor) -> None:
 
 
 class Wait:
-    """A thunk that blocks its stream until ``ready()``; ``where`` names the graph or says eager."""
-
-    where = "eager"
+    """A thunk that blocks its stream until ``ready()``; ``describe()`` says what it waits for."""
 
     def ready(self) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
         raise NotImplementedError
 
     def __call__(self) -> None:

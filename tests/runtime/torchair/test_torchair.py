@@ -272,3 +272,50 @@ def test_lengths_are_updated_without_recapture(rt, device):
         got = runner(q, k, *lengths)
         torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)
     assert runner.capture_count == 1
+
+
+def _scoped_use_then_free(rt, device, protect: bool):
+    """Capture: A made on the capture stream, read on a tag stream, freed, then C of A's size made on
+    the capture stream. Returns whether C got A's memory, and the replayed B (= A + 1 = 1)."""
+    t = tag("second_stream")
+    fork, join = tng.ops.npu_create_tagged_event(tag("fork")), tng.ops.npu_create_tagged_event(tag("join"))
+    g = rt.NPUGraph()
+    with rt.graph(g):
+        A = torch.zeros(1 << 16, device=device)
+        address = A.data_ptr()
+        fork.record()
+        torch.ops.air.scope_enter([tng.ops.STREAM_LABEL], [t], need_execute=True)
+        fork.wait()
+        B = A.add(1)
+        if protect:
+            tng.ops.npu_record_tagged_stream(A, t)
+        join.record()
+        torch.ops.air.scope_exit(need_execute=True)
+        del A
+        C = torch.empty(1 << 16, device=device)
+        reused = C.data_ptr() == address
+        C.fill_(100)
+        join.wait()
+    g.replay()
+    rt.synchronize()
+    return reused, B
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("protect", [False, True])
+def test_record_tagged_stream_keeps_memory_from_reuse(protect):
+    """On CUDA the capture's pool hands A's memory to C unless A is recorded on the tag stream."""
+    from conftest import _active
+
+    for rt in _active("cuda"):
+        reused, B = _scoped_use_then_free(rt, rt.backend().device, protect)
+        assert reused == (not protect)
+        if protect:
+            assert torch.equal(B, torch.ones_like(B))
+
+
+def test_host_queued_work_keeps_its_tensors(host_rt):
+    """On the host backend captured work holds its tensors, so memory is never reused under it."""
+    reused, B = _scoped_use_then_free(host_rt, "cpu", protect=False)
+    assert not reused
+    assert torch.equal(B, torch.ones_like(B))
