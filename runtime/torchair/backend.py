@@ -88,9 +88,10 @@ class _Capture:
 
     def __init__(self, gm: fx.GraphModule, updatable: dict, args: tuple, pool, config: CompilerConfig):
         clone = config.debug.aclgraph.clone_input
-        self.static = [a.clone() if isinstance(a, torch.Tensor) and clone and not isinstance(a, torch.nn.Parameter)
-                       else a for a in args]
-        self.addresses = [a.data_ptr() if isinstance(a, torch.Tensor) else None for a in self.static]
+        self.cloned = [isinstance(a, torch.Tensor) and clone and not isinstance(a, torch.nn.Parameter) for a in args]
+        self.static = [a.clone() if c else a for a, c in zip(args, self.cloned)]
+        self.addresses = [a.data_ptr() if isinstance(a, torch.Tensor) and not c else None
+                          for a, c in zip(args, self.cloned)]   # inputs captured as they are
         self.graph = graphs.NPUGraph()
         interpreter = _CaptureInterpreter(gm, updatable)
         with graphs.graph(self.graph, pool=pool, capture_error_mode=config.aclgraph_config.capture_error_mode):
@@ -100,13 +101,12 @@ class _Capture:
         self.replayed = streams.Event()      # recorded after each replay; the next updates wait for it
 
     def stale(self, args) -> bool:
-        """A captured-as-is input (parameter, or any input without clone_input) moved."""
-        return any(s is a and a.data_ptr() != addr for s, a, addr in zip(self.static, args, self.addresses)
-                   if isinstance(a, torch.Tensor))
+        """An input captured as it is (a parameter, or any tensor without clone_input) moved."""
+        return any(addr is not None and a.data_ptr() != addr for a, addr in zip(args, self.addresses))
 
     def run(self, args, clone_output: bool):
-        for dst, src in zip(self.static, args):
-            if isinstance(dst, torch.Tensor) and dst is not src:
+        for dst, src, cloned in zip(self.static, args, self.cloned):
+            if cloned:
                 dst.copy_(src)
         self.graph.replay()
         if self.calls:

@@ -178,6 +178,18 @@ def test_capture_limit_falls_back_to_eager(rt, device):
         torch.testing.assert_close(cm(a), a * 2 + 1)
 
 
+def test_inputs_used_as_they_are_recapture_when_they_move(rt, device):
+    runners = []
+    cm = compiled(lambda a: a * 2, runners, debug__aclgraph__clone_input=False)
+    a1, a2 = torch.randn(4, device=device), torch.randn(4, device=device)
+    torch.testing.assert_close(cm(a1), a1 * 2)
+    a1.add_(1)
+    torch.testing.assert_close(cm(a1), a1 * 2)
+    torch.testing.assert_close(cm(a2), a2 * 2)
+    (runner,) = runners
+    assert runner.capture_count == 2
+
+
 def test_outputs_are_the_captured_buffers_unless_cloned(rt, device):
     f = lambda a: a + 1  # noqa: E731
     a = torch.randn(4, device=device)
