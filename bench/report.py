@@ -84,6 +84,9 @@ def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list
     return rows
 
 
+CACHE_HIT_S = 0.05       # the worker's Triton cache starts empty: a faster compile is an identical binary
+
+
 def status(row: dict) -> str:
     if row.get("error"):
         return "FAILED"
@@ -100,9 +103,10 @@ def markdown(rows: list[dict]) -> str:
                          f"**FAILED**: {r['error'].splitlines()[0][:160]} |")
             continue
         spill = f"**{r['spill_bytes']}**" if r["spill_bytes"] else "0"
+        same = " (same binary as an earlier variant)" if r["compile_s"] < CACHE_HIT_S else ""
         lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {r.get('blocks', '')} | {r['num_warps']}/{r['num_stages']} "
                      f"| {r['registers']} | {spill} | {r['shared_bytes'] / 1024:.1f} | {r['tensor_cores'] or 'none'} "
-                     f"| {r['compile_s']:.1f} | {'**SPILLS**' if r['spill_bytes'] else 'ok'} |")
+                     f"| {r['compile_s']:.1f} | {'**SPILLS**' if r['spill_bytes'] else 'ok'}{same} |")
     return "\n".join(lines)
 
 

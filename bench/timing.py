@@ -4,7 +4,7 @@
 larger than the L2 cache, so every repetition starts cold (as ``triton.testing.do_bench`` does).
 ``graph_ms`` captures ``calls`` (one per rotating input set, so that the sets together exceed the L2)
 in one CUDA graph and replays it; the time per call is the replay time divided by the number of calls.
-``host_us`` is wall time on the host, for code that launches nothing.
+``host_us`` is wall time on the host (median and best round), for code that launches nothing.
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ def rotations(nbytes: int, l2_bytes: int, limit: int = 32) -> int:
     return max(1, min(limit, -(-2 * l2_bytes // max(nbytes, 1))))
 
 
-def host_us(fn: Callable[[], object], warmup: int = 50, rounds: int = 15, per_round: int = 200) -> float:
-    """Median over ``rounds`` of the mean wall time of ``fn()`` in microseconds."""
+def host_us(fn: Callable[[], object], warmup: int = 50, rounds: int = 15, per_round: int = 200) -> tuple[float, float]:
+    """(median, best) over ``rounds`` of the mean wall time of ``fn()``, in microseconds. The best round
+    is the one least disturbed by other processes on the machine."""
     for _ in range(warmup):
         fn()
     means = []
@@ -91,4 +92,4 @@ def host_us(fn: Callable[[], object], warmup: int = 50, rounds: int = 15, per_ro
         for _ in range(per_round):
             fn()
         means.append((time.perf_counter() - t0) / per_round * 1e6)
-    return statistics.median(means)
+    return statistics.median(means), min(means)

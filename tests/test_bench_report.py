@@ -38,8 +38,10 @@ def test_failures_and_spills_are_flagged():
     spill = {**ok, "variant": "b", "spill_bytes": 64}
     bad = {"kernel": "prefill", "variant": "c", "arch": 80, "error": "CompilationError: out of resources"}
     assert [report.status(r) for r in (ok, spill, bad)] == ["ok", "SPILLS", "FAILED"]
-    text = report.markdown([ok, spill, bad])
+    again = {**ok, "variant": "d", "compile_s": 0.01}
+    text = report.markdown([ok, spill, bad, again])
     assert "**64**" in text and "**SPILLS**" in text and "**FAILED**: CompilationError" in text
+    assert text.count("same binary") == 1 and "| d |" in text.splitlines()[-1]
 
 
 def test_unknown_variant_is_a_failure():
