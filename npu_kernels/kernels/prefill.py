@@ -35,7 +35,7 @@ from .. import quant
 def _prefill_kernel(
     Q, K, V, O, LSE, MASK, PSE, PARAMS,     # PARAMS: [B, FIELDS] int32
     DEQ1, QS1, DEQ2, QS2, QO2,              # [1] scales (int32 fp32 bits or int64 words); QS2/QO2: [1] or [N*DV]
-    QPAD, KVPAD, TABLE, KP, VP, QR, KR, AQS, AQO,   # fused-operator inputs (ops.sources); Q when absent
+    QPAD, KVPAD, TABLE, KP, VP, QR, KR, KSC, KOF, VSC, VOF,   # fused-operator inputs (ops.sources); Q when absent
     sm_scale,
     stride_qb, stride_qn, stride_qs, stride_qd,     # Q: [B, N, S1, D] view
     stride_kb, stride_kn, stride_ks, stride_kd,     # K: [B, KV_N, S2, D] view
@@ -49,7 +49,8 @@ def _prefill_kernel(
     stride_vpn, stride_vps, stride_vpd,             # VP: [1, KV_N, P_S, DV]
     stride_qrb, stride_qrn, stride_qrs, stride_qrd, # QR: [B, N, S1, DR] rope part of the query
     stride_krb, stride_krn, stride_krs, stride_krd, # KR: like K, rope part of the keys
-    stride_aqt, stride_aqx, stride_aqy,             # AQS/AQO: [2, KV_N, D] per channel, [2, B, S2] per token
+    stride_ksx, stride_ksh, stride_ksy,             # KSC/KOF: key anti-quant [X, KV_N, Y] (see _antiquant)
+    stride_vsx, stride_vsh, stride_vsy,             # VSC/VOF: value anti-quant
     N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE,          # GROUP = N // KV_N
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -59,7 +60,8 @@ def _prefill_kernel(
     QUANT_MODE: tl.constexpr, OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr,
     VARLEN: tl.constexpr, HAS_QPAD: tl.constexpr, HAS_KVPAD: tl.constexpr, IS_PAGED: tl.constexpr,
     HAS_PREFIX: tl.constexpr, ROPE_DIM: tl.constexpr, BLOCK_DR: tl.constexpr,
-    KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, LSE_EMPTY: tl.constexpr,
+    K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr, HAS_V_OFFSET: tl.constexpr,
+    LSE_EMPTY: tl.constexpr,
 ):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -147,13 +149,12 @@ def _prefill_kernel(
             p_kp = KP + kvn64 * stride_kpn + o_j[None, :].to(tl.int64) * stride_kps + o_d[:, None] * stride_kpd
             p_k = tl.where((o_j < prefix)[None, :], p_kp, p_k)
         b_k = tl.load(p_k, mask=m_j[None, :] & m_d[:, None], other=0)                   # [BD, BN]
-        if KV_QUANT > 0:
-            b_k = _antiquant(b_k, AQS, AQO, 0, kvn64, b64, o_d, m_d, o_kr, m_j, stride_aqt, stride_aqx, stride_aqy,
-                             Q.dtype.element_ty, KV_QUANT, HAS_AQ_OFFSET, True)
-        if QUANT_MODE == 1:
-            b_s = tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32)         # [BM, BN] exact
-            b_s = (b_s * deq1).to(tl.float16).to(tl.float32)
-            b_s = (b_s * sm_scale).to(tl.float16).to(tl.float32)             # fp16 product
+        if K_QUANT > 0:
+            b_k = _antiquant(b_k, KSC, KOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_d, m_d, m_j, stride_ksx,
+                             stride_ksh, stride_ksy, Q.dtype.element_ty, K_QUANT, HAS_K_OFFSET, True)
+        if QUANT_MODE == 1:                              # fp16 scores, each step rounded
+            b_s = (tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32) * deq1).to(tl.float16)   # [BM, BN]
+            b_s = b_s * sm_scale.to(tl.float16)
         elif ROPE_DIM > 0:                               # MLA: [q, q_rope]·[k, k_rope]
             p_kr = KR + kvn64 * stride_krn + (o_kb * stride_krb + o_kr * stride_krs)[None, :] \
                 + o_dr[:, None] * stride_krd
@@ -167,7 +168,7 @@ def _prefill_kernel(
                 + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
             b_s += tl.load(p_p, mask=m_row[:, None] & m_j[None, :], other=0.0).to(tl.float32)
             if QUANT_MODE == 1:
-                b_s = b_s.to(tl.float16).to(tl.float32)                      # fp16 sum
+                b_s = b_s.to(tl.float16)                                     # fp16 sum
         # Partial block: some (i, j) outside the band or past the keys.
         if (j0 < i_hi - pre) | (j0 + BLOCK_N - 1 > i_lo + nxt) | (j0 + BLOCK_N > kvlen):
             keep = (o_j[None, :] - o_i[:, None] <= nxt) & (o_i[:, None] - o_j[None, :] <= pre)
@@ -180,15 +181,16 @@ def _prefill_kernel(
             b_s = tl.where(b_um != 0, FILL, b_s)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
         b_alpha = tl.exp(b_m - b_m_new)
-        if QUANT_MODE == 1:
-            b_p = tl.exp((b_s - b_m_new[:, None]).to(tl.float16).to(tl.float32)).to(tl.float16).to(tl.float32)
+        if QUANT_MODE == 1:                              # P = fp16(exp(fp16(s - m)))
+            b_p = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32)).to(tl.float16)
+            b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
         else:
             b_p = tl.exp(b_s - b_m_new[:, None])                             # [BM, BN]
-        b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_v = _load_v(V, VP, AQS, AQO, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+            b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        b_v = _load_v(V, VP, VSC, VOF, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
                       stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
-                      stride_aqt, stride_aqx, stride_aqy, Q.dtype.element_ty, HAS_PREFIX, KV_QUANT,
-                      HAS_AQ_OFFSET)                                                   # [BN, BDV]
+                      stride_vsx, stride_vsh, stride_vsy, Q.dtype.element_ty, HAS_PREFIX, V_QUANT,
+                      HAS_V_OFFSET)                                                    # [BN, BDV]
         b_acc = b_acc * b_alpha[:, None] + _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
         b_m = b_m_new
 
@@ -206,10 +208,10 @@ def _prefill_kernel(
                         o_kb, o_kr = _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE,
                                                 IS_PAGED)
                         b_p = tl.where(m_j[None, :], b_pf[:, None], 0.0)
-                        b_v = _load_v(V, VP, AQS, AQO, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+                        b_v = _load_v(V, VP, VSC, VOF, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
                                       stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps,
-                                      stride_vpd, stride_aqt, stride_aqx, stride_aqy, Q.dtype.element_ty,
-                                      HAS_PREFIX, KV_QUANT, HAS_AQ_OFFSET)
+                                      stride_vpd, stride_vsx, stride_vsh, stride_vsy, Q.dtype.element_ty,
+                                      HAS_PREFIX, V_QUANT, HAS_V_OFFSET)
                         b_acc += _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
                         b_l += tl.sum(b_p, 1)
 
@@ -256,23 +258,27 @@ def _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE, IS_
 
 
 @triton.jit
-def _antiquant(b_x, AQS, AQO, which, kvn64, b64, o_d, m_d, o_kr, m_j, stride_aqt, stride_aqx, stride_aqy,
-               dtype: tl.constexpr, KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, D_FIRST: tl.constexpr):
+def _antiquant(b_x, SC, OF, kvn64, b64, o_kb, o_kr, o_t, o_d, m_d, m_j, stride_x, stride_h, stride_y,
+               dtype: tl.constexpr, MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, D_FIRST: tl.constexpr):
     """int8 block → (x + offset) * scale in ``dtype`` (fp16 arithmetic for fp16, fp32 then cast for bf16).
-    KV_QUANT 1: per channel, scale [2, KV_N, D]; 2: per token, scale [2, B, S2] (float32).
-    ``which`` 0 = key, 1 = value; D_FIRST: the block is [BD, BN] (keys) rather than [BN, BD]."""
-    if KV_QUANT == 1:
-        p_s = which * stride_aqt + kvn64 * stride_aqx + o_d * stride_aqy                 # [BD]
+    Parameters are [X, KV_N, Y] views: MODE 1 per channel (Y = d); 2 per token by position (X = batch,
+    Y = token index t of the sequence); 3 per token by storage (X = batch or paged block, Y = row in it).
+    D_FIRST: the block is [BD, BN] (keys), else [BN, BD] (values)."""
+    if MODE == 1:
+        p_s = kvn64 * stride_h + o_d * stride_y                                        # [BD]
         m_s = m_d
-    else:
-        p_s = which * stride_aqt + b64 * stride_aqx + o_kr * stride_aqy                  # [BN]
+    elif MODE == 2:
+        p_s = b64 * stride_x + kvn64 * stride_h + o_t.to(tl.int64) * stride_y          # [BN]
         m_s = m_j
-    b_sc = tl.load(AQS + p_s, mask=m_s, other=0.0)
-    if HAS_AQ_OFFSET:
-        b_of = tl.load(AQO + p_s, mask=m_s, other=0.0)
+    else:
+        p_s = o_kb * stride_x + kvn64 * stride_h + o_kr * stride_y                      # [BN]
+        m_s = m_j
+    b_sc = tl.load(SC + p_s, mask=m_s, other=0.0)
+    if HAS_OFFSET:
+        b_of = tl.load(OF + p_s, mask=m_s, other=0.0)
     else:
         b_of = tl.zeros_like(b_sc)
-    if (KV_QUANT == 1) == D_FIRST:                       # scale runs along the block's first axis
+    if (MODE == 1) == D_FIRST:                           # parameters run along the block's first axis
         b_sc = b_sc[:, None]
         b_of = b_of[:, None]
     else:
@@ -284,19 +290,19 @@ def _antiquant(b_x, AQS, AQO, which, kvn64, b64, o_d, m_d, o_kr, m_j, stride_aqt
 
 
 @triton.jit
-def _load_v(V, VP, AQS, AQO, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+def _load_v(V, VP, VSC, VOF, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
             stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
-            stride_aqt, stride_aqx, stride_aqy, dtype: tl.constexpr, HAS_PREFIX: tl.constexpr,
-            KV_QUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr):
+            stride_vsx, stride_vsh, stride_vsy, dtype: tl.constexpr, HAS_PREFIX: tl.constexpr,
+            V_QUANT: tl.constexpr, HAS_V_OFFSET: tl.constexpr):
     """Value block [BN, BDV] of keys ``o_j`` (shared prefix first, then own keys; int8 anti-quantised)."""
     p_v = V + kvn64 * stride_vn + (o_kb * stride_vb + o_kr * stride_vs)[:, None] + o_dv[None, :] * stride_vd
     if HAS_PREFIX:
         p_vp = VP + kvn64 * stride_vpn + o_j[:, None].to(tl.int64) * stride_vps + o_dv[None, :] * stride_vpd
         p_v = tl.where((o_j < prefix)[:, None], p_vp, p_v)
     b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0)
-    if KV_QUANT > 0:
-        b_v = _antiquant(b_v, AQS, AQO, 1, kvn64, b64, o_dv, m_dv, o_kr, m_j, stride_aqt, stride_aqx, stride_aqy,
-                         dtype, KV_QUANT, HAS_AQ_OFFSET, False)
+    if V_QUANT > 0:
+        b_v = _antiquant(b_v, VSC, VOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_dv, m_dv, m_j, stride_vsx,
+                         stride_vsh, stride_vsy, dtype, V_QUANT, HAS_V_OFFSET, False)
     return b_v
 
 
@@ -305,7 +311,7 @@ def _pv(b_p, b_v, qs1, deq2, QUANT_MODE: tl.constexpr):
     """P·V of one key block, fp32 [BM, BDV]: P in V's dtype, or (int8) P quantised with quant_scale1,
     int8 dot into int32, dequantised with deq_scale2 to fp16."""
     if QUANT_MODE == 1:
-        b_pq = quant.ascend_quant_tl(b_p, qs1, qs1, False)                   # [BM, BN] int8
+        b_pq = quant.ascend_quant_f16_tl(b_p.to(tl.float16), qs1.to(tl.float16))   # [BM, BN] int8
         b_o = tl.dot(b_pq, b_v, out_dtype=tl.int32).to(tl.float32)
         b_o = (b_o * deq2).to(tl.float16).to(tl.float32)
     else:
@@ -349,12 +355,12 @@ def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
 def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources: tuple = ()) -> dict:
     """Every argument of ``_prefill_kernel`` by name: tensors (Q, K, V, O, LSE, MASK, PSE, PARAMS), the
     quantisation scales (DEQ1, QS1, DEQ2, QS2, QO2) and the fused-operator inputs (QPAD, KVPAD, TABLE, KP,
-    VP, QR, KR, AQS, AQO), Q standing in for absent ones, then the scale, strides and sizes of ``cfg``,
+    VP, QR, KR, KSC, KOF, VSC, VOF), Q standing in for absent ones, then the scale, strides and sizes of ``cfg``,
     then its constexprs."""
     def padded(group: tuple, size: int) -> tuple:
         return tuple(tensors[0] if t is None else t for t in group) + (tensors[0],) * (size - len(group))
 
-    values = (*tensors, *padded(scales, 5), *padded(sources, 9), cfg.sm_scale, *cfg.strides, *cfg.sizes)
+    values = (*tensors, *padded(scales, 5), *padded(sources, 11), cfg.sm_scale, *cfg.strides, *cfg.sizes)
     args = dict(zip(_prefill_kernel.arg_names, values))
     args.update(cfg.meta)
     return args
