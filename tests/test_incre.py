@@ -59,6 +59,24 @@ def test_matches_reference(case, device):
     check(case, device)
 
 
+def test_reference_matches_sdpa(device):
+    """The reference against torch SDPA on keys gathered from pages and anti-quantised by hand:
+    (x + offset) * scale, mask polarity inverted (Ascend non-zero = masked out, SDPA True = attend)."""
+    case = Case(B=2, kv_heads=2, group=3, S2=64, D=32, layout="BNSD", paged="4d", block_size=32, kvlens=(64, 40),
+                int8="channel", aq_offset=True, mask="2d", mask_p=0.3, dtype=torch.float16, seed=5)
+    q, k, v, kw = make_inputs(case, device)
+    ref = nk.reference.npu_incre_flash_attention(q, k, v, compute_dtype=torch.float64, **kw)
+    table, scale, offset = kw["block_table"].long(), kw["antiquant_scale"].double(), kw["antiquant_offset"].double()
+    for b, n in enumerate(kw["actual_seq_lengths"]):
+        def tokens(cache, i):                                  # (KV_N, n, D), anti-quantised in float64
+            x = cache[table[b]].permute(1, 0, 2, 3).reshape(case.kv_heads, -1, case.D)[:, :n].double()
+            return ((x + offset[i]) * scale[i]).repeat_interleave(case.group, 0)
+        attend = kw["atten_mask"][b, :n] == 0
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[b].double(), tokens(k, 0), tokens(v, 1), attn_mask=attend[None, None, :], scale=kw["scale_value"])
+        assert_close(ref[b], want, case.dtype)
+
+
 def test_static_plan_ignores_lengths(device):
     """Splits, grids and every static field come from capacities, not from actual lengths."""
     case = Case(B=2, kv_heads=2, group=2, S2=64, kvlens=(64, 3))

@@ -4,6 +4,8 @@ Paged caches are gathered into per-batch key/value tensors and int8 caches anti-
 (``(x + offset) * scale``: in float16 for a float16 query, in float32 then cast for bfloat16), then the
 shared attention core runs with the decode fill value and lse sentinel. The NPU's MSD expansion of the
 anti-quantised matmuls is not emulated: it differs from exact dequantisation by about 1e-3 (spec ops §3.3).
+Float outputs are cast half to even (as the kernel does); the NPU rounds float16 outputs half away from
+zero, which differs on exact ties only.
 """
 
 from __future__ import annotations
