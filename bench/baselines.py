@@ -88,8 +88,9 @@ def _sdpa(name: str, p: Problem) -> Callable[[], torch.Tensor]:
     return fn
 
 
-def _flex(p: Problem) -> Callable[[], torch.Tensor]:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def flex_block_mask(p: Problem):
+    """FlexAttention block mask of ``p``: the band and the per-batch lengths as a ``mask_mod``."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
     dev = p.q.device
     qlens = torch.tensor(p.qlens, device=dev)
@@ -100,7 +101,13 @@ def _flex(p: Problem) -> Callable[[], torch.Tensor]:
     def mask_mod(b, h, q_idx, kv_idx):
         return (q_idx < qlens[b]) & (kv_idx < kvlens[b]) & masks.in_band(q_idx, kv_idx, pre[b], nxt[b])
 
-    block_mask = create_block_mask(mask_mod, p.q.shape[0], None, p.q.shape[2], p.k.shape[2], device=dev)
+    return create_block_mask(mask_mod, p.q.shape[0], None, p.q.shape[2], p.k.shape[2], device=dev)
+
+
+def _flex(p: Problem) -> Callable[[], torch.Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = flex_block_mask(p)
     compiled = torch.compile(flex_attention, dynamic=False)
     gqa = p.q.shape[1] != p.k.shape[1]
 

@@ -7,6 +7,7 @@ import csv
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,22 @@ def test_sdpa_arguments_compute_the_same_attention(case):
     with sdpa_kernel([SDPBackend.MATH]):
         got = torch.nn.functional.scaled_dot_product_attention(problem.q.float(), problem.k.float(),
                                                                problem.v.float(), **kw)
+    expected = nk.reference.npu_prompt_flash_attention(*call.args, **call.kwargs).float()
+    atol, rtol = tolerance(case.dtype)
+    torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
+
+
+def test_flex_block_mask_keeps_the_band_and_lengths():
+    """FlexAttention (unfused, on any machine) with the baseline's block mask gives the operator's
+    attention: band, per-batch lengths (rows past the length are 0 in both), GQA."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    case = tiny(B=2, N=4, KV_N=2, S1=40, S2=40, sparse_mode=4, pre=5, next=3, qlens=(40, 30), kvlens=(40, 33))
+    call, problem = inputs.make(case, torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        got = flex_attention(problem.q.float(), problem.k.float(), problem.v.float(),
+                             block_mask=baselines.flex_block_mask(problem), scale=problem.scale, enable_gqa=True)
     expected = nk.reference.npu_prompt_flash_attention(*call.args, **call.kwargs).float()
     atol, rtol = tolerance(case.dtype)
     torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
