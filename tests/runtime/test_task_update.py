@@ -110,7 +110,70 @@ INCRE = UpdatableCase(
     host_steps=3,
 )
 
-CASES = [TOY, PROMPT, INCRE]
+def _fia(fn, st, lengths_key, n, **extra):
+    return fn(st["q"], st["k"], st["v"], num_heads=st["q"].shape[1], input_layout="BNSD", scale=st["scale"],
+              pre_tokens=65535, next_tokens=65535, softmax_lse_flag=False, **{lengths_key: n}, **extra)
+
+
+def _fia_make(q_shape, kv_len, lengths_key, warm):
+    def make(device):
+        B, N, S, D = q_shape
+        st = {"q": randn(B, N, S, D, device=device, dtype=torch.float16),
+              "k": randn(B, N, kv_len, D, device=device, dtype=torch.float16),
+              "v": randn(B, N, kv_len, D, device=device, dtype=torch.float16), "scale": D ** -0.5}
+        st["ws"] = _fia(nk._npu_fused_infer_attention_score_get_max_workspace, st, lengths_key, warm)
+        st["out"], st["lse"] = torch.empty(B, N, S, D, dtype=torch.float16, device=device), \
+            torch.empty(1, dtype=torch.float16, device=device)
+        _fia_call(lengths_key)(st, warm)
+        return st
+
+    return make
+
+
+def _fia_call(lengths_key):
+    return lambda st, n: _fia(nk.npu_fused_infer_attention_score.out, st, lengths_key, n, workspace=st["ws"],
+                              out=[st["out"], st["lse"]])
+
+
+def _fia_reshaped(lengths_key, n):
+    def reshaped(st):
+        small = {name: st[name][..., :8] for name in ("q", "k", "v")}
+        other = dict(st, **small, out=st["out"][..., :8], scale=st["scale"])
+        other["ws"] = _fia(nk._npu_fused_infer_attention_score_get_max_workspace, other, lengths_key, n)
+        return other
+
+    return reshaped
+
+
+FUSED_SEED = UpdatableCase(   # seeds/torch_npu-npu-graph_task_group_begin.md, as written
+    name="fused_seed",
+    make=_fia_make((1, 32, 1, 128), 1, "actual_seq_lengths", [29]),
+    call=_fia_call("actual_seq_lengths"),
+    reference=lambda st, n: _fia(nk.reference.npu_fused_infer_attention_score, st, "actual_seq_lengths", n)[0],
+    captured=[29],
+    updated=[100],
+    random_lengths=lambda rng: [rng.randint(1, 200)],
+    reshaped=_fia_reshaped("actual_seq_lengths", [100]),
+    input_key="k",
+    out_form=True,
+    host_steps=3,
+)
+
+FUSED_KV = UpdatableCase(     # the usual decode update: key/value lengths per batch
+    name="fused_kv_lengths",
+    make=_fia_make((2, 2, 1, 16), 64, "actual_seq_lengths_kv", [1, 1]),
+    call=_fia_call("actual_seq_lengths_kv"),
+    reference=lambda st, n: _fia(nk.reference.npu_fused_infer_attention_score, st, "actual_seq_lengths_kv", n)[0],
+    captured=[29, 3],
+    updated=[64, 40],
+    random_lengths=lambda rng: [rng.randint(1, 64) for _ in range(2)],
+    reshaped=_fia_reshaped("actual_seq_lengths_kv", [64, 40]),
+    input_key="v",
+    out_form=True,
+    host_steps=3,
+)
+
+CASES = [TOY, PROMPT, INCRE, FUSED_KV]
 
 
 def _output(state):
@@ -142,7 +205,7 @@ def _capture(rt, case, state, layers=1):
 
 def _capture_call(case, state):
     result = case.call(state, case.captured)
-    if result is not None:
+    if not case.out_form:
         state["out"] = result
 
 
@@ -159,9 +222,17 @@ def case(request):
     return request.param
 
 
+def _eager(case, state, lengths):
+    result = case.call(state, lengths)
+    return _output(state).clone() if case.out_form else result
+
+
 @pytest.mark.parametrize("order", ["update_then_replay", "replay_then_update"])
+@pytest.mark.parametrize("case", [FUSED_SEED, *CASES], ids=lambda c: c.name)
 def test_seed_scenario(rt, device, case, order):
+    """Capture with the captured lengths, update, replay: equal to the eager call with the new ones."""
     state = case.make(device)
+    eager = _eager(case, state, case.updated)
     g, (ev,), (h,) = _capture(rt, case, state)
     u = rt.Stream()
     if order == "update_then_replay":
@@ -171,6 +242,7 @@ def test_seed_scenario(rt, device, case, order):
         g.replay()
         _update(rt, case, state, u, h, ev, case.updated)
     rt.synchronize()
+    assert torch.equal(_output(state), eager)
     _close(case, state, case.updated)
 
 
