@@ -138,3 +138,29 @@ def update(npu_graph, cpu_update_input: list) -> None:
             record.func(*args, **kwargs)
             graph_task_update_end(u)
             record.event.record(u)
+
+
+_FUSED_OUTPUT_ARGS = ("input_layout", "quant_scale2", "block_table", "num_heads", "num_key_value_heads",
+                      "softmax_lse_flag", "query_rope")
+
+
+@register_npu_graph_handler(["npu_fused_infer_attention_score", "_npu_fused_infer_attention_score_into"])
+class FusedInferAttentionScoreHandler(NpuGraphOpHandler):
+    """FIA v1: a functional call is captured in its out form, with the maximal workspace and outputs
+    allocated at capture; updates replace ``actual_seq_lengths``, ``actual_seq_lengths_kv`` ... by name."""
+
+    @classmethod
+    def prepare_capture(cls, func, args, kwargs):
+        if func.__name__ != "npu_fused_infer_attention_score.default":
+            return func, args, kwargs
+        ops = torch.ops.npu
+        workspace = ops._npu_fused_infer_attention_score_get_max_workspace(*args, **kwargs)
+        query, _, value = args
+        out, lse = ops._npu_fused_infer_attention_score_infer_output(
+            query, value, **{k: v for k, v in kwargs.items() if k in _FUSED_OUTPUT_ARGS})
+        kwargs = dict(kwargs, workspace=workspace, attention_out=out, softmax_lse=lse)
+        return ops._npu_fused_infer_attention_score_into.default, args, kwargs
+
+    @classmethod
+    def postprocess_result(cls, result, kwargs):
+        return kwargs["attention_out"], kwargs["softmax_lse"]

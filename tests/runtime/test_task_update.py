@@ -464,3 +464,22 @@ def test_update_without_auto_dispatch_is_refused(rt, device):
         torch.ops.rt_toy.prefix_sum(x, [3, 4])
     with pytest.raises(RuntimeError, match="does not support update, Try to capture by setting auto_dispatch_capture=True"):
         g.update([{"actual_seq_lengths": [1, 1]}])
+
+
+@pytest.mark.parametrize("order", ["update_then_replay", "replay_then_update"])
+def test_auto_dispatch_of_the_fused_operator(rt, device, order):
+    """A functional fused call is captured in its out form and updated by ``NPUGraph.update``."""
+    st = FUSED_KV.make(device)
+    g = rt.NPUGraph()
+    with rt.graph(g, auto_dispatch_capture=True):
+        out, lse = _fia(torch.ops.npu.npu_fused_infer_attention_score, st, "actual_seq_lengths_kv", [29, 3])
+    new = {"actual_seq_lengths_kv": [64, 40]}
+    if order == "update_then_replay":
+        g.update([new])
+        g.replay()
+    else:
+        g.replay()
+        g.update([new])
+    rt.synchronize()
+    want = _fia(nk.reference.npu_fused_infer_attention_score, st, "actual_seq_lengths_kv", [64, 40])[0]
+    torch.testing.assert_close(out.float(), want.float(), atol=2e-3, rtol=2e-3)

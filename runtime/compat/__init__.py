@@ -1,0 +1,117 @@
+"""Run unmodified torch_npu / torchair scripts on the npu device of npu_kernels (CUDA or the CPU).
+
+    import runtime.compat
+    runtime.compat.install()          # or: with runtime.compat.install(): ...
+    import torch, torch_npu, torchair
+    q = torch.randn(1, 8, 64, 128, dtype=torch.float16).npu()
+    ...
+    runtime.compat.uninstall()        # torch as it was
+
+    python -m runtime.compat SCRIPT [ARGS...]
+
+``install()`` puts ``torch_npu``, ``torchair`` (with ``configs.compiler_config``, ``core.utils``,
+``scope``, ``ops``) and ``torch.npu`` into ``sys.modules``, sets ``torch.npu``, ``Tensor.npu()`` and
+``Tensor.is_npu``, and enters ``NpuDeviceMode`` (device strings ``"npu"`` / ``"npu:N"``, see
+``devices``). Nothing is patched before it; ``uninstall()`` restores every attribute and module entry.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.overrides import _get_current_function_mode_stack
+
+from . import devices, modules
+from .modules import NotEmulatedError
+
+_ABSENT = object()
+
+
+class Installation:
+    """What ``install()`` changed, to be undone in reverse order; a context manager that uninstalls."""
+
+    def __init__(self):
+        self.saved: list = []        # (namespace dict or object, name, previous value or _ABSENT)
+        self.mode = devices.NpuDeviceMode()
+        self.finder = modules.NotEmulatedFinder()
+
+    def set_attr(self, obj, name: str, value) -> None:
+        self.saved.append((obj, name, vars(obj).get(name, _ABSENT)))
+        setattr(obj, name, value)
+
+    def set_module(self, name: str, module) -> None:
+        self.saved.append((sys.modules, name, sys.modules.get(name, _ABSENT)))
+        sys.modules[name] = module
+
+    def apply(self) -> None:
+        built = modules.build()
+        for name, module in built.items():
+            self.set_module(name, module)
+        self.set_attr(torch, "npu", built["torch.npu"])
+        self.set_attr(torch.Tensor, "npu", devices.tensor_npu)
+        self.set_attr(torch.Tensor, "is_npu", property(devices.tensor_is_npu))
+        sys.meta_path.insert(0, self.finder)
+        self.mode.__enter__()
+
+    def undo(self) -> None:
+        stack = _get_current_function_mode_stack()
+        if not stack or stack[-1] is not self.mode:
+            raise RuntimeError("runtime.compat.uninstall(): the npu device mode is not the innermost torch "
+                               "function mode of this thread; leave the other modes (or call it from the "
+                               "thread that called install()) first")
+        self.mode.__exit__(None, None, None)
+        sys.meta_path.remove(self.finder)
+        for obj, name, previous in reversed(self.saved):
+            if obj is sys.modules:
+                if previous is _ABSENT:
+                    del sys.modules[name]
+                else:
+                    sys.modules[name] = previous
+            elif previous is _ABSENT:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, previous)
+        self.saved.clear()
+
+    def __enter__(self) -> "Installation":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if _current is self:
+            uninstall()
+        return False
+
+
+_current: Installation | None = None
+
+
+def install() -> Installation:
+    """Install the layer (idempotent: a second call returns the active installation)."""
+    global _current
+    if _current is not None:
+        return _current
+    for name in modules.ROOTS:
+        if name in sys.modules:
+            raise RuntimeError(f"runtime.compat.install(): a {name} module is already imported "
+                               f"({sys.modules[name]!r}); the layer replaces it and cannot run beside it")
+    installation = Installation()
+    installation.apply()
+    _current = installation
+    return installation
+
+
+def uninstall() -> None:
+    """Restore torch, ``torch.Tensor`` and ``sys.modules`` as they were before ``install()``."""
+    global _current
+    if _current is None:
+        return
+    _current.undo()
+    _current = None
+
+
+def installed() -> bool:
+    return _current is not None
+
+
+__all__ = ["Installation", "NotEmulatedError", "install", "installed", "uninstall"]
