@@ -91,18 +91,14 @@ class NPUGraph:
             )
         from . import tasks
 
-        unclosed = [g.stream for g in tasks._open.values() if g.graph is self]
         self._stream = None
         _capturing = None
+        unclosed = tasks.drop_open_groups(self)
         try:
             self._impl.capture_end(s)
         except BaseException:
             self._impl = None
             raise
-        finally:
-            for st in unclosed:
-                tasks._open.pop(st)
-            tasks._guard_changed()
         if unclosed:
             self._impl = None
             raise RuntimeError(f"capture_end: graph_task_group_begin on {unclosed[0]!r} has no graph_task_group_end")

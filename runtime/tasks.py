@@ -114,6 +114,15 @@ def graph_task_group_end(stream) -> TaskGroupHandle:
     return TaskGroupHandle(group)
 
 
+def drop_open_groups(graph) -> list:
+    """Forget the groups of ``graph`` still open (its capture ends); returns their streams."""
+    streams = [s for s, g in _open.items() if g.graph is graph]
+    for s in streams:
+        del _open[s]
+    _guard_changed()
+    return streams
+
+
 def graph_task_update_begin(stream, handle: TaskGroupHandle) -> None:
     if not isinstance(handle, TaskGroupHandle):
         raise TypeError(f"graph_task_update_begin: handle must come from graph_task_group_end, got {handle!r}")

@@ -115,5 +115,6 @@ class NotEmulatedFinder(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname: str, path=None, target=None):
         if fullname.partition(".")[0] in ROOTS:
-            raise ModuleNotFoundError(f"{fullname} is not emulated by runtime.compat", name=fullname)
+            # no ``name=``: ``from torchair import x`` would swallow the error and say "cannot import name"
+            raise ModuleNotFoundError(f"{fullname} is not emulated by runtime.compat")
         return None
