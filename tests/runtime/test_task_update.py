@@ -483,3 +483,12 @@ def test_auto_dispatch_of_the_fused_operator(rt, device, order):
     rt.synchronize()
     want = _fia(nk.reference.npu_fused_infer_attention_score, st, "actual_seq_lengths_kv", [64, 40])[0]
     torch.testing.assert_close(out.float(), want.float(), atol=2e-3, rtol=2e-3)
+
+
+def test_capture_end_with_an_open_group_is_an_error(rt, device):
+    state = TOY.make(device)
+    with pytest.raises(RuntimeError, match="has no graph_task_group_end"):
+        with rt.graph(rt.NPUGraph()):
+            rt.graph_task_group_begin(rt.current_stream())
+            TOY.call(state, TOY.captured)
+    assert not rt.is_current_stream_capturing()
