@@ -290,6 +290,8 @@ class CudaBackend:
         self.raise_errors()
 
     def is_capturing(self, stream) -> bool:
+        if stream.cuda == torch.cuda.current_stream():
+            return torch.cuda.is_current_stream_capturing()
         with torch.cuda.stream(stream.cuda):
             return torch.cuda.is_current_stream_capturing()
 
