@@ -104,7 +104,7 @@ def main(suite: str, quick: bool, match: str = "", out_dir=None, rounds: int = 1
     env = results.environment()
     jpath, cpath = results.write("host", rows, env, out_dir)
     print(f"host time per call (validate + plan + task, launch excluded) on {env['gpu']}, torch {env['torch']}; "
-          "µs, median and best of the rounds")
+          f"µs, median and best of the rounds; load average {env['load_avg_1min']} on {env['cpus']} CPUs")
     print(table(rows))
     print(f"wrote {jpath} and {cpath}")
     failed = [r for r in rows if r["status"] == "failed"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
 import platform
 import re
 import subprocess
@@ -32,28 +33,39 @@ def git_sha() -> str:
         return "unknown"
 
 
-def _driver() -> str:
+SMI_FIELDS = ("driver_version", "clocks.sm", "clocks.max.sm", "power.limit", "temperature.gpu")
+
+
+def _nvidia_smi() -> dict:
+    """Driver, SM clock (now and max), power limit and temperature of GPU 0 from ``nvidia-smi``."""
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return ""
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader",
+                               "--id=0"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    values = [v.strip() for v in line.split(",")]
+    return dict(zip(("driver", "sm_clock", "sm_clock_max", "power_limit", "temperature"), values))
 
 
 def environment() -> dict:
-    """GPU name (or "cpu: <processor>"), driver, library versions, git sha and the date (UTC)."""
+    """GPU name (or "cpu: <processor>"), driver, clocks and power limit, library versions, git sha and the
+    date (UTC)."""
     import triton
 
     on_gpu = torch.cuda.is_available()
+    smi = _nvidia_smi() if on_gpu else {}
     return {
         "gpu": torch.cuda.get_device_name() if on_gpu else f"cpu: {platform.processor() or platform.machine()}",
-        "driver": _driver() if on_gpu else "",
+        "driver": smi.pop("driver", ""),
+        **smi,
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda or "",
         "git_sha": git_sha(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),     # other work on the host skews host timings
     }
 
 
