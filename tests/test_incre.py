@@ -90,6 +90,17 @@ def test_static_plan_ignores_lengths(device):
     assert plans[0].static.splits > 1                     # the combine step is exercised
 
 
+def test_kernel_constants_ignore_cache_length(device):
+    """A key tensor that grows by one token per step keeps every constexpr: no recompilation."""
+    metas = set()
+    for s2 in (40, 41, 64):
+        q, k, v, kw = make_inputs(Case(B=2, kv_heads=2, group=2, S2=s2), device)
+        call = incre.validate(q, k, v, **kw)
+        static = incre.plan(call, incre.output(call)).static
+        metas.add((static.split_meta, static.combine_meta))
+    assert len(metas) == 1
+
+
 def test_paged_plan_ignores_lengths(device):
     case = Case(B=2, S2=64, paged="3d", kvlens=(64, 5))
     q, k, v, kw = make_inputs(case, device)

@@ -5,7 +5,8 @@ Split kernel: one program per (split, batch, kv head). The query heads of the kv
 rows of one [BLOCK_G, D] tile (GQA packing), so each key/value tile is read once per group and every
 score block is one ``tl.dot``. The batch's keys are cut into ``SPLITS`` chunks of ``chunk`` keys,
 ``chunk = ceil(ceil(kvlen / SPLITS) / BLOCK_N) * BLOCK_N``, computed on the device from the length in
-the parameter block: the grid depends only on ``SPLITS`` (fixed by the plan from static capacity), a
+the parameter block: the grid depends only on ``SPLITS`` (fixed by the plan from static capacity; a
+plain argument, so that a key tensor growing by one token per step does not recompile), a
 program whose chunk is empty exits at once. Each program writes its unnormalised accumulator and its
 (max, sum) to the workspace.
 
@@ -54,7 +55,7 @@ def _kv_span(PARAMS, KV_PAD, i_b, S2, HAS_KV_PAD: tl.constexpr):
 
 
 @triton.jit
-def _chunk(kvlen, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _chunk(kvlen, SPLITS, BLOCK_N: tl.constexpr):
     """Keys per split, a multiple of BLOCK_N (at least BLOCK_N, so that 0 keys give 0 splits)."""
     return tl.maximum(tl.cdiv(tl.cdiv(kvlen, SPLITS), BLOCK_N) * BLOCK_N, BLOCK_N)
 
@@ -87,10 +88,9 @@ def _decode_split_kernel(
     stride_tb, stride_tk,                           # TABLE: [B, max blocks] int32
     stride_a2, stride_an, stride_ad,                # AQ_SCALE: [2 (key, value), KV_N, D]
     stride_o2, stride_on, stride_od,                # AQ_OFFSET: [2 (key, value), KV_N, D]
-    KV_N, BKV_TOTAL, GROUP, S2, BLOCK_SIZE,         # BKV_TOTAL = B * KV_N; GROUP = N // KV_N
+    KV_N, BKV_TOTAL, GROUP, S2, BLOCK_SIZE, SPLITS,  # BKV_TOTAL = B * KV_N; GROUP = N // KV_N
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLITS: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_KV_PAD: tl.constexpr, IS_PAGED: tl.constexpr,
     ANTIQUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, FILL: tl.constexpr,
 ):
@@ -187,9 +187,9 @@ def _decode_combine_kernel(
     WS_ACC, WS_ML, O, LSE, KV_PAD, QS2, QO2, PARAMS,   # QS2/QO2: output quant, [1] or [N * DV]
     stride_ob, stride_on, stride_od,                # O: [B, N, DV] (seq axis of length 1 dropped)
     stride_lb, stride_ln,                           # LSE: [B, N]
-    N, BN_TOTAL, S2,
+    N, BN_TOTAL, S2, SPLITS,
     HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLITS: tl.constexpr, HAS_KV_PAD: tl.constexpr, HAS_LSE: tl.constexpr, LSE_EMPTY: tl.constexpr,
+    HAS_KV_PAD: tl.constexpr, HAS_LSE: tl.constexpr, LSE_EMPTY: tl.constexpr,
     OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr,   # OUT_QUANT: 0 none, 1 per-tensor, 2 per-channel
 ):
     i_bn = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -252,10 +252,10 @@ class DecodeConfig:
     """Static launch description of one decode call (hashable; equal ⇔ same kernels and grids)."""
 
     split_strides: tuple[int, ...]   # stride_* arguments of the split kernel, in signature order
-    split_sizes: tuple[int, ...]     # KV_N, BKV_TOTAL, GROUP, S2, BLOCK_SIZE
+    split_sizes: tuple[int, ...]     # KV_N, BKV_TOTAL, GROUP, S2, BLOCK_SIZE, SPLITS
     split_meta: tuple[tuple[str, object], ...]
     combine_strides: tuple[int, ...]
-    combine_sizes: tuple[int, ...]   # N, BN_TOTAL, S2
+    combine_sizes: tuple[int, ...]   # N, BN_TOTAL, S2, SPLITS
     combine_meta: tuple[tuple[str, object], ...]
     split_grid: tuple[int, int, int]
     combine_grid: tuple[int, int, int]

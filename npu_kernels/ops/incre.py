@@ -239,24 +239,24 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
                      *pse_strides, *table_strides, *aq_strides, *aqo_strides)
     block_size = call.paged.block_size if call.paged is not None else 1
     split_meta = (("HEAD_DIM", h.D), ("HEAD_DIM_V", h.Dv), ("BLOCK_G", _pow2(h.group)), ("BLOCK_D", _pow2(h.D)),
-                  ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_N", block_n), ("SPLITS", splits),
+                  ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_N", block_n),
                   ("HAS_MASK", call.mask is not None), ("HAS_PSE", call.pse is not None),
                   ("HAS_KV_PAD", call.kv_pad is not None), ("IS_PAGED", call.paged is not None),
                   ("ANTIQUANT", call.antiquant is not None),
                   ("HAS_AQ_OFFSET", call.antiquant is not None and call.antiquant.offset is not None),
                   ("FILL", call.fill))
     lse_strides = (0, 0) if lse is None else (int(lse.stride(0)), int(lse.stride(1)))
-    combine_meta = (("HEAD_DIM_V", h.Dv), ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_S", min(16, _pow2(splits))),
-                    ("BLOCK_N", block_n), ("SPLITS", splits), ("HAS_KV_PAD", call.kv_pad is not None),
+    combine_meta = (("HEAD_DIM_V", h.Dv), ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_S", 16),
+                    ("BLOCK_N", block_n), ("HAS_KV_PAD", call.kv_pad is not None),
                     ("HAS_LSE", lse is not None), ("LSE_EMPTY", decode.LSE_EMPTY),
                     *(kv for kv in call.quant.meta() if kv[0] != "QUANT_MODE"))
     split_grid, combine_grid = decode.grids(splits, h.B * h.KV_N, h.B * h.N)
     rows_ws = h.B * h.N * splits
     static = decode.DecodeConfig(
         split_strides=tuple(int(s) for s in split_strides),
-        split_sizes=(h.KV_N, h.B * h.KV_N, h.group, h.S2, block_size), split_meta=split_meta,
+        split_sizes=(h.KV_N, h.B * h.KV_N, h.group, h.S2, block_size, splits), split_meta=split_meta,
         combine_strides=(int(o4.stride(0)), int(o4.stride(1)), int(o4.stride(3)), *lse_strides),
-        combine_sizes=(h.N, h.B * h.N, h.S2), combine_meta=combine_meta, split_grid=split_grid,
+        combine_sizes=(h.N, h.B * h.N, h.S2, splits), combine_meta=combine_meta, split_grid=split_grid,
         combine_grid=combine_grid, num_warps=warps, num_stages=stages, sm_scale=call.scale, splits=splits,
         workspace=(rows_ws * h.Dv, rows_ws * 2))
     rows = [(1, kv, 0, 0, 0, 0, BAND_INF, BAND_INF) for kv in call.kvlens]
