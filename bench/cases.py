@@ -140,6 +140,11 @@ def prefill_cases() -> list[Case]:
     cases.append(Case("prefill", "pfa-fp16-d128-b4-s4k-varlen-causal", PFA, 4, 16, 16, 4096, 4096, 128,
                       torch.float16, sparse_mode=3, qlens=lens, kvlens=lens, series="varlen causal",
                       baselines=("flex",)))
+    # The fused operator's prefill path against the prompt operator on the same problem.
+    for b, s, tag, mode in ((4, 4096, "causal", 3), (1, 16384, "full", 0)):
+        cases.append(Case("prefill", f"fia-fp16-d128-b{b}-s{_k(s)}-{tag}", FIA, b, 16, 16, s, s, 128, torch.float16,
+                          sparse_mode=mode, series=f"FIA prefill {tag}",
+                          compare_to=f"pfa-fp16-d128-b{b}-s{_k(s)}-{tag}", baselines=("sdpa_flash", "sdpa_cudnn")))
     # Other head dims.
     cases.append(Case("prefill", "pfa-fp16-d256-b4-s4k-full", PFA, 4, 8, 8, 4096, 4096, 256, torch.float16,
                       series="d256 non-causal", baselines=SDPA))

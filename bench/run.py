@@ -212,12 +212,19 @@ def _task_update(nk, case: Case, op, call: inputs.Call) -> tuple[float, float, O
 
 
 def compare(rows: list[dict]) -> None:
-    """Add ``rel_to_compare``: our TFLOP/s over our TFLOP/s on the case named by ``compare_to``."""
+    """Add to our rows ``rel_to_compare`` (our TFLOP/s over ours on the case named by ``compare_to``),
+    ``best_baseline`` and ``vs_best_baseline`` (the fastest baseline's time over ours)."""
     ours = {r["case"]: r for r in rows if r["impl"] == "ours" and r["status"] == "ok"}
     for r in rows:
         other = ours.get(r.get("compare_to") or "")
         if r["impl"] == "ours" and r["status"] == "ok" and other and r.get("tflops") and other.get("tflops"):
             r["rel_to_compare"] = r["tflops"] / other["tflops"]
+    for name, mine in ours.items():
+        timed = [r for r in rows if r["case"] == name and r["impl"] != "ours" and r["status"] == "ok"]
+        if timed and mine.get("time_us"):
+            best = min(timed, key=lambda r: r["time_us"])
+            mine["best_baseline"] = best["impl"]
+            mine["vs_best_baseline"] = best["time_us"] / mine["time_us"]
 
 
 def _fmt(x, spec: str) -> str:
@@ -225,11 +232,14 @@ def _fmt(x, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """Plain-text summary: one line per (case, implementation)."""
-    lines = [f"{'case':44} {'impl':15} {'status':11} {'us':>10} {'TFLOP/s':>8} {'TB/s':>6} {'%roof':>6}  note"]
+    """Plain-text summary: one line per (case, implementation); for ours, the fastest baseline's time
+    over ours (x base) and our TFLOP/s over the compared case's (x cmp)."""
+    lines = [f"{'case':44} {'impl':15} {'status':11} {'us':>10} {'TFLOP/s':>8} {'TB/s':>6} {'%roof':>6} "
+             f"{'x base':>6} {'x cmp':>6}  note"]
     for r in rows:
         us = r.get("time_us", r.get("replay_us"))
         lines.append(f"{r['case']:44} {r['impl']:15} {r['status']:11} {_fmt(us, '10.1f')} "
                      f"{_fmt(r.get('tflops'), '8.1f')} {_fmt(r.get('tbps'), '6.2f')} "
-                     f"{_fmt(r.get('pct_roofline'), '6.1f')}  {r['note']}")
+                     f"{_fmt(r.get('pct_roofline'), '6.1f')} {_fmt(r.get('vs_best_baseline'), '6.2f')} "
+                     f"{_fmt(r.get('rel_to_compare'), '6.2f')}  {r['note']}")
     return "\n".join(lines)

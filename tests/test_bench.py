@@ -320,6 +320,18 @@ def test_runner_times_ours_and_the_baselines(device):
     assert by["ours"]["rel_to_compare"] == 1.0
 
 
+def test_compare_relates_cases_and_baselines():
+    rows = [{"case": "full", "impl": "ours", "status": "ok", "time_us": 10.0, "tflops": 400.0},
+            {"case": "causal", "impl": "ours", "status": "ok", "time_us": 6.0, "tflops": 300.0, "compare_to": "full"},
+            {"case": "causal", "impl": "sdpa_flash", "status": "ok", "time_us": 9.0, "tflops": 200.0},
+            {"case": "causal", "impl": "sdpa_cudnn", "status": "ok", "time_us": 4.5, "tflops": 400.0},
+            {"case": "causal", "impl": "eager", "status": "unsupported"}]
+    run.compare(rows)
+    assert rows[1]["rel_to_compare"] == 0.75 and "rel_to_compare" not in rows[0]
+    assert rows[1]["best_baseline"] == "sdpa_cudnn" and rows[1]["vs_best_baseline"] == 0.75
+    assert "best_baseline" not in rows[0]
+
+
 def test_runner_does_not_time_a_failing_case(device, monkeypatch):
     CountingTimer.calls = 0
     real = nk.npu_prompt_flash_attention
