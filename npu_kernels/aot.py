@@ -49,12 +49,14 @@ def signature(fn, args: dict, constexprs: dict) -> dict[str, str]:
     return sig
 
 
-def compile_kernel(fn, args: dict, constexprs: dict, arch: int, num_warps: int, num_stages: int) -> Compiled:
-    """Compile ``fn`` (a ``triton.jit`` function) for ``sm_<arch>`` and read its resources."""
+def compile_kernel(fn, args: dict, constexprs: dict, arch: int, num_warps: int, num_stages: int,
+                   fp_fusion: bool = True) -> Compiled:
+    """Compile ``fn`` (a ``triton.jit`` function) for ``sm_<arch>`` and read its resources; ``fp_fusion``
+    as the launch's ``enable_fp_fusion``."""
     src = triton.compiler.ASTSource(fn=fn, signature=signature(fn, args, constexprs), constexprs=constexprs)
     start = time.perf_counter()
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages})
+                            options={"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": fp_fusion})
     elapsed = time.perf_counter() - start
     ptx = kernel.asm["ptx"]
     regs, spills = _ptxas_report(ptx, arch)
@@ -225,6 +227,7 @@ class Variant:
     constexprs: dict
     num_warps: int
     num_stages: int
+    fp_fusion: bool = True      # the launch's enable_fp_fusion
 
 
 def all_variants() -> list[Variant]:
@@ -232,7 +235,8 @@ def all_variants() -> list[Variant]:
     A new family's variant list joins here."""
     from .kernels import decode, prefill
 
-    return [Variant("prefill", name, prefill._prefill_kernel, args, dict(cfg.meta), cfg.num_warps, cfg.num_stages)
+    return [Variant("prefill", name, prefill._prefill_kernel, args, dict(cfg.meta), cfg.num_warps, cfg.num_stages,
+                    prefill.fp_fusion(cfg.meta))
             for name, args, cfg in prefill_variants() + prefill_int8_variants()] + decode_kernel_variants(decode)
 
 
@@ -259,7 +263,7 @@ def main() -> None:
     for v in all_variants():
         for arch in (80, 90):
             try:
-                c = compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages)
+                c = compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages, v.fp_fusion)
                 row = {"kernel": v.kernel, "variant": v.name, **c.__dict__, "error": None}
             except Exception as exc:  # reported, not raised: the caller tabulates failures
                 row = {"kernel": v.kernel, "variant": v.name, "arch": arch, "error": f"{type(exc).__name__}: {exc}"}

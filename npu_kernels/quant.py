@@ -7,7 +7,8 @@ Host side (torch, any device; used by the references and by users):
   ``ascend_quant``            AscendQuant: fp16 arithmetic, round half to even, saturation to int8
   ``ifa_channel_quant``       IFA per-channel output quantisation: fp32 → fp16 → int8, half away at both steps
 Device side (``@triton.jit``, called from the kernels): ``deq_scale_tl``, ``ascend_quant_tl``,
-``ifa_channel_quant_tl``. Both sides compute the same bits; ``tests/test_quant.py`` checks each pair.
+``ascend_quant_f16_tl`` (fp16 blocks, native fp16 arithmetic), ``ifa_channel_quant_tl``. Both sides
+compute the same bits; ``tests/test_quant.py`` checks each pair.
 Validation shared by the operators: ``full_quant_args`` (the allowed combinations, into a ``QuantArgs``),
 ``check_deq_scale``, ``check_quant_scale1``, ``check_output_quant``.
 
@@ -135,6 +136,15 @@ def ascend_quant_tl(x, scale, offset, HAS_OFFSET: tl.constexpr):
     if HAS_OFFSET:
         y = (y + offset.to(tl.float16).to(tl.float32)).to(tl.float16).to(tl.float32)
     return rint_sat_int8_tl(y)
+
+
+@triton.jit
+def ascend_quant_f16_tl(h, s):
+    """``ascend_quant`` without offset of fp16 blocks ``h`` and an fp16 scale ``s``, in fp16 arithmetic:
+    the product is rounded once (the clamp between product and sum keeps them from fusing into an FMA),
+    adding 1.5 * 2^10 leaves no fraction bits, so the sum rounds half to even."""
+    y = tl.minimum(tl.maximum(h * s, -128.0), 127.0)
+    return ((y + 1536.0) - 1536.0).to(tl.int8)
 
 
 @triton.jit

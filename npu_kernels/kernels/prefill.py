@@ -154,7 +154,7 @@ def _prefill_kernel(
                              stride_ksh, stride_ksy, Q.dtype.element_ty, K_QUANT, HAS_K_OFFSET, True)
         if QUANT_MODE == 1:                              # fp16 scores, each step rounded
             b_s = (tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32) * deq1).to(tl.float16)   # [BM, BN]
-            b_s = b_s * sm_scale.to(tl.float16)
+            b_s = b_s * tl.cast(sm_scale, tl.float16)
         elif ROPE_DIM > 0:                               # MLA: [q, q_rope]·[k, k_rope]
             p_kr = KR + kvn64 * stride_krn + (o_kb * stride_krb + o_kr * stride_krs)[None, :] \
                 + o_dr[:, None] * stride_krd
@@ -366,6 +366,12 @@ def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources:
     return args
 
 
+def fp_fusion(meta) -> bool:
+    """Whether the compiler may fuse a multiply and an add: not on the int8 path (QUANT_MODE), whose
+    fp16 steps are each rounded as on the NPU."""
+    return dict(meta).get("QUANT_MODE", 0) == 0
+
+
 def launch(cfg: PrefillConfig, *tensors, scales: tuple = (), sources: tuple = ()) -> None:
     _prefill_kernel[cfg.grid](**kernel_args(cfg, tensors, scales, sources), num_warps=cfg.num_warps,
-                              num_stages=cfg.num_stages)
+                              num_stages=cfg.num_stages, enable_fp_fusion=fp_fusion(cfg.meta))
