@@ -228,7 +228,8 @@ def compare(rows: list[dict]) -> None:
 
 
 def _fmt(x, spec: str) -> str:
-    return "" if x is None else format(x, spec)
+    """``x`` formatted with ``spec`` ("10.1f"), or blanks of the same width when absent."""
+    return " " * int(spec.split(".")[0]) if x is None else format(x, spec)
 
 
 def table(rows: list[dict]) -> str:
