@@ -20,6 +20,7 @@ While a task group or update is open, a dispatch mode refuses other device work 
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 import triton
@@ -129,6 +130,22 @@ class CudaExternalEvent(events.ExternalEvent):
     def __init__(self):
         super().__init__()
         self.slot = _backend.allocate_flag()
+        self.waits = 0          # waits and records issued to the device (eager, and by replays)
+        self.records = 0
+        self.wait_places: set = set()
+        _backend.external_events.add(self)
+
+    def _count(self, stream, kind: str) -> None:
+        """Count an issued record or wait; captured ones count at each replay of their graph."""
+        from ..graphs import capturing_graph
+
+        graph = capturing_graph() if _backend.is_capturing(stream) else None
+        if kind == "waits":
+            self.wait_places.add(graph.name if graph is not None else "eager")
+        if graph is None:
+            setattr(self, kind, getattr(self, kind) + 1)
+        else:
+            graph._impl.counted.append((self, kind))
 
     def _where(self, stream) -> str:
         from ..graphs import capturing_graph
@@ -143,6 +160,7 @@ class CudaExternalEvent(events.ExternalEvent):
             "yet consumed by a wait; the signal is lost and the next wait would block forever (device "
             "hang). Order the steps, e.g. synchronize before each replay",
         )
+        self._count(stream, "records")
         with torch.cuda.stream(stream.cuda):
             flag_record_kernel[(1,)](_backend.flags, self.slot, _backend.error, site, self.consuming, num_warps=1)
 
@@ -152,6 +170,7 @@ class CudaExternalEvent(events.ExternalEvent):
             f"{self.name}.wait() in {self._where(stream)} timed out after {_backend.wait_timeout_s} s: no "
             "record arrived (the device would hang here)",
         )
+        self._count(stream, "waits")
         with torch.cuda.stream(stream.cuda):
             flag_wait_kernel[(1,)](_backend.flags, self.slot, _backend.error, site,
                                    int(_backend.wait_timeout_s * 1e6), self.consuming, num_warps=1)
@@ -179,6 +198,7 @@ class CudaGraph:
     def __init__(self, name: str):
         self.name = name
         self.graph = torch.cuda.CUDAGraph()
+        self.counted: list = []     # (ExternalEvent, "waits" | "records") captured in the graph
 
     def capture_begin(self, stream, pool, capture_error_mode: str) -> None:
         self.graph.capture_begin(pool=pool, capture_error_mode=capture_error_mode)
@@ -188,6 +208,8 @@ class CudaGraph:
 
     def replay(self, stream) -> None:
         self.graph.replay()
+        for event, kind in self.counted:
+            setattr(event, kind, getattr(event, kind) + 1)
 
     def pool(self):
         return self.graph.pool()
@@ -213,6 +235,7 @@ class CudaBackend:
         self.wait_timeout_s = 10.0
         self.internal = 0                  # > 0 while the runtime itself issues device work
         self.guard = GuardMode()
+        self.external_events = weakref.WeakSet()
         self.guarded = False
         self._warm_up()
 
@@ -253,10 +276,13 @@ class CudaBackend:
             raise error(message)
 
     def clear_errors(self) -> None:
-        """Wait for every stream (pending waits run into their timeout) and forget reported errors."""
+        """Wait for every stream (pending waits run into their timeout), forget reported errors and
+        the waits that had no record."""
         torch.cuda.synchronize()
         self.error.zero_()
         torch.cuda.synchronize()
+        for event in self.external_events:
+            event.records = max(event.records, event.waits)
 
     @contextlib.contextmanager
     def direct(self):
@@ -286,6 +312,15 @@ class CudaBackend:
         torch.cuda.set_stream(stream.cuda)
 
     def synchronize(self) -> None:
+        """Raise at once where a consuming wait has no record issued for it (instead of spinning
+        into the timeout), else wait for the device and raise what the flag kernels reported."""
+        for event in self.external_events:
+            if event.consuming and event.waits > event.records:
+                raise DeadlockError(
+                    f"synchronize() would hang: {event.name} has {event.waits} wait(s) issued (in "
+                    f"{', '.join(sorted(event.wait_places))}) and {event.records} record(s); each "
+                    "consuming wait needs its own record"
+                )
         torch.cuda.synchronize()
         self.raise_errors()
 

@@ -79,7 +79,7 @@ PROMPT = UpdatableCase(
     reshaped=lambda st: {n: t[..., :8] for n, t in st.items() if n != "out"},
     input_key="k",
     out_form=False,
-    host_steps=3,
+    host_steps=2,
 )
 
 _IFA = dict(num_heads=2, input_layout="BNSD", scale_value=0.25)
@@ -107,7 +107,7 @@ INCRE = UpdatableCase(
     reshaped=lambda st: {n: t[..., :8] for n, t in st.items() if n != "out"},
     input_key="q",
     out_form=False,
-    host_steps=3,
+    host_steps=2,
 )
 
 def _fia(fn, st, lengths_key, n, **extra):
@@ -156,7 +156,7 @@ FUSED_SEED = UpdatableCase(   # seeds/torch_npu-npu-graph_task_group_begin.md, a
     reshaped=_fia_reshaped("actual_seq_lengths", [100]),
     input_key="k",
     out_form=True,
-    host_steps=3,
+    host_steps=2,
 )
 
 FUSED_KV = UpdatableCase(     # the usual decode update: key/value lengths per batch
@@ -170,7 +170,7 @@ FUSED_KV = UpdatableCase(     # the usual decode update: key/value lengths per b
     reshaped=_fia_reshaped("actual_seq_lengths_kv", [64, 40]),
     input_key="v",
     out_form=True,
-    host_steps=3,
+    host_steps=2,
 )
 
 CASES = [TOY, PROMPT, INCRE, FUSED_KV]
@@ -310,6 +310,7 @@ def test_serving_loop_without_sync_reports_flag_merge(rt, device, case):
         for _ in range(2):
             g.replay()
             _update(rt, case, state, u, h, ev, case.updated)
+        gate.record(rt.Stream())
         rt.synchronize()
 
 
