@@ -9,7 +9,7 @@ A case names its operator; a case whose operator ``npu_kernels`` does not provid
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -226,7 +226,3 @@ def select(suite: str = "all", quick: bool = False, match: str = "") -> list[Cas
     return [c for c in all_cases() if (suite == "all" or c.suite == suite) and (c.quick or not quick)
             and match in c.name]
 
-
-def scaled(case: Case, **sizes) -> Case:
-    """``case`` with other sizes (tests use tiny versions of the matrix)."""
-    return replace(case, **sizes)

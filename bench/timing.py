@@ -1,7 +1,9 @@
 """Device timing: CUDA events, warm-up, medians, a flushed L2 and CUDA-graph replay; host timing.
 
 ``device_ms`` times each repetition between two events recorded around the call, after writing a buffer
-larger than the L2 cache, so every repetition starts cold (as ``triton.testing.do_bench`` does).
+larger than the L2 cache, so every repetition starts cold (as ``triton.testing.do_bench`` does), and
+after a GPU-side sleep that outlasts the host's validate + plan + launch, so the events bracket device
+work only (host time is measured on its own: ``bench host`` and the graph suite).
 ``graph_ms`` captures ``calls`` (one per rotating input set, so that the sets together exceed the L2)
 in one CUDA graph and replays it; the time per call is the replay time divided by the number of calls.
 ``host_us`` is wall time on the host (median and best round), for code that launches nothing.
@@ -16,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 L2_FLUSH_BYTES = 256 << 20          # larger than the L2 of every current GPU (H100: 50 MB)
+HOST_COVER_CYCLES = 2_000_000       # GPU sleep before each repetition: ~1 ms at 1.8 GHz
 
 
 def _reps(estimate_ms: float, budget_ms: float, min_reps: int, max_reps: int) -> int:
@@ -40,6 +43,7 @@ def device_ms(fn: Callable[[], object], warmup: int = 5, min_reps: int = 100, ma
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for s, e in zip(starts, ends):
         flush.zero_()
+        torch.cuda._sleep(HOST_COVER_CYCLES)
         s.record()
         fn()
         e.record()
