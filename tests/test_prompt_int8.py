@@ -10,6 +10,10 @@ is rounded against the running maximum of each block.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -218,6 +222,9 @@ BAD = [
     ("c", dict(deq_scale2=torch.ones(1)), ValueError, "deq_scale2"),
     ("c", dict(quant_scale2=torch.ones(1, dtype=torch.bfloat16)), TypeError, "quant_scale2"),
     ("c", dict(quant_scale2=None, quant_offset2=torch.zeros(1)), ValueError, "requires quant_scale2"),
+    ("c", dict(quant_scale2=torch.ones(32, 2).t()), ValueError, "contiguous per-channel"),
+    ("c", dict(quant_scale2=torch.ones(2, 32), quant_offset2=torch.zeros(32, 2).t()), ValueError,
+     "quant_offset2=Tensor(shape=(2, 32), dtype=torch.float32): must be contiguous"),
     ("c24", dict(quant_scale2=torch.ones(2, 24)), ValueError, "32-byte aligned head dim"),
     ("i8k", {}, TypeError, "share one dtype"),
     ("int32", {}, TypeError, "dtype must be one of"),
@@ -270,3 +277,37 @@ def test_fake_and_output_dtypes(device):
     assert fake.dtype == torch.float16
     out = nk.npu_prompt_flash_attention(q, k, v, quant_scale2=torch.ones(1, device=device), **kw)
     assert out.dtype == torch.int8 and out.shape == (1, 2, 8, 32)
+
+
+AOT_SCRIPT = """
+import json, re
+import triton
+from triton.backends.compiler import GPUTarget
+from npu_kernels import aot
+from npu_kernels.kernels import prefill
+name, args, cfg = aot.prefill_int8_variants()[0]
+meta = dict(cfg.meta)
+fn = prefill._prefill_kernel
+src = triton.compiler.ASTSource(fn=fn, signature=aot.signature(fn, args, meta), constexprs=meta)
+for arch in (80, 90):
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": cfg.num_warps,
+                       "num_stages": cfg.num_stages, "enable_fp_fusion": prefill.fp_fusion(meta)})
+    ptx = k.asm["ptx"]
+    print(json.dumps({"arch": arch, "int8_mma": len(re.findall(r"mma[.a-z0-9_]*s32\\.s8\\.s8", ptx)),
+                      "fma_f16": len(re.findall(r"fma\\.rn\\.f16", ptx))}))
+"""
+
+
+def test_int8_tensor_cores_and_no_fused_fp16_steps():
+    """Compiled for sm_80/sm_90 (no GPU needed): both matmuls of path (a) are int8 x int8 → int32 mma/wgmma,
+    and no fp16 multiply-add is fused (each fp16 step of the pipeline is rounded)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(NPUK_COMPILE_ONLY="1", TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["arch"] for r in rows] == [80, 90]
+    for r in rows:
+        assert r["int8_mma"] >= 2 and r["fma_f16"] == 0, r
