@@ -39,6 +39,7 @@ class NPUGraph:
         self._blocks = []            # (device block, initial params) of the captured operator calls
         self._groups = []            # task groups captured in this graph
         self._records = []           # auto-dispatch records, in capture order
+        self._debug = False          # keep what debug_dump needs (set before the capture)
 
     def __repr__(self) -> str:
         state = "capturing" if self.capturing else "captured" if self._captured else "empty"
@@ -74,7 +75,7 @@ class NPUGraph:
             )
         if _capturing is not None:
             raise RuntimeError(f"{_capturing.name} is capturing: one NPUGraph capture at a time")
-        self._impl = backend().new_graph(self.name)
+        self._impl = backend().new_graph(self.name, self._debug)
         self._impl.capture_begin(s, pool, capture_error_mode)
         self._stream = s
         _capturing = self
@@ -124,6 +125,16 @@ class NPUGraph:
         if not self._captured:
             raise RuntimeError("Called NPUGraph::pool() without a preceding successful capture.")
         return self._impl.pool()
+
+    def enable_debug_mode(self) -> None:
+        """Keep the captured graph's structure for ``debug_dump`` (call before the capture)."""
+        self._debug = True
+
+    def debug_dump(self, debug_path: str) -> None:
+        """Write the captured graph's structure: a DOT file on CUDA, JSON (nodes per stream) on the host."""
+        if not self._captured or not self._debug:
+            raise RuntimeError("debug_dump needs enable_debug_mode() before a successful capture")
+        self._impl.debug_dump(debug_path)
 
     def update(self, cpu_update_input: list) -> None:
         """Re-issue the auto-dispatched calls with new host arguments (spec/runtime.md §1.7)."""

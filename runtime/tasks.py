@@ -12,6 +12,7 @@ the captured ones (another tensor of the same shape and dtype is copied into the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -237,7 +238,9 @@ def submit(task: Task) -> None:
     with be.direct():
         block = be.new_block(task.params)
         initial = task.params.clone()
-    be.launch(stream, lambda: task.launch(block))
+    launch = functools.partial(task.launch, block)
+    launch.label = task.op
+    be.launch(stream, launch)
     graph._blocks.append((block, initial))
     group = _open.get(stream)
     if group is not None:

@@ -195,9 +195,11 @@ class GuardMode(TorchDispatchMode):
 
 
 class CudaGraph:
-    def __init__(self, name: str):
+    def __init__(self, name: str, debug: bool):
         self.name = name
         self.graph = torch.cuda.CUDAGraph()
+        if debug:
+            self.graph.enable_debug_mode()
         self.counted: list = []     # (ExternalEvent, "waits" | "records") captured in the graph
 
     def capture_begin(self, stream, pool, capture_error_mode: str) -> None:
@@ -213,6 +215,9 @@ class CudaGraph:
 
     def pool(self):
         return self.graph.pool()
+
+    def debug_dump(self, path: str) -> None:
+        self.graph.debug_dump(path)
 
 
 class CudaBackend:
@@ -330,8 +335,8 @@ class CudaBackend:
         with torch.cuda.stream(stream.cuda):
             return torch.cuda.is_current_stream_capturing()
 
-    def new_graph(self, name: str) -> CudaGraph:
-        return CudaGraph(name)
+    def new_graph(self, name: str, debug: bool) -> CudaGraph:
+        return CudaGraph(name, debug)
 
     def graph_pool_handle(self):
         return torch.cuda.graph_pool_handle()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 
 import torch
 from torch.utils import _pytree as pytree
@@ -72,6 +73,10 @@ class FlagWait(Wait):
 
     def describe(self) -> str:
         return f"{self.event.name}.wait() in {self.where}, which no queued work records"
+
+    @property
+    def label(self) -> str:
+        return f"{self.event.name}.wait"
 
 
 class EventWait(Wait):
@@ -218,6 +223,15 @@ class Capture:
             )
 
 
+def _label(item) -> str:
+    """What a program entry does, for debug dumps."""
+    if isinstance(item, _RecordMark):
+        return "Event.record"
+    if isinstance(item, _WaitMark):
+        return "Event.wait"
+    return getattr(item, "label", type(item).__name__)
+
+
 def _enqueue_program(program: list, lanes: list, where: str) -> None:
     marks = {}
     for lane, item in program:
@@ -309,6 +323,7 @@ class HostExternalEvent(events.ExternalEvent):
                 )
             self.flag = 1
 
+        set_flag.label = f"{self.name}.record"
         _sched.issue(stream, set_flag)
 
     def _wait(self, stream) -> None:
@@ -317,10 +332,11 @@ class HostExternalEvent(events.ExternalEvent):
         _sched.issue(stream, FlagWait(self, where))
 
     def _reset(self, stream) -> None:
-        _sched.issue(stream, self._clear)
+        def clear():
+            self.flag = 0
 
-    def _clear(self) -> None:
-        self.flag = 0
+        clear.label = f"{self.name}.reset"
+        _sched.issue(stream, clear)
 
 
 def _signature(func, leaves: list):
@@ -389,6 +405,7 @@ def record(func, args: tuple, kwargs: dict):
         for i, t in fresh:
             t.copy_(results[i])
 
+    thunk.label = str(func)
     return pytree.tree_unflatten(outs, out_spec), thunk
 
 
@@ -464,6 +481,11 @@ class HostGraph:
     def pool(self):
         return self.pool_handle
 
+    def debug_dump(self, path: str) -> None:
+        nodes = [{"lane": lane, "node": _label(item)} for lane, item in self.program]
+        with open(path, "w") as f:
+            json.dump({"graph": self.name, "lanes": 1 + len(self.lanes), "nodes": nodes}, f, indent=1)
+
 
 class HostBackend:
     name = "host"
@@ -526,7 +548,7 @@ class HostBackend:
     def is_capturing(self, stream) -> bool:
         return stream.lane is not None
 
-    def new_graph(self, name: str) -> HostGraph:
+    def new_graph(self, name: str, debug: bool) -> HostGraph:
         return HostGraph(name)
 
     def graph_pool_handle(self):

@@ -211,3 +211,18 @@ def test_make_graphed_callables(rt, device):
     f = rt.make_graphed_callables(lin, (x,), num_warmup_iters=1)
     x2 = randn(2, 4, device=device)
     torch.testing.assert_close(f(x2), lin(x2))
+
+
+def test_debug_dump(rt, device, tmp_path):
+    x = randn(3, device=device)
+    g = rt.NPUGraph()
+    with rt.graph(g):
+        x.mul_(2)
+    with pytest.raises(RuntimeError, match="needs enable_debug_mode"):
+        g.debug_dump(str(tmp_path / "none"))
+    g = rt.NPUGraph()
+    g.enable_debug_mode()
+    with rt.graph(g):
+        x.mul_(2)
+    g.debug_dump(str(tmp_path / "graph"))
+    assert "mul" in (tmp_path / "graph").read_text().lower()

@@ -1,7 +1,10 @@
 """torchair layer: multi-stream scopes, tagged events and the reduce-overhead backend (spec §3; §6.4
 scenario 8), on each backend present. Seed programs of seeds/*.md with small operands."""
 
+import collections
 import itertools
+import json
+import re
 import warnings
 
 import pytest
@@ -87,17 +90,50 @@ def test_multi_stream_seed(rt, device):
     assert runner.stream_scopes == 2 and runner.capture_count == 1
 
 
-def test_scoped_ops_are_captured_on_their_streams(host_rt):
-    model = MultiStreamModel("cpu")
-    runners = []
-    compiled(model, runners)(*_inputs("cpu"))
-    capture = next(iter(runners[0].captures.values()))
-    impl = capture.graph._impl
-    assert len(impl.lanes) == 2                       # streams '1' and '2' joined the capture
-    per_lane = [sum(1 for lane, item in impl.program if lane == i and callable(item)) for i in range(3)]
-    assert per_lane[0] >= 3                           # add, mm, add_ on the capture stream
-    assert per_lane[1] >= 2 and per_lane[2] >= 1      # mm + add on '1', add on '2'
+@pytest.fixture
+def debug_graphs(monkeypatch):
+    """The NPUGraphs the backend makes, in debug mode (their structure can be dumped)."""
+    import runtime
 
+    made = []
+
+    class DebugGraph(runtime.NPUGraph):
+        def __init__(self):
+            super().__init__()
+            self.enable_debug_mode()
+            made.append(self)
+
+    monkeypatch.setattr(runtime.graphs, "NPUGraph", DebugGraph)
+    return made
+
+
+def test_scoped_ops_are_captured_on_their_streams(host_rt, debug_graphs, tmp_path):
+    model = MultiStreamModel("cpu")
+    compiled(model, [])(*_inputs("cpu"))
+    (g,) = debug_graphs
+    g.debug_dump(str(tmp_path / "graph.json"))
+    dump = json.loads((tmp_path / "graph.json").read_text())
+    assert dump["lanes"] == 3                          # streams '1' and '2' joined the capture
+    ops = [[n["node"] for n in dump["nodes"] if n["lane"] == lane and n["node"].startswith("aten.")]
+           for lane in range(3)]
+    assert ops[1] == ["aten.mm.default", "aten.add.Tensor"]
+    assert ops[2] == ["aten.add.Tensor"]
+    assert "aten.mm.default" in ops[0] and "aten.add_.Tensor" in ops[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_forks_to_the_tag_streams(debug_graphs, tmp_path):
+    """The captured CUDA graph is not a chain: the scoped kernels hang off a fork, as branches."""
+    from conftest import _active
+
+    for rt in _active("cuda"):
+        model = MultiStreamModel(rt.backend().device)
+        compiled(model, [])(*_inputs(rt.backend().device))
+        (g,) = debug_graphs
+        g.debug_dump(str(tmp_path / "graph.dot"))
+        edges = re.findall(r'"([^"]+)"\s*->\s*"([^"]+)"', (tmp_path / "graph.dot").read_text())
+        fan_out = collections.Counter(a for a, _ in edges)
+        assert edges and max(fan_out.values()) >= 2
 
 
 def test_create_tagged_event_seed(rt, device):
