@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import randn
+from backend_setup import randn
 
 
 def test_outputs_come_from_replay_and_follow_inputs(rt, device):

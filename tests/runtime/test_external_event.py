@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import randn
+from backend_setup import randn
 
 
 def test_wait_before_record_blocks_until_a_record(rt, device):

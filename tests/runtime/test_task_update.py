@@ -13,7 +13,7 @@ import torch
 
 import npu_kernels as nk
 import toy_ops
-from conftest import randn
+from backend_setup import randn
 
 
 @dataclass

@@ -124,9 +124,9 @@ def test_scoped_ops_are_captured_on_their_streams(host_rt, debug_graphs, tmp_pat
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_forks_to_the_tag_streams(debug_graphs, tmp_path):
     """The captured CUDA graph is not a chain: the scoped kernels hang off a fork, as branches."""
-    from conftest import _active
+    from backend_setup import active
 
-    for rt in _active("cuda"):
+    for rt in active("cuda"):
         model = MultiStreamModel(rt.backend().device)
         compiled(model, [])(*_inputs(rt.backend().device))
         (g,) = debug_graphs
@@ -353,9 +353,9 @@ def _scoped_use_then_free(rt, device, protect: bool):
 @pytest.mark.parametrize("protect", [False, True])
 def test_record_tagged_stream_keeps_memory_from_reuse(protect):
     """On CUDA the capture's pool hands A's memory to C unless A is recorded on the tag stream."""
-    from conftest import _active
+    from backend_setup import active
 
-    for rt in _active("cuda"):
+    for rt in active("cuda"):
         reused, B = _scoped_use_then_free(rt, rt.backend().device, protect)
         assert reused == (not protect)
         if protect:
