@@ -39,7 +39,9 @@ class FCase:
     paged: Optional[str] = None     # "3d" / "4d" cache
     prefix: int = 0                 # shared-prefix tokens (0: none)
     rope: bool = False
-    antiquant: Optional[str] = None  # "tensor", "channel", "token"
+    # "tensor", "channel", "token" (modes 0/1, combined or separated); separated only: "head" (mode 2),
+    # "token_head" (3), "page" (4), "page_head" (5), "mixed" (key 0, value 1)
+    antiquant: Optional[str] = None
     separated: bool = False
     q_pad: Optional[int] = None
     kv_pad: Optional[int] = None
@@ -131,28 +133,44 @@ def make_inputs(c: FCase, device):
             bk, sk = (1, k.shape[0] if inp == "TND" else k.shape[1]) if c.layout in TOKEN else (c.B, c.S2)
             kw["key_rope"] = from_bnsd(_rand(g, bk, c.kv_heads, sk, 64).to(c.dtype), inp)
     if c.antiquant:
-        if c.antiquant == "token":
-            scale = torch.rand(2, c.B, c.S2, generator=g) * 0.02 + 0.01
-            offset = torch.randint(-3, 4, (2, c.B, c.S2), generator=g).float()
-            kw.update(antiquant_mode=1)
-        else:
-            shape = (2,) if c.antiquant == "tensor" else \
-                {"BNSD": (2, c.kv_heads, 1, c.D), "BSND": (2, c.kv_heads, c.D), "BSH": (2, c.kv_heads * c.D),
-                 "TND": (2, c.kv_heads, c.D), "NTD": (2, c.kv_heads, c.D), "NSD": (2, c.kv_heads, c.D)}[inp]
-            scale = (torch.rand(*shape, generator=g) * 0.02 + 0.01).to(c.dtype)
-            offset = torch.randint(-3, 4, shape, generator=g).to(c.dtype)
-        if c.separated:
-            kw.update(key_antiquant_scale=scale[0], value_antiquant_scale=scale[1], key_antiquant_offset=offset[0],
-                      value_antiquant_offset=offset[1], key_antiquant_mode=kw.pop("antiquant_mode", 0),
-                      value_antiquant_mode=1 if c.antiquant == "token" else 0)
-        else:
-            kw.update(antiquant_scale=scale, antiquant_offset=offset)
+        kw.update(_antiquant_args(c, g, inp, k))
     if c.q_pad is not None:
         kw["query_padding_size"] = torch.tensor([c.q_pad])
     if c.kv_pad is not None:
         kw["kv_padding_size"] = torch.tensor([c.kv_pad])
     kw = {n: (t.to(device) if isinstance(t, torch.Tensor) else t) for n, t in kw.items()}
     return q.contiguous().to(device), k.contiguous().to(device), v.contiguous().to(device), kw
+
+
+def _antiquant_args(c: FCase, g, inp: str, cache: torch.Tensor) -> dict:
+    """Anti-quant keyword arguments of ``c`` (int8 K/V)."""
+    def channel(shape):
+        return (torch.rand(*shape, generator=g) * 0.02 + 0.01).to(c.dtype), \
+            torch.randint(-3, 4, shape, generator=g).to(c.dtype)
+
+    def token(shape):
+        return torch.rand(*shape, generator=g) * 0.02 + 0.01, torch.randint(-3, 4, shape, generator=g).float()
+
+    per_channel = {"BNSD": (c.kv_heads, 1, c.D), "BSND": (c.kv_heads, c.D), "BSH": (c.kv_heads * c.D,)}.get(
+        inp, (c.kv_heads, c.D))
+    blocks = cache.shape[0]
+    kind = c.antiquant
+    if kind in ("tensor", "channel", "token") and not c.separated:
+        if kind == "token":
+            scale, offset = token((2, c.B, c.S2))
+            return dict(antiquant_scale=scale, antiquant_offset=offset, antiquant_mode=1)
+        scale, offset = channel((2,) if kind == "tensor" else (2, *per_channel))
+        return dict(antiquant_scale=scale, antiquant_offset=offset)
+    modes, makers = {
+        "tensor": ((0, 0), lambda: channel((1,))), "channel": ((0, 0), lambda: channel(per_channel)),
+        "token": ((1, 1), lambda: token((1, c.B, c.S2))), "head": ((2, 2), lambda: channel((c.kv_heads,))),
+        "token_head": ((3, 3), lambda: token((c.B, c.kv_heads, c.S2))),
+        "page": ((4, 4), lambda: token((blocks, c.page))), "page_head": ((5, 5), lambda: token((blocks, c.kv_heads, c.page))),
+        "mixed": ((0, 1), None)}[kind]
+    pairs = [channel(per_channel), token((1, c.B, c.S2))] if kind == "mixed" else [makers(), makers()]
+    return dict(key_antiquant_scale=pairs[0][0], key_antiquant_offset=pairs[0][1],
+                value_antiquant_scale=pairs[1][0], value_antiquant_offset=pairs[1][1],
+                key_antiquant_mode=modes[0], value_antiquant_mode=modes[1])
 
 
 @st.composite
@@ -167,14 +185,19 @@ def fcases(draw) -> FCase:
     paged = draw(st.sampled_from((None, "3d", "4d"))) if layout.split("_")[0] in ("BSH", "BNSD", "TND") else None
     if paged == "4d" and layout.split("_")[0] == "BSH":
         paged = "3d"
-    antiquant = draw(st.sampled_from((None, None, "tensor", "channel", "token")))
+    antiquant = draw(st.sampled_from((None, None, "tensor", "channel", "token", "head", "token_head", "page",
+                                      "page_head", "mixed")))
     if antiquant and (draw(st.booleans()) or token):
         antiquant = None
+    if antiquant in ("head", "token_head", "page", "page_head") and not decode:
+        antiquant = "token"                                          # query length > 1: modes 0 and 1 only
+    if antiquant in ("page", "page_head") and not paged:
+        antiquant = "token_head"
     prefix = 0 if (token or paged) else draw(st.sampled_from((0, 0, 3)))
-    if antiquant == "token" and (paged or prefix):
+    if antiquant not in (None, "tensor", "channel", "head") and prefix:
         antiquant = "channel"
     rope = not (prefix or antiquant) and draw(st.integers(0, 4)) == 0
-    Dv = D if rope else draw(st.sampled_from((D, 16)))
+    Dv = D if rope or antiquant in ("channel", "mixed") else draw(st.sampled_from((D, 16)))
     if token:
         qlens = tuple(draw(st.lists(st.integers(0, 6), min_size=B, max_size=B)))
         kvlens = tuple(draw(st.lists(st.integers(0 if not paged else 1, S2), min_size=B, max_size=B)))
@@ -194,7 +217,7 @@ def fcases(draw) -> FCase:
         pre, nxt = draw(st.sampled_from(((INT_MAX, INT_MAX), (4, 0), (2, 3))))
     padded = not (token or paged or prefix or decode) and draw(st.integers(0, 3)) == 0
     q_pad = draw(st.integers(0, 2)) if padded and qlens is not None else None
-    kv_pad = draw(st.integers(0, 3)) if (padded or (decode and not paged and not prefix)) and kvlens is not None \
+    kv_pad = draw(st.integers(0, min(3, S2))) if (padded or (decode and not paged and not prefix)) and kvlens is not None \
         and draw(st.booleans()) else None
     if q_pad is not None:
         qlens = tuple(min(q, S1 - q_pad) for q in qlens)
@@ -206,5 +229,6 @@ def fcases(draw) -> FCase:
         qlens=qlens, kvlens=kvlens, sparse_mode=mode, pre=pre, next=nxt, mask_p=mask_p,
         pse=not token and layout != "NSD" and not decode and draw(st.integers(0, 3)) == 0,
         inner_precise=draw(st.sampled_from((0, 1) if decode else (0, 1, 2, 3))), lse=draw(st.booleans()),
-        paged=paged, prefix=prefix, rope=rope, antiquant=antiquant, separated=draw(st.booleans()),
+        paged=paged, prefix=prefix, rope=rope, antiquant=antiquant,
+        separated=antiquant not in (None, "tensor", "channel", "token") or draw(st.booleans()),
         q_pad=q_pad, kv_pad=kv_pad, seed=draw(st.integers(0, 2**16)))

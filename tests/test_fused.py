@@ -39,6 +39,13 @@ def check(case: FCase, device) -> None:
 @example(case=FCase(layout="BNSD", B=2, S1=6, S2=30, paged="4d", kvlens=(30, 17), rope=True))
 @example(case=FCase(layout="BSND", B=2, S1=5, S2=9, prefix=3, mask_p=0.3, inner_precise=2))
 @example(case=FCase(layout="BNSD", S1=1, S2=12, antiquant="token", separated=True))
+@example(case=FCase(layout="BSH", B=2, S1=1, S2=40, paged="3d", kvlens=(40, 7), antiquant="page_head", separated=True))
+@example(case=FCase(layout="BNSD", B=2, S1=1, S2=20, paged="4d", kvlens=(20, 5), antiquant="token_head",
+                    separated=True))
+@example(case=FCase(layout="BSND", B=2, S1=1, S2=9, antiquant="head", separated=True))
+@example(case=FCase(layout="BSND", B=2, S1=4, S2=9, antiquant="mixed", separated=True))
+# per-token parameters shared by the kv heads were read with the stride of a size-1 axis
+@example(case=FCase(layout="NSD", kv_heads=2, S1=2, S2=1, sparse_mode=2, antiquant="token"))
 def test_matches_reference(case, device):
     check(case, device)
 

@@ -24,7 +24,7 @@ from .. import alloc, checks, masks, params, quant
 from ..errors import require
 from ..layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, ndim, out_shape
 from . import incre, prompt
-from .sources import PER_CHANNEL, PER_TOKEN, KVAntiQuant, Sources
+from .sources import PER_CHANNEL, PER_ROW, PER_TOKEN, AntiQuant, Sources
 
 OP = "npu_fused_infer_attention_score"
 DECODE_LAYOUTS = ("BSH", "BSND", "BNSD")
@@ -108,58 +108,78 @@ def _cumulative(name: str, values, upper: int) -> list[int]:
     return list(values)
 
 
-def _antiquant(key: torch.Tensor, layout: Layout, kv_n: int, d: int, batch: int, s2: int, query_dtype, kw) -> \
-        Optional[KVAntiQuant]:
-    """Combined or separated K/V anti-quantisation as one (2, ...) pair of views (spec §4.4)."""
+def _aq_view(name: str, mode: int, t: torch.Tensor, kv_n: int, width: int, batch: int, s2: int,
+             paged: bool, query_dtype: torch.dtype) -> torch.Tensor:
+    """One anti-quant parameter of key or value as the kernel's [X, KV_N, Y] view (spec §4.4 modes)."""
+    checks.tensor(name, t)
+    if mode in (0, 2):
+        require(t.dtype == query_dtype, name, t, f"per-channel/per-tensor parameters have the query dtype {query_dtype}")
+        if mode == 2:
+            require(tuple(t.shape) == (kv_n,), name, t, f"mode 2 (per tensor and head) needs shape (KV_N={kv_n},)")
+            return t.reshape(1, kv_n, 1).expand(1, kv_n, width)
+        require(t.numel() in (1, kv_n * width), name, t, f"per-tensor needs 1 element, per-channel KV_N*D = {kv_n * width}")
+        return t.reshape(1, 1, 1).expand(1, kv_n, width) if t.numel() == 1 else t.reshape(1, kv_n, width)
+    require(t.dtype == torch.float32, name, t, f"per-token parameters (mode {mode}) are float32")
+    if mode in (4, 5):
+        require(paged, name, t, f"mode {mode} (parameters managed like the paged cache) needs block_table")
+    shapes = {1: "(1, B, S2)", 3: "(B, KV_N, S2)", 4: "(blocks, block_size)", 5: "(blocks, KV_N, block_size)"}
+    v = t.reshape(-1, 1, t.shape[-1]) if mode in (1, 4) else t
+    ok = v.dim() == 3 and v.shape[1] == (1 if mode in (1, 4) else kv_n)
+    if mode in (1, 3):                                   # S2 covers every key of the batch
+        ok = ok and v.shape[0] == batch and v.shape[2] >= s2
+    require(ok, name, t, f"mode {mode} needs {shapes[mode]} with B={batch}, KV_N={kv_n}, S2 >= {s2}")
+    return v.expand(v.shape[0], kv_n, v.shape[2])        # shared by the heads: stride 0
+
+
+def _antiquant(key: torch.Tensor, layout: Layout, kv_n: int, d: int, dv: int, batch: int, s2: int, paged: bool,
+               q_s: int, query_dtype, kw) -> tuple[Optional[AntiQuant], Optional[AntiQuant]]:
+    """Combined or separated K/V anti-quantisation (spec §4.4) as the key's and the value's parameters."""
     names = ("antiquant_scale", "antiquant_offset", "key_antiquant_scale", "key_antiquant_offset",
              "value_antiquant_scale", "value_antiquant_offset")
-    given = {n: kw[n] for n in names if kw[n] is not None}
     if key.dtype != torch.int8:
-        for n, t in given.items():
-            require(False, n, t, f"only with int8 key/value (key is {key.dtype})")
-        return None
-    separated = kw["key_antiquant_scale"] is not None or kw["value_antiquant_scale"] is not None
-    if separated:
-        require(kw["key_antiquant_scale"] is not None and kw["value_antiquant_scale"] is not None,
-                "key_antiquant_scale", kw["key_antiquant_scale"], "key and value anti-quant scales go together")
-        k_mode, v_mode = kw["key_antiquant_mode"], kw["value_antiquant_mode"]
-        require(k_mode in (0, 1) and v_mode in (0, 1), "key_antiquant_mode", k_mode,
-                "modes 0 (per channel/tensor) and 1 (per token) are supported; 2-5 are not implemented yet")
-        require(k_mode == v_mode, "value_antiquant_mode", v_mode, f"must equal key_antiquant_mode ({k_mode})")
-        scale = torch.stack([kw["key_antiquant_scale"], kw["value_antiquant_scale"]])
-        offset = None
-        if kw["key_antiquant_offset"] is not None or kw["value_antiquant_offset"] is not None:
-            require(kw["key_antiquant_offset"] is not None and kw["value_antiquant_offset"] is not None,
-                    "key_antiquant_offset", kw["key_antiquant_offset"], "key and value offsets go together")
-            offset = torch.stack([kw["key_antiquant_offset"], kw["value_antiquant_offset"]])
-        mode = k_mode
+        for n in names:
+            require(kw[n] is None, n, kw[n], f"only with int8 key/value (key is {key.dtype})")
+        return None, None
+    if kw["key_antiquant_scale"] is not None or kw["value_antiquant_scale"] is not None:
+        modes = kw["key_antiquant_mode"], kw["value_antiquant_mode"]
+        params = [(kw[f"{w}_antiquant_scale"], kw[f"{w}_antiquant_offset"]) for w in ("key", "value")]
+        for w, (sc, _) in zip(("key", "value"), params):
+            require(sc is not None, f"{w}_antiquant_scale", None, "key and value anti-quant scales go together")
+        require(all(m in range(6) for m in modes), "key_antiquant_mode", modes[0], "modes are 0-5")
+        require(modes[0] == modes[1] or modes == (0, 1), "value_antiquant_mode", modes[1],
+                f"must equal key_antiquant_mode ({modes[0]}), or be 1 with key mode 0")
+        prefix = "{}_antiquant"
     else:
         require(kw["antiquant_scale"] is not None, "antiquant_scale", None, "int8 key/value need anti-quant scales")
-        scale, offset, mode = kw["antiquant_scale"], kw["antiquant_offset"], kw["antiquant_mode"]
+        mode = kw["antiquant_mode"]
         require(mode in (0, 1), "antiquant_mode", mode, "must be 0 (per channel/tensor) or 1 (per token)")
-    checks.tensor("antiquant_scale", scale)
-    if offset is not None:
-        checks.tensor("antiquant_offset", offset)
-        require(offset.shape == scale.shape and offset.dtype == scale.dtype, "antiquant_offset", offset,
-                f"must match the scale's shape {tuple(scale.shape)} and dtype {scale.dtype}")
-    if mode == 1:
-        require(scale.dtype == torch.float32, "antiquant_scale", scale, "per-token scales are float32")
-        require(tuple(scale.shape) == (2, batch, s2) or tuple(scale.shape) == (2, 1, batch, s2), "antiquant_scale",
-                scale, f"per-token scales are (2, B={batch}, S2={s2})")
-        view = (lambda t: t.reshape(2, batch, s2)) if scale.dim() == 4 else (lambda t: t)
-        return KVAntiQuant(PER_TOKEN, view(scale), None if offset is None else view(offset))
-    require(scale.dtype == query_dtype, "antiquant_scale", scale, f"per-channel scales have the query dtype {query_dtype}")
-    channel = {"BNSD": (2, kv_n, 1, d), "BSND": (2, kv_n, d), "BSH": (2, kv_n * d), "TND": (2, kv_n, d),
-               "NTD": (2, kv_n, d), "NSD": (2, kv_n, d), "NBSD": (2, kv_n, 1, d)}[layout.inp]
-    require(tuple(scale.shape) in ((2,), channel), "antiquant_scale", scale,
-            f"must be per-tensor (2,) or per-channel {channel} (index 0 key, 1 value)")
-
-    def view(t: torch.Tensor) -> torch.Tensor:
-        if t.dim() == 1:
-            return t[:, None, None].expand(2, kv_n, d)
-        return t.reshape(2, kv_n, d)
-
-    return KVAntiQuant(PER_CHANNEL, view(scale), None if offset is None else view(offset))
+        scale, offset = kw["antiquant_scale"], kw["antiquant_offset"]
+        checks.tensor("antiquant_scale", scale)
+        require(scale.shape[0] == 2, "antiquant_scale", scale, "the first axis is 2 (key, value)")
+        if mode == 0:
+            channel = {"BNSD": (2, kv_n, 1, d), "BSND": (2, kv_n, d), "BSH": (2, kv_n * d)}.get(layout.inp, (2, kv_n, d))
+            require(tuple(scale.shape) in ((2,), channel), "antiquant_scale", scale,
+                    f"must be per-tensor (2,) or per-channel {channel} (index 0 key, 1 value)")
+        modes = (mode, mode)
+        params = [(scale[i], None if offset is None else offset[i]) for i in range(2)]
+        prefix = "antiquant"
+    require(q_s == 1 or all(m in (0, 1) for m in modes), "key_antiquant_mode", modes[0],
+            "a query length above 1 supports modes 0 and 1 only")
+    out = []
+    for which, (mode, (sc, of), width) in enumerate(zip(modes, params, (d, dv))):
+        name = prefix.format(("key", "value")[which])
+        if mode in (0, 2) and sc.numel() != 1 and mode != 2:
+            require(dv == d, f"{name}_scale", sc, f"per-channel parameters need equal key and value head dims ({d}, {dv})")
+        view = _aq_view(f"{name}_scale", mode, sc, kv_n, max(d, dv), batch, s2, paged, query_dtype)
+        off = None
+        if of is not None:
+            checks.tensor(f"{name}_offset", of)
+            require(of.shape == sc.shape and of.dtype == sc.dtype, f"{name}_offset", of,
+                    f"must match the scale's shape {tuple(sc.shape)} and dtype {sc.dtype}")
+            off = _aq_view(f"{name}_offset", mode, of, kv_n, max(d, dv), batch, s2, paged, query_dtype)
+        kernel_mode = PER_CHANNEL if mode in (0, 2) else PER_TOKEN if mode in (1, 3) and paged else PER_ROW
+        out.append(AntiQuant(kernel_mode, view, off))
+    return out[0], out[1]
 
 
 def _kv_views(t: torch.Tensor, layout: Layout, kv_n: int, block_table, name: str) -> torch.Tensor:
@@ -210,7 +230,7 @@ def validate(query, key, value, **kw) -> FusedCall:
     decode = _decode_path(layout, q_s, d, key, kw)
     same_dv = _kv_views(value, layout, kv_n, kw["block_table"], "value").shape[3] == d
     if decode and q_s == 1 and not token_layout(layout) and rope[0] is None and kw["key_shared_prefix"] is None \
-            and not _per_token(kw) and same_dv and _sliding_window(layout, key, query, kw) is None:
+            and _channel_antiquant(key, kw) and same_dv and _sliding_window(layout, key, query, kw) is None:
         call = _decode_call(query, key, value, layout, kv_n, kw)
         h = call.heads
         out_dtype = call.out_dtype
@@ -239,8 +259,13 @@ def _sliding_window(layout: Layout, key: torch.Tensor, query: torch.Tensor, kw) 
     return None
 
 
-def _per_token(kw) -> bool:
-    return kw["antiquant_mode"] == 1 or kw["key_antiquant_mode"] == 1 or kw["value_antiquant_mode"] == 1
+def _channel_antiquant(key: torch.Tensor, kw) -> bool:
+    """Float K/V, or int8 with per-channel/per-tensor parameters only (what the decode kernels read)."""
+    if key.dtype != torch.int8:
+        return True
+    if kw["key_antiquant_scale"] is not None or kw["value_antiquant_scale"] is not None:
+        return kw["key_antiquant_mode"] in (0, 2) and kw["value_antiquant_mode"] in (0, 2)
+    return kw["antiquant_mode"] == 0
 
 
 def _decode_call(query, key, value, layout: Layout, kv_n: int, kw) -> incre.IncreCall:
@@ -249,13 +274,15 @@ def _decode_call(query, key, value, layout: Layout, kv_n: int, kw) -> incre.Incr
     for name in ("query_padding_size", "dequant_scale1", "quant_scale1", "dequant_scale2"):
         require(kw[name] is None, name, kw[name], "not supported with a query length of 1 (decode path)")
     scale, offset = kw["antiquant_scale"], kw["antiquant_offset"]
-    if kw["key_antiquant_scale"] is not None or kw["value_antiquant_scale"] is not None:
-        # separated scales → the combined (2, ...) form in the shape IFA reads for the layout
-        stacked = [torch.stack([kw[f"key_antiquant_{x}"], kw[f"value_antiquant_{x}"]])
-                   if kw[f"key_antiquant_{x}"] is not None else None for x in ("scale", "offset")]
-        shape = (2,) if stacked[0].numel() == 2 else \
-            {"BNSD": (2, kv_n, 1, -1), "BSND": (2, kv_n, -1), "BSH": (2, -1)}[layout.inp]
-        scale, offset = (None if t is None else t.reshape(shape) for t in stacked)
+    if key.dtype == torch.int8 and (kw["key_antiquant_scale"] is not None or kw["value_antiquant_scale"] is not None):
+        # separated parameters → the combined per-channel (2, ...) form IFA reads for the layout
+        b, _, _, d = bnsd_shape(query, layout.inp, kw["num_heads"])
+        kq, vq = _antiquant(key, layout, kv_n, d, d, b, 0, kw["block_table"] is not None, 1, query.dtype, kw)
+        shape = {"BNSD": (2, kv_n, 1, d), "BSND": (2, kv_n, d), "BSH": (2, kv_n * d)}[layout.inp]
+        scale = torch.stack([kq.scale[0, :, :d], vq.scale[0, :, :d]]).reshape(shape)
+        if kq.offset is not None or vq.offset is not None:
+            zero = torch.zeros_like(kq.scale[0, :, :d])
+            offset = torch.stack([zero if a.offset is None else a.offset[0, :, :d] for a in (kq, vq)]).reshape(shape)
     call = incre.validate(query, key, value, atten_mask=kw["atten_mask"], pse_shift=kw["pse_shift"],
                           actual_seq_lengths=kw["actual_seq_lengths_kv"], antiquant_scale=scale,
                           antiquant_offset=offset, block_table=kw["block_table"], quant_scale2=kw["quant_scale2"],
@@ -365,12 +392,13 @@ def _prefill_call(query, key, value, layout: Layout, kv_n: int, decode: bool, kw
             kr4 = kr4.expand(B + 1, *kr4.shape[1:]) if table is None else kr4
         rope = (qr4, kr4)
 
-    antiquant = None
+    key_quant = value_quant = None
     if query.dtype != torch.int8:
-        antiquant = _antiquant(key, layout, kv_n, d, B, s2, query.dtype, kw)
-        if antiquant is not None:
-            require(not (antiquant.mode == PER_TOKEN and (table is not None or prefix is not None)), "antiquant_mode",
-                    1, "per-token anti-quantisation on this path cannot be combined with PagedAttention or a prefix")
+        longest = max(kvlens, default=0) if table is not None else s2
+        key_quant, value_quant = _antiquant(key, layout, kv_n, d, v4.shape[3], B, longest, table is not None, s1,
+                                            query.dtype, kw)
+        require(prefix is None or all(a is None or a.mode == PER_CHANNEL for a in (key_quant, value_quant)),
+                "key_shared_prefix", kw["key_shared_prefix"], "a shared prefix needs per-channel anti-quantisation")
 
     # padding (read on the device, element 0 for every batch)
     q_pad = kv_pad = None
@@ -428,7 +456,7 @@ def _prefill_call(query, key, value, layout: Layout, kv_n: int, decode: bool, kw
         B += 1
     heads = checks.Heads(q4, k4, v4, B, n, kv_n, s1, s2, d, v4.shape[3])
     sources = Sources(varlen=token, q_pad=q_pad, kv_pad=kv_pad, table=table, page_size=page, prefix=prefix,
-                      rope=rope, antiquant=antiquant)
+                      rope=rope, key_quant=key_quant, value_quant=value_quant)
     return prompt.PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=qlens,
                              kvlens=kvtots, bands=bands, mask=mask, pse=pse, scale=scale, fill=fill,
                              zero_masked_rows=bool(inner & 2) and not decode, quant=qa, offsets=offsets,

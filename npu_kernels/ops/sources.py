@@ -10,13 +10,14 @@ from typing import Optional
 
 import torch
 
-PER_CHANNEL, PER_TOKEN = 1, 2
+# Anti-quantisation parameter addressing of the prefill kernel (its K_QUANT / V_QUANT).
+PER_CHANNEL, PER_TOKEN, PER_ROW = 1, 2, 3
 
 
 @dataclass(frozen=True)
-class KVAntiQuant:
-    """``x = (x_int8 + offset) * scale``; scale/offset [2, KV_N, D] (per channel, per tensor broadcast)
-    or [2, B, S2] (per token), index 0 for keys and 1 for values."""
+class AntiQuant:
+    """``x = (x_int8 + offset) * scale`` for keys or values; scale/offset are [X, KV_N, Y] views:
+    PER_CHANNEL Y = d; PER_TOKEN X = batch, Y = token index; PER_ROW X = batch or paged block, Y = row."""
 
     mode: int
     scale: torch.Tensor
@@ -32,16 +33,19 @@ class Sources:
     page_size: int = 0
     prefix: Optional[tuple[torch.Tensor, torch.Tensor]] = None   # [1, KV_N, P_S, D] and [1, KV_N, P_S, Dv]
     rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None     # [B, N, S1, DR] and like K with DR
-    antiquant: Optional[KVAntiQuant] = None
+    key_quant: Optional[AntiQuant] = None
+    value_quant: Optional[AntiQuant] = None
 
     def meta(self) -> tuple[tuple[str, object], ...]:
         dr = 0 if self.rope is None else int(self.rope[0].shape[-1])
+        kq, vq = self.key_quant, self.value_quant
         return (("VARLEN", self.varlen), ("HAS_QPAD", self.q_pad is not None),
                 ("HAS_KVPAD", self.kv_pad is not None), ("IS_PAGED", self.table is not None),
                 ("HAS_PREFIX", self.prefix is not None), ("ROPE_DIM", dr),
                 ("BLOCK_DR", max(16, 1 << max(dr - 1, 0).bit_length())),
-                ("KV_QUANT", 0 if self.antiquant is None else self.antiquant.mode),
-                ("HAS_AQ_OFFSET", self.antiquant is not None and self.antiquant.offset is not None))
+                ("K_QUANT", 0 if kq is None else kq.mode), ("V_QUANT", 0 if vq is None else vq.mode),
+                ("HAS_K_OFFSET", kq is not None and kq.offset is not None),
+                ("HAS_V_OFFSET", vq is not None and vq.offset is not None))
 
     def strides(self) -> tuple[int, ...]:
         def of(t: Optional[torch.Tensor], n: int, skip: int = 0) -> tuple[int, ...]:
@@ -49,13 +53,14 @@ class Sources:
 
         kp, vp = self.prefix or (None, None)
         qr, kr = self.rope or (None, None)
-        aq = None if self.antiquant is None else self.antiquant.scale
-        return (*of(self.table, 1)[:1], *of(kp, 3, 1), *of(vp, 3, 1), *of(qr, 4), *of(kr, 4), *of(aq, 3))
+        ks = None if self.key_quant is None else self.key_quant.scale
+        vs = None if self.value_quant is None else self.value_quant.scale
+        return (*of(self.table, 1)[:1], *of(kp, 3, 1), *of(vp, 3, 1), *of(qr, 4), *of(kr, 4), *of(ks, 3), *of(vs, 3))
 
     def tensors(self) -> tuple[Optional[torch.Tensor], ...]:
-        """QPAD, KVPAD, TABLE, KP, VP, QR, KR, AQS, AQO (None where absent)."""
+        """QPAD, KVPAD, TABLE, KP, VP, QR, KR, KSC, KOF, VSC, VOF (None where absent)."""
         kp, vp = self.prefix or (None, None)
         qr, kr = self.rope or (None, None)
-        aq = self.antiquant
-        return (self.q_pad, self.kv_pad, self.table, kp, vp, qr, kr, None if aq is None else aq.scale,
-                None if aq is None else aq.offset)
+        kq, vq = self.key_quant, self.value_quant
+        return (self.q_pad, self.kv_pad, self.table, kp, vp, qr, kr, kq and kq.scale, kq and kq.offset,
+                vq and vq.scale, vq and vq.offset)

@@ -16,37 +16,43 @@ import torch
 from ..kernels import prefill
 from ..layouts import TOKEN_LAYOUTS, from_bnsd
 from ..ops import fused, prompt
-from ..ops.sources import PER_CHANNEL, Sources
+from ..ops.sources import PER_CHANNEL, PER_ROW, AntiQuant, Sources
 from .core import BatchSpan, attention
 from .incre import antiquant, decode_attention
 from .prompt import int8_steps, quantise_output, spans_of
 
 
 def _gather(cache: torch.Tensor, table: torch.Tensor, page: int, batches: int) -> torch.Tensor:
-    """(blocks, KV_N, page, D) cache → (batches, KV_N, blocks per sequence × page, D); batches past the
-    table's rows (the token-major pseudo-batch) are zeros."""
-    g = cache[table.long().reshape(-1)]                                   # (B*nb, KV_N, page, D)
-    g = g.reshape(table.shape[0], table.shape[1], *cache.shape[1:]).permute(0, 2, 1, 3, 4)
-    g = g.reshape(table.shape[0], cache.shape[1], table.shape[1] * page, cache.shape[3])
+    """(blocks, H, page, ...) → (batches, H, blocks per sequence × page, ...); batches past the table's
+    rows (the token-major pseudo-batch) are zeros."""
+    g = cache[table.long().reshape(-1)]                                   # (B*nb, H, page, ...)
+    g = g.reshape(table.shape[0], table.shape[1], *cache.shape[1:]).transpose(1, 2)
+    g = g.reshape(table.shape[0], cache.shape[1], table.shape[1] * page, *cache.shape[3:])
     pad = batches - g.shape[0]
     return torch.cat([g, g.new_zeros(pad, *g.shape[1:])]) if pad > 0 else g
 
 
-def _keys(t: torch.Tensor, src: Sources, batches: int, which: int, dtype: torch.dtype, paged: bool = True
-          ) -> torch.Tensor:
-    """Keys (which=0) or values (1) as (B, KV_N, S, D) in ``dtype``: pages gathered (when ``paged``),
-    anti-quantised (the shared prefix with the same per-channel parameters)."""
+def _param(p: Optional[torch.Tensor], aq: AntiQuant, src: Sources, batches: int, length: int, width: int):
+    """An anti-quant parameter broadcastable against (B, KV_N, length, width) keys/values."""
+    if p is None:
+        return None
+    if aq.mode == PER_CHANNEL:
+        return p[:, :, None, :width]                                      # (1, KV_N, 1, D)
+    if aq.mode == PER_ROW and src.table is not None:                      # stored like the cache
+        p = _gather(p[..., None], src.table, src.page_size, batches)[..., 0]
+    p = torch.nn.functional.pad(p, (0, length - p.shape[-1])) if p.shape[-1] < length else p[..., :length]
+    return p[..., None]                                                   # (B, KV_N or 1, length, 1)
+
+
+def _keys(t: torch.Tensor, src: Sources, batches: int, aq: Optional[AntiQuant], dtype: torch.dtype,
+          paged: bool = True) -> torch.Tensor:
+    """Keys or values as (B, KV_N, S, D) in ``dtype``: pages gathered (when ``paged``), anti-quantised
+    with ``aq`` (the shared prefix with the same per-channel parameters)."""
     if src.table is not None and paged:
         t = _gather(t, src.table, src.page_size, batches)
-    aq = src.antiquant
     if aq is not None:
-        if aq.mode == PER_CHANNEL:
-            def param(p):
-                return None if p is None else p[which][None, :, None, :]
-        else:
-            def param(p):
-                return None if p is None else p[which][:, None, :, None]
-        t = antiquant(t, param(aq.scale), param(aq.offset), dtype)
+        shape = (batches, t.shape[2], t.shape[3])
+        t = antiquant(t, _param(aq.scale, aq, src, *shape), _param(aq.offset, aq, src, *shape), dtype)
     return t
 
 
@@ -74,17 +80,17 @@ def prefill_attention(call: prompt.PromptCall, block_n: Optional[int], compute_d
     """(out (B, N, S1, Dv), lse (B, N, S1)) of a prefill-kernel call, in ``compute_dtype``."""
     h, src = call.heads, call.sources
     q = h.q
-    k = _keys(h.k, src, h.B, 0, call.dtype)
-    v = _keys(h.v, src, h.B, 1, call.dtype)
+    k = _keys(h.k, src, h.B, src.key_quant, call.dtype)
+    v = _keys(h.v, src, h.B, src.value_quant, call.dtype)
     if src.prefix is not None:
         plen = call.offsets[0][4]
-        kp, vp = (_keys(t[:, :, :plen], src, 1, i, call.dtype, paged=False).expand(h.B, -1, -1, -1)
-                  for i, t in enumerate(src.prefix))
+        kp, vp = (_keys(t[:, :, :plen], src, 1, aq, call.dtype, paged=False).expand(h.B, -1, -1, -1)
+                  for t, aq in zip(src.prefix, (src.key_quant, src.value_quant)))
         k, v = torch.cat([kp, k], 2), torch.cat([vp, v], 2)
     if src.rope is not None:
         qr, kr = src.rope
         q = torch.cat([q, qr], -1)
-        k = torch.cat([k, _keys(kr, src, h.B, 0, call.dtype)], -1)
+        k = torch.cat([k, _keys(kr, src, h.B, None, call.dtype)], -1)
     out, lse = attention(q, k, v, _spans(call), scale=call.scale, fill=call.fill, mask=call.mask, pse=call.pse,
                          zero_masked_rows=call.zero_masked_rows, empty_lse=call.lse_empty,
                          compute_dtype=compute_dtype, int8=int8_steps(call.quant, block_n), block_n=block_n)
