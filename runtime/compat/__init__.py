@@ -33,7 +33,8 @@ class Installation:
 
     def __init__(self):
         self.saved: list = []        # (namespace dict or object, name, previous value or _ABSENT)
-        self.mode = devices.NpuDeviceMode()
+        self.names = devices.device_names()
+        self.mode = devices.NpuDeviceMode(self.names)
         self.finder = modules.NotEmulatedFinder()
 
     def set_attr(self, obj, name: str, value) -> None:
@@ -49,8 +50,8 @@ class Installation:
         for name, module in built.items():
             self.set_module(name, module)
         self.set_attr(torch, "npu", built["torch.npu"])
-        self.set_attr(torch.Tensor, "npu", devices.tensor_npu)
-        self.set_attr(torch.Tensor, "is_npu", property(devices.tensor_is_npu))
+        for name, method in devices.tensor_methods(self.names).items():
+            self.set_attr(torch.Tensor, name, method)
         sys.meta_path.insert(0, self.finder)
         self.mode.__enter__()
 

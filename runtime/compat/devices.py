@@ -4,9 +4,12 @@ device functions.
 torch has no "npu" device type here, and ``torch.utils.rename_privateuse1_backend`` cannot be undone, so
 ``NpuDeviceMode`` (a ``TorchFunctionMode``) rewrites ``"npu"`` / ``"npu:N"`` wherever a torch function
 receives a device: the ``device=`` keyword of factories and ``Tensor.to/new_*``, and positional string
-arguments (``x.to("npu")``). Dynamo traces through the mode, so compiled graphs hold the real device and
-``torch.compile(fullgraph=True)`` does not break. The mode stack is per thread: the mapping applies to
-the thread that called ``install()``. A ``torch.device("npu")`` object cannot be built.
+arguments (``x.to("npu")``, ``torch.device("npu", 0)``; in torch 2.13 ``torch.device(...)`` itself goes
+through the mode, so ``torch.device("npu")`` is the real device). Dynamo traces through the mode, so
+compiled graphs hold the real device and ``torch.compile(fullgraph=True)`` does not break; but Dynamo
+builds a ``torch.device(...)`` written inside a compiled function without the mode, so there
+``torch.device("npu")`` fails (device strings work). The mode stack is per thread: the mapping
+applies to the thread that called ``install()``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def current_device() -> int:
 
 
 def _index(device) -> int:
-    """The NPU index of ``device`` (int, ``"npu"``, ``"npu:N"``), checked against ``device_count()``."""
+    """The NPU index of ``device`` (int, ``"npu"``, ``"npu:N"``, a ``torch.device`` of the real device),
+    checked against ``device_count()``."""
     if isinstance(device, str):
         name, _, tail = device.partition(":")
         if name != "npu" or (tail and not tail.isdigit()):
@@ -39,8 +43,11 @@ def _index(device) -> int:
         index = int(tail) if tail else current_device()
     elif isinstance(device, int) and not isinstance(device, bool):
         index = device
+    elif isinstance(device, torch.device) and device.type == npu_device().type:
+        index = current_device() if device.index is None else device.index
     else:
-        raise TypeError(f"device={device!r}: expected an int or a string 'npu:<index>'")
+        raise TypeError(f"device={device!r}: expected an int, a string 'npu:<index>' or a {npu_device().type} "
+                        f"torch.device")
     if not 0 <= index < device_count():
         raise ValueError(f"device={device!r}: index {index} is out of range, {device_count()} npu device(s)")
     return index
@@ -53,31 +60,31 @@ def set_device(device) -> None:
         torch.cuda.set_device(index)
 
 
-def real_device(device) -> torch.device:
-    """The real device that ``"npu"``, ``"npu:N"`` or an index stands for."""
-    index = _index(device)
-    return torch.device("cuda", index) if npu_device().type == "cuda" else torch.device("cpu")
-
-
 def device_names() -> dict:
     """Each npu device string -> the real device string (a plain dict, so Dynamo traces the lookup)."""
-    names = {f"npu:{i}": str(real_device(i)) for i in range(device_count())}
-    names["npu"] = npu_device().type
+    real = npu_device().type
+    names = {f"npu:{i}": f"cuda:{i}" if real == "cuda" else "cpu" for i in range(device_count())}
+    names["npu"] = real
     return names
+
+
+def lookup(names: dict, value: str) -> str:
+    """The real device string of the npu device string ``value`` (``names``: ``device_names()``)."""
+    if value not in names:
+        raise ValueError(f"device {value!r}: the npu devices are {', '.join(sorted(names))}")
+    return names[value]
 
 
 class NpuDeviceMode(TorchFunctionMode):
     """Rewrites npu device strings in the arguments of every torch function to the real device."""
 
-    def __init__(self):
+    def __init__(self, names: dict):
         super().__init__()
-        self.names = device_names()
+        self.names = names
 
     def _mapped(self, value):
         if isinstance(value, str) and (value == "npu" or value.startswith("npu:")):
-            if value not in self.names:
-                raise ValueError(f"device {value!r}: the npu devices are {', '.join(sorted(self.names))}")
-            return self.names[value]
+            return lookup(self.names, value)
         return value
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -88,13 +95,22 @@ class NpuDeviceMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def tensor_npu(self: torch.Tensor, device=None, non_blocking: bool = False,
-               memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
-    """``Tensor.npu()``: the tensor on the npu device (``device``: an index or ``"npu:N"``)."""
-    target = npu_device() if device is None else real_device(device)
-    return self.to(target, non_blocking=non_blocking, memory_format=memory_format)
+def tensor_methods(names: dict) -> dict:
+    """``Tensor.npu()`` and ``Tensor.is_npu`` over ``names`` (plain closures, so Dynamo traces them)."""
+    real_type = names["npu"]
 
+    def npu(self: torch.Tensor, device=None, non_blocking: bool = False,
+            memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+        """``Tensor.npu()``: the tensor on the npu device (``device``: an index or ``"npu:N"``)."""
+        if device is None:
+            device = "npu"
+        elif isinstance(device, int):
+            device = f"npu:{device}"
+        target = device if isinstance(device, torch.device) else lookup(names, device)
+        return self.to(target, non_blocking=non_blocking, memory_format=memory_format)
 
-def tensor_is_npu(self: torch.Tensor) -> bool:
-    """``Tensor.is_npu``: the tensor lives on the npu device."""
-    return self.device.type == npu_device().type
+    def is_npu(self: torch.Tensor) -> bool:
+        """``Tensor.is_npu``: the tensor lives on the npu device."""
+        return self.device.type == real_type
+
+    return {"npu": npu, "is_npu": property(is_npu)}
