@@ -3,6 +3,10 @@
 ``validate`` turns torch_npu's arguments into a ``PromptCall`` (views, sizes, per-batch lengths and
 bands), ``plan`` into the kernel's static configuration and the parameter block, ``run`` allocates the
 output and submits the launch (``npu_kernels.tasks``).
+
+int8 paths (spec ops §2.2-§2.4): ``quant.full_quant_args`` accepts the three combinations (int8 → int8,
+int8 → float16, float16/bfloat16 → int8) and ``check_int8_output`` the tiling's interceptions; the scale
+tensors reach the kernel as device pointers (dequant scales as their raw bits), never read on the host.
 """
 
 from __future__ import annotations
