@@ -27,16 +27,19 @@ def define(schema: str, impl, fake) -> None:
     torch.library.register_fake(f"npu::{name}", fake, lib=LIB)
 
 
-def _prompt_fake(query, key, value, **kwargs):
-    return prompt.output(prompt.validate(query, key, value, **kwargs))
+def public(name: str, doc: str):
+    """The Python entry point of ``torch.ops.npu.<name>`` (keyword arguments as torch_npu's)."""
+    def call(query, key, value, **kwargs) -> torch.Tensor:
+        return getattr(torch.ops.npu, name)(query, key, value, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = doc
+    return call
 
 
-define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention, _prompt_fake)
-
-
-def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
-    """torch_npu.npu_prompt_flash_attention (keyword arguments as torch_npu; spec ops §2)."""
-    return torch.ops.npu.npu_prompt_flash_attention(query, key, value, **kwargs)
+define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention,
+       lambda query, key, value, **kw: prompt.output(prompt.validate(query, key, value, **kw)))
+npu_prompt_flash_attention = public("npu_prompt_flash_attention", "torch_npu.npu_prompt_flash_attention (spec ops §2).")
 
 
 INCRE_SCHEMA = (
@@ -48,18 +51,9 @@ INCRE_SCHEMA = (
     "float scale_value=1.0, str input_layout=\"BSH\", int num_key_value_heads=0, int block_size=0, "
     "int inner_precise=1) -> Tensor"
 )
-
-
-def _incre_fake(query, key, value, **kwargs):
-    return incre.output(incre.validate(query, key, value, **kwargs))
-
-
-define(INCRE_SCHEMA, incre.npu_incre_flash_attention, _incre_fake)
-
-
-def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
-    """torch_npu.npu_incre_flash_attention (keyword arguments as torch_npu; spec ops §3)."""
-    return torch.ops.npu.npu_incre_flash_attention(query, key, value, **kwargs)
+define(INCRE_SCHEMA, incre.npu_incre_flash_attention,
+       lambda query, key, value, **kw: incre.output(incre.validate(query, key, value, **kw)))
+npu_incre_flash_attention = public("npu_incre_flash_attention", "torch_npu.npu_incre_flash_attention (spec ops §3).")
 
 
 FUSED_ARGS = (
