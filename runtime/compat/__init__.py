@@ -29,10 +29,12 @@ _ABSENT = object()
 
 
 class Installation:
-    """What ``install()`` changed, to be undone in reverse order; a context manager that uninstalls."""
+    """What ``install()`` changed, to be undone in reverse order. As a context manager it uninstalls at
+    the exit of the outermost ``with install()`` unless ``install()`` was also called outside a block."""
 
     def __init__(self):
         self.saved: list = []        # (namespace dict or object, name, previous value or _ABSENT)
+        self.depth = 1               # install() calls not yet matched by a block exit
         self.names = devices.device_names()
         self.mode = devices.NpuDeviceMode(self.names)
         self.finder = modules.NotEmulatedFinder()
@@ -79,7 +81,8 @@ class Installation:
         return self
 
     def __exit__(self, *exc) -> bool:
-        if _current is self:
+        self.depth -= 1
+        if self.depth == 0 and _current is self:
             uninstall()
         return False
 
@@ -91,6 +94,7 @@ def install() -> Installation:
     """Install the layer (idempotent: a second call returns the active installation)."""
     global _current
     if _current is not None:
+        _current.depth += 1
         return _current
     for name in modules.ROOTS:
         if name in sys.modules:
@@ -103,7 +107,7 @@ def install() -> Installation:
 
 
 def uninstall() -> None:
-    """Restore torch, ``torch.Tensor`` and ``sys.modules`` as they were before ``install()``."""
+    """Restore torch, ``torch.Tensor`` and ``sys.modules`` as they were before the first ``install()``."""
     global _current
     if _current is None:
         return

@@ -60,11 +60,18 @@ def test_uninstall_restores_torch_exactly(installed):
     assert_pristine()
 
 
-def test_context_manager_uninstalls():
+def test_context_manager_uninstalls_at_the_outermost_exit():
     with compat.install() as installation:
-        assert compat.installed() and compat.install() is installation
-        assert torch.ones(1).npu().device.type == nk.npu_device().type
+        with compat.install() as inner:
+            assert inner is installation
+        assert compat.installed() and torch.ones(1).npu().device.type == nk.npu_device().type
     assert_pristine()
+
+
+def test_context_manager_inside_a_plain_install_keeps_it(installed):
+    with compat.install():
+        pass
+    assert compat.installed() and torch.ones(1).npu().is_npu
 
 
 def test_install_refuses_a_foreign_torch_npu(monkeypatch):
