@@ -11,6 +11,7 @@ from hypothesis import example, given
 
 import npu_kernels as nk
 from npu_kernels.layouts import from_bnsd
+from npu_kernels.masks import LSE_DECODE_EMPTY
 from npu_kernels.ops import incre
 from npu_kernels.reference import incre as reference_incre
 
@@ -152,6 +153,22 @@ def test_empty_and_padded_batches_are_zero(device):
     case = Case(B=2, S2=32, kvlens=(10, 30), kv_pad=5)                     # batch 1: start = -3
     out = check(case, device)
     assert (out[1] == 0).all() and (out[0] != 0).any()
+
+
+def test_lse_and_caller_workspace(device):
+    """The combine step's log-sum-exp (used by the fused operator) matches the reference, with the decode
+    sentinel for a batch without keys; a caller-provided workspace is used as given."""
+    case = Case(B=3, kv_heads=1, group=2, S2=50, kvlens=(50, 0, 17), mask="2d", pse=True, seed=4)
+    q, k, v, kw = make_inputs(case, device)
+    call = incre.validate(q, k, v, **kw)
+    out = incre.output(call)
+    lse = torch.full((3, 2, 1, 1), float("nan"), device=device)
+    words = sum(incre.plan(call, out, lse).static.workspace)
+    incre.submit(call, out, lse, workspace=torch.full((words,), float("nan"), device=device))
+    ref_out, ref_lse = reference_incre.decode_attention(call)
+    assert_close(out, from_bnsd(ref_out, case.layout), case.dtype)
+    assert lse[1].eq(LSE_DECODE_EMPTY).all()
+    torch.testing.assert_close(lse[:, :, 0, 0], ref_lse[:, :, 0], atol=1e-5, rtol=1e-5)
 
 
 def test_fully_masked_batch_averages_values(device):

@@ -34,7 +34,6 @@ from .. import params as pb
 from .. import quant
 from .prefill import grid as fold_grid
 
-LSE_EMPTY = -3.4e38        # decode lse of a batch without keys (spec ops §1.7)
 MAX_SPLITS = 64
 
 

@@ -23,7 +23,7 @@ from .. import alloc, checks, params, quant, tasks
 from ..errors import require
 from ..kernels import decode
 from ..layouts import Layout, as_bnsd, out_shape
-from ..masks import BAND_INF, FILL_DECODE
+from ..masks import BAND_INF, FILL_DECODE, LSE_DECODE_EMPTY
 
 OP = "npu_incre_flash_attention"
 LAYOUTS = ("BSH", "BSND", "BNSD")
@@ -248,7 +248,7 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
     lse_strides = (0, 0) if lse is None else (int(lse.stride(0)), int(lse.stride(1)))
     combine_meta = (("HEAD_DIM_V", h.Dv), ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_S", 16),
                     ("BLOCK_N", block_n), ("HAS_KV_PAD", call.kv_pad is not None),
-                    ("HAS_LSE", lse is not None), ("LSE_EMPTY", decode.LSE_EMPTY),
+                    ("HAS_LSE", lse is not None), ("LSE_EMPTY", LSE_DECODE_EMPTY),
                     *(kv for kv in call.quant.meta() if kv[0] != "QUANT_MODE"))
     split_grid, combine_grid = decode.grids(splits, h.B * h.KV_N, h.B * h.N)
     rows_ws = h.B * h.N * splits

@@ -15,9 +15,8 @@ from typing import Optional
 import torch
 
 from .. import quant
-from ..kernels.decode import LSE_EMPTY
 from ..layouts import from_bnsd
-from ..masks import INT_MAX, Band
+from ..masks import INT_MAX, LSE_DECODE_EMPTY, Band
 from ..ops import incre
 from .core import BatchSpan, attention
 
@@ -73,7 +72,7 @@ def decode_attention(call: incre.IncreCall, compute_dtype: torch.dtype = torch.f
     """(out (B, N, 1, Dv), lse (B, N, 1)) in ``compute_dtype`` for a validated decode call."""
     k, v = key_values(call)
     return attention(call.heads.q, k, v, spans_of(call), scale=call.scale, fill=call.fill, mask=call.mask,
-                     pse=call.pse, empty_lse=LSE_EMPTY, compute_dtype=compute_dtype)
+                     pse=call.pse, empty_lse=LSE_DECODE_EMPTY, compute_dtype=compute_dtype)
 
 
 def npu_incre_flash_attention(query, key, value, *, compute_dtype: torch.dtype = torch.float32,
