@@ -122,10 +122,9 @@ def _antiquant(key, antiquant_scale, antiquant_offset, layout: Layout, dtype: to
     scale = view("antiquant_scale", antiquant_scale)
     offset = None
     if antiquant_offset is not None:
-        require(antiquant_offset.shape == antiquant_scale.shape if isinstance(antiquant_offset, torch.Tensor)
-                else True, "antiquant_offset", antiquant_offset,
-                f"must have antiquant_scale's shape {tuple(antiquant_scale.shape)}")
         offset = view("antiquant_offset", antiquant_offset)
+        require(antiquant_offset.shape == antiquant_scale.shape, "antiquant_offset", antiquant_offset,
+                f"must have antiquant_scale's shape {tuple(antiquant_scale.shape)}")
     return AntiQuant(scale, offset)
 
 
