@@ -110,6 +110,8 @@ class NPUGraph:
         if not self._captured:
             raise RuntimeError("Called NPUGraph::replay without a preceding successful capture.")
         self._impl.replay(current_stream())
+        if os.environ.get("ASCEND_LAUNCH_BLOCKING") == "1":
+            synchronize()
 
     def reset(self) -> None:
         """Drop the captured graph, its blocks, task groups and records; the instance can capture again."""

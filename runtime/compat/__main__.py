@@ -1,7 +1,8 @@
 """``python -m runtime.compat SCRIPT [ARGS...]``: run a torch_npu / torchair script unmodified.
 
 The script runs as ``__main__`` with ``sys.argv == [SCRIPT, *ARGS]`` and its directory first on
-``sys.path``, as ``python SCRIPT ARGS`` would; its exit status is the process's.
+``sys.path``, as ``python SCRIPT ARGS`` would (the current directory stays after it, where this package
+may have been found); its exit status is the process's.
 ``python -m runtime.compat -m MODULE [ARGS...]`` runs a module the same way (``-m doctest FILE``,
 ``-m pytest ...``).
 """
@@ -26,7 +27,6 @@ def main(argv: list[str]) -> None:
             print(f"python -m runtime.compat: -m needs a module name\n{USAGE}", file=sys.stderr)
             raise SystemExit(2)
         sys.argv = [argv[1], *argv[2:]]
-        sys.path[0] = os.getcwd()
         install()
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         return
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
         print(f"python -m runtime.compat: can't open file {script!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
     sys.argv = list(argv)
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     install()
     runpy.run_path(script, run_name="__main__")
 

@@ -120,6 +120,16 @@ def test_bad_capture_error_mode(rt):
     assert rt.current_stream() == rt.default_stream()
 
 
+def test_launch_blocking_replay_synchronizes(host_rt, monkeypatch):
+    ev = host_rt.ExternalEvent()
+    g = host_rt.NPUGraph()
+    with host_rt.graph(g):
+        ev.wait(host_rt.current_stream())
+    monkeypatch.setenv("ASCEND_LAUNCH_BLOCKING", "1")
+    with pytest.raises(host_rt.DeadlockError, match=ev.name):
+        g.replay()
+
+
 def test_task_queue_enable_2_is_refused(rt, monkeypatch):
     monkeypatch.setenv("TASK_QUEUE_ENABLE", "2")
     with pytest.raises(RuntimeError, match="Do not support TASK_QUEUE_ENABLE = 2"):
