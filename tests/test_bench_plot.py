@@ -48,3 +48,11 @@ def test_missing_matplotlib_is_a_clear_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="needs matplotlib"):
         plot._pyplot()
+
+
+def test_simple_progress_bar_yields_every_item(capsys):
+    from bench.progress import _simple
+
+    assert list(_simple(iter("abc"), 3, "cases")) == ["a", "b", "c"]
+    err = capsys.readouterr().err
+    assert "cases [" in err and err.rstrip().endswith("3/3")
