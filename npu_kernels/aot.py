@@ -127,6 +127,54 @@ def prefill_variants() -> list[tuple[str, dict, object]]:
     return out
 
 
+def fused_variants() -> list[tuple[str, dict, object]]:
+    """Prefill-kernel variants that only the fused operator reaches (token-major rows, paged caches,
+    shared prefix, rope, left padding, anti-quantised K/V, lse), planned for a GPU."""
+    from .kernels import prefill
+    from .ops import fused, prompt
+
+    tri = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
+    n, kv_n, d = 8, 1, 128
+    paged_k = torch.zeros(32, 128, kv_n * d, dtype=torch.bfloat16)
+    table = torch.zeros(2, 16, dtype=torch.int32)
+    cases = [
+        ("tnd-paged-causal-lse", torch.zeros(64, n, d, dtype=torch.bfloat16), paged_k, paged_k,
+         dict(input_layout="TND", actual_seq_lengths=[32, 64], actual_seq_lengths_kv=[100, 200], block_table=table,
+              block_size=128, sparse_mode=3, atten_mask=tri, softmax_lse_flag=True)),
+        ("bsnd-prefix-mask", torch.zeros(2, 64, n, d, dtype=torch.float16), torch.zeros(2, 64, kv_n, d, dtype=torch.float16),
+         torch.zeros(2, 64, kv_n, d, dtype=torch.float16),
+         dict(input_layout="BSND", key_shared_prefix=torch.zeros(1, 32, kv_n, d, dtype=torch.float16),
+              value_shared_prefix=torch.zeros(1, 32, kv_n, d, dtype=torch.float16),
+              atten_mask=torch.zeros(2, 1, 64, 96, dtype=torch.bool))),
+        ("bnsd-mla-rope-d512", torch.zeros(2, n, 4, 512, dtype=torch.bfloat16), torch.zeros(2, 1, 256, 512, dtype=torch.bfloat16),
+         torch.zeros(2, 1, 256, 512, dtype=torch.bfloat16),
+         dict(input_layout="BNSD", query_rope=torch.zeros(2, n, 4, 64, dtype=torch.bfloat16),
+              key_rope=torch.zeros(2, 1, 256, 64, dtype=torch.bfloat16), sparse_mode=3, atten_mask=tri)),
+        ("bsh-leftpad-int8-channel", torch.zeros(2, 64, n * d, dtype=torch.float16), torch.zeros(2, 64, kv_n * d, dtype=torch.int8),
+         torch.zeros(2, 64, kv_n * d, dtype=torch.int8),
+         dict(input_layout="BSH", actual_seq_lengths=[40, 64], actual_seq_lengths_kv=[50, 64],
+              query_padding_size=torch.zeros(1, dtype=torch.int64), kv_padding_size=torch.zeros(1, dtype=torch.int64),
+              antiquant_scale=torch.ones(2, kv_n * d, dtype=torch.float16),
+              antiquant_offset=torch.zeros(2, kv_n * d, dtype=torch.float16))),
+        ("bnsd-decode-int8-token", torch.zeros(2, n, 1, d, dtype=torch.bfloat16), torch.zeros(2, kv_n, 256, d, dtype=torch.int8),
+         torch.zeros(2, kv_n, 256, d, dtype=torch.int8),
+         dict(input_layout="BNSD", antiquant_scale=torch.ones(2, 2, 256), antiquant_mode=1, softmax_lse_flag=True)),
+    ]
+    out = []
+    for name, q, k, v, kw in cases:
+        fc = fused.validate(q, k, v, **fused.with_defaults({"num_heads": n, "num_key_value_heads": kv_n, **kw}))
+        call = fc.prompt
+        o, lse = fused.outputs(fc)
+        lse_k = fc.lse_view(lse) if fc.lse_flag else None
+        p = prompt.plan(call, o, lse_k, on_gpu=True)
+        mask = call.mask.view(torch.uint8) if call.mask is not None and call.mask.dtype == torch.bool else call.mask
+        tensors = (call.heads.q, call.heads.k, call.heads.v, o, q if lse_k is None else lse_k,
+                   q if mask is None else mask, q if call.pse is None else call.pse, p.params)
+        args = prefill.kernel_args(p.static, tensors, call.quant.kernel_scales(), call.sources.tensors())
+        out.append((name, args, p.static))
+    return out
+
+
 def prefill_int8_variants() -> list[tuple[str, dict, object]]:
     """Int8 prefill variants (spec ops §2.4): (name, kernel args, static config), planned for a GPU.
     Paths (a) int8 → int8, (b) int8 → fp16, (c) fp16/bf16 → int8, per-tensor and per-channel."""
@@ -237,7 +285,8 @@ def all_variants() -> list[Variant]:
 
     return [Variant("prefill", name, prefill._prefill_kernel, args, dict(cfg.meta), cfg.num_warps, cfg.num_stages,
                     prefill.fp_fusion(cfg.meta))
-            for name, args, cfg in prefill_variants() + prefill_int8_variants()] + decode_kernel_variants(decode)
+            for name, args, cfg in prefill_variants() + prefill_int8_variants() + fused_variants()] \
+        + decode_kernel_variants(decode)
 
 
 def decode_kernel_variants(decode) -> list[Variant]:
