@@ -1,7 +1,12 @@
 """NPUGraph, streams, events and task update on CUDA graphs or on the host (see runtime/device.py).
 
-Public names and argument orders are torch_npu's (``torch.npu.*``); the backend is chosen from the npu
-device (``cuda`` when present, else ``host``) and can be switched with ``set_backend``.
+Public names and argument orders are torch_npu's (``torch.npu.*``). Switches:
+- ``set_backend("host" | "cuda")``: the backend, chosen from the npu device by default (``cuda`` when
+  present, else ``host``); objects belong to the backend they were made on.
+- ``set_external_event_semantics("consuming" | "reset")``: ExternalEvents made from then on wait as in
+  torch_npu 26.x (default) or as in 7.x (see runtime/events.py).
+- ``backend().wait_timeout_s`` (CUDA, default 10 s): how long a device-side ExternalEvent wait spins
+  before it gives up and the next synchronize raises ``DeadlockError``.
 """
 
 from . import tasks as _tasks
