@@ -23,15 +23,19 @@ import contextlib
 import weakref
 
 import torch
-import triton
-import triton.language as tl
+from npu_kernels.device import interpreted, use_interpreter
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode, _push_mode
-from triton.language.extra.cuda import globaltimer
 
 from .. import events, streams
 from ..errors import DeadlockError, FlagMergeError
 from ..opkinds import op_kind
+
+if interpreted():
+    use_interpreter()  # kernels must be defined after the switch (they never launch without a GPU)
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.language.extra.cuda import globaltimer  # noqa: E402
 
 FLAG_SLOTS = 1 << 16  # ExternalEvents per process (256 KiB of flags); slot 0 warms the kernels up
 
