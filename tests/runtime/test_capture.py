@@ -236,3 +236,9 @@ def test_debug_dump(rt, device, tmp_path):
         x.mul_(2)
     g.debug_dump(str(tmp_path / "graph"))
     assert "mul" in (tmp_path / "graph").read_text().lower()
+
+
+def test_make_graphed_callables_is_inference_only(rt, device):
+    x = randn(2, 4, device=device).requires_grad_()
+    with pytest.raises(RuntimeError, match="inference only"):
+        rt.make_graphed_callables(torch.nn.Linear(4, 4).to(device), (x,))

@@ -133,3 +133,31 @@ def test_host_read_waits_for_queued_work(host_rt):
     z = x + 1
     with pytest.raises(host_rt.DeadlockError, match=ev.name):
         z.sum().item()
+
+
+def test_reset_semantics_in_a_graph_need_a_record_per_replay(rt, device):
+    """The older pattern: wait then reset captured in the graph; every replay needs a new record."""
+    rt.set_external_event_semantics("reset")
+    x = randn(4, device=device)
+    ev = rt.ExternalEvent()
+    g = rt.NPUGraph()
+    with rt.graph(g):
+        s = rt.current_stream()
+        ev.wait(s)
+        ev.reset(s)
+        y = x * 2
+    side, u = rt.Stream(), rt.Stream()
+    for _ in range(2):
+        ev.record(u)
+        u.synchronize()
+        side.wait_stream(rt.current_stream())
+        with rt.stream(side):
+            g.replay()
+        side.synchronize()
+        torch.testing.assert_close(y, x * 2)
+        x.add_(1)
+    with rt.stream(side):
+        g.replay()
+    assert not side.query()          # the flag was reset by the previous replay
+    ev.record(u)
+    side.synchronize()
