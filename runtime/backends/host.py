@@ -17,6 +17,12 @@ While a stream captures, a stream is parked, or a task group / task update is op
   ``tasks.submit``; the runtime's submitter records, queues or launches the task's launch closure.
 A replay enqueues the recorded program on the current stream; a capture that forked other streams
 replays them on streams the graph owns, with the captured event edges.
+
+Limits: one host thread. ``Tensor.numpy()``/``tolist()`` read memory without dispatching, so they do
+not wait for queued work (``.item()``, comparisons and printing do). CPU tensor work that is host-side
+planning on a real device is device work here: an operator must issue its device work from its
+``launch`` closure (``npu_kernels.tasks``), and code between a replay and the records that release it
+should not compute with tensors on the parked stream.
 """
 
 from __future__ import annotations
