@@ -75,7 +75,8 @@ def flag_reset_kernel(flags_ptr, slot):
 
 
 class CudaStream(streams.Stream):
-    """A ``torch.cuda.Stream`` (``.cuda``); wrappers of one CUDA stream are one object."""
+    """A ``torch.cuda.Stream`` (``.cuda``); wrappers of the same CUDA stream compare equal, and
+    ``current_stream()`` returns one wrapper per CUDA stream."""
 
     _wrappers: dict = {}
 
