@@ -34,6 +34,10 @@ def test_every_variant_compiles(compiled):
 
 
 def test_tensor_cores_used(compiled):
-    """Float variants use mma on sm_80 and wgmma on sm_90."""
+    """Every kernel with a matmul uses tensor cores: mma on sm_80; on sm_90 the prefill kernel wgmma,
+    the decode split kernel (small GQA-packed tiles) mma or wgmma. The combine step has no matmul."""
     for r in compiled:
-        assert r["tensor_cores"] == ("wgmma" if r["arch"] == 90 else "mma"), r
+        if r["kernel"] == "decode_combine":
+            continue
+        expected = {"mma"} if r["arch"] == 80 else {"wgmma"} if r["kernel"] == "prefill" else {"mma", "wgmma"}
+        assert r["tensor_cores"] in expected, r

@@ -52,8 +52,7 @@ TRIU = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
     (dict(scale_value=float("inf")), ValueError, "scale_value"),
     # the dispatcher checks the schema's types first, as it does for torch_npu
     (dict(pre_tokens=1.5), RuntimeError, "'int' for argument 'pre_tokens'"),
-    (dict(deq_scale1=torch.ones(1)), NotImplementedError, "deq_scale1"),
-    (dict(quant_scale2=torch.ones(1)), NotImplementedError, "quant_scale2"),
+    (dict(deq_scale1=torch.ones(1)), ValueError, "deq_scale1"),
 ])
 def test_rejected(device, kwargs, exc, fragment):
     q, k, v = qkv(device)
