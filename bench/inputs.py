@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from npu_kernels.masks import COMPRESSED_MASK
+from npu_kernels.reference import tolerance
 
 from .cases import FIA, IFA, PFA, Case
 
@@ -180,13 +181,6 @@ def reference_slice(case: Case, call: Call) -> tuple[Call, Callable[[torch.Tenso
     key = "actual_seq_lengths" if case.op == IFA else "actual_seq_lengths_kv"
     kw[key] = kw[key][:1]
     return Call((q, k, v), kw, call.out), lambda out: out[:1]
-
-
-def tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    """(atol, rtol) of an output of ``dtype`` against the float32 reference: twice the dtype's epsilon,
-    the rule of the test suite."""
-    eps = torch.finfo(dtype).eps
-    return 2 * eps, 2 * eps
 
 
 def check(case: Case, call: Call, run: Callable[[Call], torch.Tensor],

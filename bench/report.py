@@ -42,7 +42,7 @@ def worker(archs: Sequence[int], names: Sequence[str]) -> None:
             row = {"kernel": v.kernel, "variant": v.name, "arch": arch, "num_warps": v.num_warps,
                    "num_stages": v.num_stages, "blocks": blocks}
             try:
-                c = aot.compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages)
+                c = aot.compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages, v.fp_fusion)
                 row.update(registers=c.registers, spill_bytes=c.spill_bytes, shared_bytes=c.shared_bytes,
                            tensor_cores=c.tensor_cores, compile_s=round(c.compile_s, 2), error=None)
             except Exception as exc:  # reported, not raised: a failing variant is a row of the report

@@ -12,7 +12,7 @@ from .device import interpreted, npu_device, use_interpreter
 if interpreted():
     use_interpreter()
 
-from . import library, reference  # noqa: E402  (kernels must be defined after the interpreter switch)
+from . import reference  # noqa: E402  (kernels must be defined after the interpreter switch)
 from .library import (  # noqa: E402
     _npu_fused_infer_attention_score_get_max_workspace, _npu_fused_infer_attention_score_infer_output,
     npu_fused_infer_attention_score, npu_incre_flash_attention, npu_prompt_flash_attention)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from hypothesis import HealthCheck, settings
 import npu_kernels as nk
 from npu_kernels import alloc
 from npu_kernels.env import hypothesis_profile
+from npu_kernels.reference import tolerance
 
 settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -42,14 +47,20 @@ def device() -> torch.device:
     return nk.npu_device()
 
 
-def tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    """(atol, rtol) for an output of ``dtype`` against the float32 reference: twice the dtype's
-    epsilon, i.e. about two units in the last place (fp16 2e-3, bf16 1.6e-2)."""
-    eps = torch.finfo(dtype).eps
-    return 2 * eps, 2 * eps
-
-
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
     assert not torch.isnan(actual).any(), "NaN in the output"
     atol, rtol = tolerance(dtype)
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def compile_only(*args: str, timeout: int = 1200) -> list[dict]:
+    """Run ``python *args`` in a subprocess whose Triton is in compiled mode (``NPUK_COMPILE_ONLY=1``,
+    no interpreter), as ahead-of-time compilation for a GPU target needs; its JSON lines."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(NPUK_COMPILE_ONLY="1", TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

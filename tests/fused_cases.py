@@ -68,7 +68,6 @@ def make_inputs(c: FCase, device):
     kw = dict(num_heads=c.N, num_key_value_heads=c.kv_heads if c.group > 1 else 0, scale=c.D ** -0.5,
               input_layout=c.layout, sparse_mode=c.sparse_mode, pre_tokens=c.pre, next_tokens=c.next,
               inner_precise=c.inner_precise, softmax_lse_flag=c.lse)
-    kv_dtype = torch.int8 if c.antiquant else c.dtype
 
     def kv_tensor(b, s, d):
         t = _rand(g, b, c.kv_heads, s, d)

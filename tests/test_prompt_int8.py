@@ -10,10 +10,6 @@ is rounded against the running maximum of each block.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,7 +22,7 @@ from npu_kernels.masks import INT_MAX
 from npu_kernels.ops import prompt
 from npu_kernels.reference.prompt import kernel_block_n
 
-from .conftest import assert_close
+from .conftest import assert_close, compile_only
 from .prompt_cases import Case, cases, make_inputs
 
 QS1 = 127.0                 # P in (0, 1] onto [0, 127]
@@ -301,13 +297,7 @@ for arch in (80, 90):
 def test_int8_tensor_cores_and_no_fused_fp16_steps():
     """Compiled for sm_80/sm_90 (no GPU needed): both matmuls of path (a) are int8 x int8 → int32 mma/wgmma,
     and no fp16 multiply-add is fused (each fp16 step of the pipeline is rounded)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(NPUK_COMPILE_ONLY="1", TRITON_DEFAULT_FP_FUSION="1")
-    proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = compile_only("-c", AOT_SCRIPT)
     assert [r["arch"] for r in rows] == [80, 90]
     for r in rows:
         assert r["int8_mma"] >= 2 and r["fma_f16"] == 0, r

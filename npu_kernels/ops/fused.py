@@ -44,9 +44,7 @@ class FusedCall:
     out_dtype: torch.dtype
     lse_shape: tuple[int, ...]                  # (B, N, Q_S, 1) or (T, N, 1); (0,) when the flag is off
     lse_flag: bool
-    batch: int
-    heads: int
-    q_len: int                                  # Q_S, or T for the token-major layouts
+    batch: int                                  # batches of the kernel's call (token-major: + 1 pseudo-batch)
 
     def lse_view(self, lse: torch.Tensor) -> torch.Tensor:
         """(B, N, S) view of ``lse`` as the kernels index it (token-major: batch stride 0, rows = tokens)."""
@@ -235,15 +233,14 @@ def validate(query, key, value, **kw) -> FusedCall:
         h = call.heads
         out_dtype = call.out_dtype
         return FusedCall("decode", None, call, layout, out_shape(layout.out, h.B, h.N, 1, h.Dv), out_dtype,
-                         (h.B, h.N, 1, 1) if lse_flag else (0,), lse_flag, h.B, h.N, 1)
+                         (h.B, h.N, 1, 1) if lse_flag else (0,), lse_flag, h.B)
     call = _prefill_call(query, key, value, layout, kv_n, decode, kw)
     h = call.heads
     token = layout.inp in TOKEN_LAYOUTS
-    batch = h.B - 1 if token else h.B                      # token-major calls carry one trailing pseudo-batch
     shape = out_shape(layout.out, 1 if token else h.B, h.N, h.S1, h.Dv)
     lse_shape = ((h.S1, h.N, 1) if token else (h.B, h.N, h.S1, 1)) if lse_flag else (0,)
     return FusedCall("decode" if decode else "prefill", call, None, layout, shape, call.out_dtype, lse_shape,
-                     lse_flag, h.B, h.N, h.S1)
+                     lse_flag, h.B)
 
 
 def token_layout(layout: Layout) -> bool:

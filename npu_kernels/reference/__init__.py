@@ -1,7 +1,16 @@
 """Golden implementations in readable PyTorch (exact math in float32 or float64, any device)."""
 
+import torch
+
 from .fused import npu_fused_infer_attention_score
 from .incre import npu_incre_flash_attention
 from .prompt import npu_prompt_flash_attention
 
-__all__ = ["npu_fused_infer_attention_score", "npu_incre_flash_attention", "npu_prompt_flash_attention"]
+__all__ = ["npu_fused_infer_attention_score", "npu_incre_flash_attention", "npu_prompt_flash_attention", "tolerance"]
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) within which a kernel output of ``dtype`` must match the float32 reference: twice the
+    dtype's epsilon, about two units in the last place (fp16 2e-3, bf16 1.6e-2)."""
+    eps = torch.finfo(dtype).eps
+    return 2 * eps, 2 * eps
