@@ -103,26 +103,27 @@ def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layou
 
 
 def lengths(name: str, values: Optional[Sequence[int]], batch: int, upper: int) -> Optional[list[int]]:
-    """Per-batch lengths: one value broadcast, or >= batch values of which the first batch are used."""
+    """Per-batch lengths: one value broadcast, or >= batch values of which the first batch are used.
+    Symbolic values (tracing) stay symbolic, so a traced call is not specialised to its lengths."""
     if values is None:
         return None
-    require(isinstance(values, (list, tuple)) and all(isinstance(v, int) for v in values), name, values,
-            "must be a list of ints")
+    require(isinstance(values, (list, tuple)) and all(isinstance(v, (int, torch.SymInt)) for v in values), name,
+            values, "must be a list of ints")
     require(len(values) == 1 or len(values) >= batch, name, values,
             f"needs 1 or at least B={batch} values, got {len(values)}")
-    out = [int(values[0])] * batch if len(values) == 1 else [int(v) for v in values[:batch]]
+    out = [values[0]] * batch if len(values) == 1 else list(values[:batch])
     for v in out:
         require(0 <= v <= upper, name, values, f"every length must be in [0, {upper}]")
     return out
 
 
 def int_list(values) -> Optional[list[int]]:
-    """Accepts a list/tuple of ints, SymInts or a 1-D integer tensor (read on the host) as ints."""
-    if values is None:
-        return None
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
-    return [int(v) for v in values] if all(isinstance(v, (int, torch.SymInt)) for v in values) else values
+    """A list/tuple of ints (or SymInts while tracing) as a list; other values are returned for
+    ``lengths`` to reject."""
+    if values is None or not isinstance(values, (list, tuple)):
+        return values
+    return [v if isinstance(v, torch.SymInt) else int(v) for v in values] \
+        if all(isinstance(v, (int, torch.SymInt)) for v in values) else values
 
 
 def user_mask(atten_mask: torch.Tensor, batch: int, rows: int, cols: int) -> torch.Tensor:

@@ -115,3 +115,26 @@ def test_out_rejects_wrong_outputs(device):
         nk.npu_fused_infer_attention_score.out(q, k, v, out=[out, lse.half()], **kw)
     with pytest.raises(ValueError, match="workspace"):
         nk.npu_fused_infer_attention_score.out(q, k, v, workspace=torch.empty(1, device=device), out=[out, lse], **kw)
+
+
+def test_compiled_call_not_specialised_to_lengths(device):
+    """Length lists are traced symbolically: after the first dynamic recompile, new lengths reuse the graph
+    (what task update of a compiled graph relies on)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    q = torch.randn(2, 4, 1, 32, device=device).half()
+    k = torch.randn(2, 4, 48, 32, device=device).half()
+
+    def fn(q, k, lens):
+        return nk.npu_fused_infer_attention_score(q, k, k, num_heads=4, input_layout="BNSD",
+                                                  actual_seq_lengths_kv=lens)[0]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
+    for lens in ([10, 20], [30, 40], [48, 7], [1, 0]):
+        torch.testing.assert_close(compiled(q, k, lens), fn(q, k, lens), atol=0, rtol=0)
+    assert len(graphs) == 2
