@@ -74,6 +74,16 @@ def shared_stream(purpose, priority: int = 0) -> Stream:
     return _shared[key]
 
 
+def by_id(stream_id: str) -> Stream:
+    """The current, default or a process-wide stream whose ``stream_id`` is ``stream_id`` (a string, as
+    graphs carry it)."""
+    candidates = [current_stream(), default_stream(), *(s for (name, _), s in _shared.items() if name == backend().name)]
+    for s in candidates:
+        if str(s.stream_id) == str(stream_id):
+            return s
+    raise RuntimeError(f"no stream with id {stream_id!r}: known are {sorted({str(s.stream_id) for s in candidates})}")
+
+
 def synchronize(device=None) -> None:
     """Wait for all work of every stream (raises instead of hanging where the device would hang)."""
     backend().synchronize()

@@ -102,6 +102,10 @@ class CudaStream(streams.Stream):
     def __repr__(self) -> str:
         return f"<cuda Stream {self.cuda.stream_id:#x} on cuda:{self.cuda.device_index}>"
 
+    @property
+    def stream_id(self) -> int:
+        return self.cuda.stream_id
+
     def query(self) -> bool:
         return self.cuda.query()
 

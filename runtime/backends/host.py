@@ -264,6 +264,10 @@ class HostStream(streams.Stream):
     def __repr__(self) -> str:
         return f"<host Stream {self.id}>"
 
+    @property
+    def stream_id(self) -> int:
+        return self.id
+
     def query(self) -> bool:
         return not self.queue
 

@@ -6,6 +6,8 @@ event tags), so Dynamo traces it on any torch version. Kernels:
   a stream scope makes the tag's stream current until its exit. Eager ``npu_stream_switch`` does nothing.
 - ``tagged_event_record/wait`` record or wait the tag's event on the current stream (ordinary events).
 - ``record_tagged_stream`` marks the tensor as used by the tag's stream (``"default"``: the main stream).
+- ``tagged_event_*_on_stream`` / ``tagged_stream_wait_stream`` do the same on the stream named by its id;
+  ``wait_tensor``, ``record`` and ``wait`` exist for the GE graph engine only and raise when run.
 One stream per tag, per backend, for the whole process, created at first use.
 """
 
@@ -86,6 +88,39 @@ _define("tagged_event_record(str tag, bool created_inside=False) -> ()", _tagged
 _define("tagged_event_wait(str tag, bool created_inside=False) -> ()", _tagged_event_wait)
 _define("record_tagged_stream(Tensor input, str tag) -> ()", _record_tagged_stream)
 _define("record_tagged_stream_(Tensor(a!) input, str tag) -> ()", _record_tagged_stream)
+
+
+def _tagged_event_record_on_stream(event_tag: str, stream_id: str, device_index: str, device_type: str,
+                                   created_inside: bool = False) -> None:
+    event_of(event_tag).record(streams.by_id(stream_id))
+    _recorded.add(event_tag)
+
+
+def _tagged_event_wait_on_stream(event_tag: str, stream_id: str, device_index: str, device_type: str,
+                                 created_inside: bool = False) -> None:
+    event_of(event_tag).wait(streams.by_id(stream_id))
+
+
+def _tagged_stream_wait_stream(stream_id: str, device_index: str, device_type: str, other_stream_id: str,
+                               other_device_index: str, other_device_type: str) -> None:
+    streams.by_id(stream_id).wait_stream(streams.by_id(other_stream_id))
+
+
+def _graph_engine_only(name: str):
+    def kernel(*args, **kwargs):
+        raise NotImplementedError(f"air.{name} is only converted by the GE graph engine (max-autotune); "
+                                  "it has no eager or reduce-overhead kernel")
+    return kernel
+
+
+ON_STREAM = "str event_tag, str stream_id, str device_index, str device_type, bool created_inside=False"
+_define(f"tagged_event_record_on_stream({ON_STREAM}) -> ()", _tagged_event_record_on_stream)
+_define(f"tagged_event_wait_on_stream({ON_STREAM}) -> ()", _tagged_event_wait_on_stream)
+_define("tagged_stream_wait_stream(str stream_id, str device_index, str device_type, str other_stream_id, "
+        "str other_device_index, str other_device_type) -> ()", _tagged_stream_wait_stream)
+_define("wait_tensor(Tensor self, Tensor dependency) -> Tensor", _graph_engine_only("wait_tensor"))
+_define("record(*, Device? device=None) -> Tensor", _graph_engine_only("record"))
+_define("wait(Tensor[] x) -> ()", _graph_engine_only("wait"))
 
 
 def npu_create_tagged_event(tag: str) -> streams.Event:
