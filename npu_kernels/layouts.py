@@ -48,10 +48,19 @@ class Layout:
 
 
 def as_bnsd(t: torch.Tensor, layout: str, heads: int) -> torch.Tensor:
-    """View of ``t`` (in ``layout``) as (B, heads, S, D); never a copy."""
+    """View of ``t`` (in ``layout``) as (B, heads, S, D); never a copy. The same as
+    ``rearrange(t, _TO_BNSD[layout])``, with plain view ops: this is on every launch."""
     if layout == "BSH":
-        return rearrange(t, _TO_BNSD[layout], n=heads)
-    return rearrange(t, _TO_BNSD[layout])
+        return t.unflatten(2, (heads, t.shape[2] // heads)).transpose(1, 2)
+    if layout == "BSND":
+        return t.transpose(1, 2)
+    if layout == "NBSD":
+        return t.transpose(0, 1)
+    if layout == "TND":
+        return t.transpose(0, 1).unsqueeze(0)
+    if layout in ("NTD", "NSD"):
+        return t.unsqueeze(0)
+    return t
 
 
 def from_bnsd(t: torch.Tensor, layout: str) -> torch.Tensor:

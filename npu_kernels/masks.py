@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 INT_MAX = 2147483647
@@ -54,6 +55,11 @@ def prefill_band(sparse_mode: int, pre_tokens: int, next_tokens: int, qlen: int,
     if sparse_mode == 4:
         return Band(pre_tokens - kvtot + qlen, next_tokens + kvtot - qlen, False)
     raise ValueError(f"sparse_mode={sparse_mode}: expected one of {SPARSE_MODES}")
+
+
+def fp16_value(x: float) -> float:
+    """``x`` rounded to float16 (the NPU's fp16 compute paths cast the scale so)."""
+    return float(np.float16(x))
 
 
 def in_band(i, j, pre, nxt):

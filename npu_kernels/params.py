@@ -6,6 +6,9 @@ here, nothing that selects a kernel or its grid does. Offsets are in elements of
 
 from __future__ import annotations
 
+import itertools
+from array import array
+
 import torch
 import triton.language as tl
 
@@ -23,4 +26,5 @@ PREFIX = tl.constexpr(8)   # shared-prefix keys in front of the batch's own keys
 
 def pack(rows: list[tuple[int, ...]]) -> torch.Tensor:
     """[B * FIELDS] int32 CPU tensor from one tuple per batch (fields past its end are 0)."""
-    return torch.tensor([tuple(r) + (0,) * (FIELDS - len(r)) for r in rows], dtype=torch.int32).reshape(-1)
+    words = array("i", itertools.chain.from_iterable(tuple(r) + (0,) * (FIELDS - len(r)) for r in rows))
+    return torch.frombuffer(words, dtype=torch.int32) if words else torch.empty(0, dtype=torch.int32)

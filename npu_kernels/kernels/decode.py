@@ -32,6 +32,7 @@ import triton.language as tl
 
 from .. import params as pb
 from .. import quant
+from .prefill import cdiv
 from .prefill import grid as fold_grid
 
 MAX_SPLITS = 64
@@ -281,8 +282,8 @@ def block_config(d: int, dv: int, on_gpu: bool, int8_kv: bool = False) -> tuple[
 def num_splits(capacity: int, bkv_total: int, block_n: int, programs: int) -> int:
     """Splits per (batch, kv head) from static sizes only: enough programs to fill ``programs`` slots,
     never more splits than key blocks of the capacity (the longest possible length)."""
-    want = triton.cdiv(programs, max(bkv_total, 1))
-    return max(1, min(want, triton.cdiv(max(capacity, 1), block_n), MAX_SPLITS))
+    want = cdiv(programs, max(bkv_total, 1))
+    return max(1, min(want, cdiv(max(capacity, 1), block_n), MAX_SPLITS))
 
 
 def grids(splits: int, bkv_total: int, bn_total: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

@@ -345,10 +345,15 @@ def block_config(d: int, dv: int, on_gpu: bool) -> tuple[int, int, int, int]:
     return 64, 32, 8, 1
 
 
+def cdiv(a: int, b: int) -> int:
+    """Host-side ceiling division (``triton.cdiv`` is a JIT function: slow to call on the launch path)."""
+    return -(-a // b)
+
+
 def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
     """(row blocks, batch*heads folded into axes 1 and 2 so no axis exceeds 65535)."""
     y = min(bn_total, 65535)
-    return (triton.cdiv(s1, block_m), y, triton.cdiv(bn_total, y))
+    return (cdiv(s1, block_m), y, cdiv(bn_total, y))
 
 
 def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources: tuple = ()) -> dict:

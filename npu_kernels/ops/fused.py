@@ -440,7 +440,7 @@ def _prefill_call(query, key, value, layout: Layout, kv_n: int, decode: bool, kw
         pse = checks.pse(kw["pse_shift"], torch.float16 if qa.int8_in else query.dtype, B, n, s1, s2 + P)
         inner &= ~1                                             # pse forces high precision
     fp16_compute = qa.int8_in or (query.dtype == torch.float16 and inner & 1 and not decode)
-    scale = float(torch.tensor(float(kw["scale"]), dtype=torch.float16)) if fp16_compute else float(kw["scale"])
+    scale = masks.fp16_value(kw["scale"]) if fp16_compute else float(kw["scale"])
     fill = masks.FILL_DECODE if decode else masks.FILL_FP16 if fp16_compute else masks.FILL_FP32
     out_dtype = torch.int8 if qa.int8_out else (rope[0].dtype if rope else torch.float16) if qa.int8_in \
         else query.dtype

@@ -125,7 +125,7 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
                          heads.S2)
         inner_precise = 0                      # fp16 + pse is forced to high precision
     fp16_compute = qa.int8_in or (query.dtype == torch.float16 and inner_precise == 1)
-    scale = float(torch.tensor(float(scale_value), dtype=torch.float16)) if fp16_compute else float(scale_value)
+    scale = masks.fp16_value(scale_value) if fp16_compute else float(scale_value)
     out_dtype = torch.int8 if qa.int8_out else torch.float16 if qa.int8_in else query.dtype
     return PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=qlens,
                       kvlens=kvlens, bands=bands, mask=mask, pse=pse, scale=scale,
