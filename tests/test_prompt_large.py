@@ -22,11 +22,14 @@ def _free_bytes(device) -> int:
     return int(info["MemAvailable"].split()[0]) * 1024 + int(info.get("SwapFree", "0 kB").split()[0]) * 1024
 
 
+DEVICE = nk.npu_device()
+NEED = 3 * BATCH_STRIDE * 2 if DEVICE.type == "cuda" else 0     # the CPU commits only the touched pages
+
+
+@pytest.mark.skipif(NEED > _free_bytes(DEVICE), reason=f"needs {NEED / 2**30:.1f} GiB of free device memory")
 def test_batch_offset_beyond_int32(device):
-    need = 3 * BATCH_STRIDE * 2 if device.type == "cuda" else 0   # the CPU commits only touched pages
-    if need > _free_bytes(device):
-        pytest.skip(f"needs {need / 2**30:.1f} GiB of free device memory")
     storage = torch.empty(2 * BATCH_STRIDE + 3 * 16 * 16, dtype=torch.float16, device=device)
+
     def view(offset):
         return storage.as_strided((3, 1, 16, 16), (BATCH_STRIDE, 256, 16, 1), offset)
     g = torch.Generator().manual_seed(0)
