@@ -25,14 +25,10 @@ settings.register_profile("thorough", max_examples=400, deadline=None, print_blo
                                                  HealthCheck.function_scoped_fixture])
 settings.load_profile(hypothesis_profile())
 
-ON_GPU = nk.npu_device().type == "cuda"
-needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
-
-
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    """(Poisoning stays in place across the examples of a hypothesis test.)
-    Every operator output starts as NaN (float) or a sentinel (int), so unwritten elements show."""
+    """Every operator output starts as NaN (float) or a sentinel (int), so unwritten elements show; the
+    patch stays in place across the examples of a hypothesis test."""
     real = alloc.empty
 
     def poisoned(shape, dtype, device):
