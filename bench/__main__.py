@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,plot,report,host} ...`` (see ``bench/__init__.py``)."""
+"""Command line: ``python -m bench {run,plot,report,host,graph-host} ...`` (see ``bench/__init__.py``)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def main(argv=None) -> int:
     host.add_argument("--rounds", type=int, default=15)
     host.add_argument("--per-round", type=int, default=200)
     host.add_argument("--out", default=None)
+    gh = sub.add_parser("graph-host", help="host backend: µs per recorded/replayed op, task update vs re-capture")
+    gh.add_argument("--rounds", type=int, default=5)
+    gh.add_argument("--per-round", type=int, default=20)
+    gh.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
     if a.cmd == "run":
@@ -45,6 +49,10 @@ def main(argv=None) -> int:
         from . import report as mod
 
         return mod.main([int(x) for x in a.arch.split(",")], [x for x in a.variant.split(",") if x], a.out)
+    if a.cmd == "graph-host":
+        from . import host_graph as mod
+
+        return mod.main(a.out, a.rounds, a.per_round)
     from . import host as mod
 
     return mod.main(a.suite, a.quick, a.match, a.out, a.rounds, a.per_round)

@@ -387,3 +387,13 @@ def test_run_without_gpu_exits_nonzero_with_the_message(tmp_path):
 @pytest.mark.skipif(INT_MAX != 2147483647, reason="the band clamp assumes torch_npu's INT_MAX")
 def test_band_clamp_of_default_tokens():
     assert tiny().bands() == [(1 << 30, 1 << 30)]
+
+
+def test_graph_host_measures_every_row():
+    """``bench graph-host`` on the host backend: per-op capture/replay costs and task update vs re-capture."""
+    from bench import host_graph
+
+    rows = host_graph.measure(rounds=1, per_round=2)
+    assert [r["case"] for r in rows] == ["eager issue", "capture", "replay", "task update (incremental attention)",
+                                         "re-capture of the same graph"]
+    assert all(r["value"] > 0 for r in rows)
