@@ -214,7 +214,7 @@ def validate(query, key, value, **kw) -> FusedCall:
     if layout.inp == "BSH":
         require(query.shape[-1] % num_heads == 0, "query", query, f"hidden size must be divisible by num_heads={num_heads}")
     q_s = _query_len(query, layout, num_heads)
-    b, n, _, d = bnsd_shape(query, layout.inp, num_heads)
+    _, n, _, d = bnsd_shape(query, layout.inp, num_heads)
     require(n == num_heads, "num_heads", num_heads, f"must equal the query's head axis ({n})")
     scale = kw["scale"]
     require(isinstance(scale, (int, float)) and abs(float(scale)) < float("inf"), "scale", scale, "must be a finite float")
@@ -227,24 +227,19 @@ def validate(query, key, value, **kw) -> FusedCall:
 
     decode = _decode_path(layout, q_s, d, key, kw)
     same_dv = _kv_views(value, layout, kv_n, kw["block_table"], "value").shape[3] == d
-    if decode and q_s == 1 and not token_layout(layout) and rope[0] is None and kw["key_shared_prefix"] is None \
+    token = layout.inp in TOKEN_LAYOUTS
+    if decode and q_s == 1 and not token and rope[0] is None and kw["key_shared_prefix"] is None \
             and _channel_antiquant(key, kw) and same_dv and _sliding_window(layout, key, query, kw) is None:
         call = _decode_call(query, key, value, layout, kv_n, kw)
         h = call.heads
-        out_dtype = call.out_dtype
-        return FusedCall("decode", None, call, layout, out_shape(layout.out, h.B, h.N, 1, h.Dv), out_dtype,
+        return FusedCall("decode", None, call, layout, out_shape(layout.out, h.B, h.N, 1, h.Dv), call.out_dtype,
                          (h.B, h.N, 1, 1) if lse_flag else (0,), lse_flag, h.B)
     call = _prefill_call(query, key, value, layout, kv_n, decode, kw)
     h = call.heads
-    token = layout.inp in TOKEN_LAYOUTS
     shape = out_shape(layout.out, 1 if token else h.B, h.N, h.S1, h.Dv)
     lse_shape = ((h.S1, h.N, 1) if token else (h.B, h.N, h.S1, 1)) if lse_flag else (0,)
     return FusedCall("decode" if decode else "prefill", call, None, layout, shape, call.out_dtype, lse_shape,
                      lse_flag, h.B)
-
-
-def token_layout(layout: Layout) -> bool:
-    return layout.inp in TOKEN_LAYOUTS
 
 
 def _sliding_window(layout: Layout, key: torch.Tensor, query: torch.Tensor, kw) -> Optional[int]:
