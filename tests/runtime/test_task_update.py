@@ -186,8 +186,9 @@ def _close(case, state, lengths, got=None):
     torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)
 
 
-def _capture(rt, case, state, layers=1):
-    """The seed's capture: per layer an ExternalEvent wait/reset, then the call in a task group."""
+def _capture(rt, case, state, layers=1, after_layer=None):
+    """The seed's capture: per layer an ExternalEvent wait/reset, then the call in a task group (then
+    ``after_layer()``, captured work that reads the layer's output)."""
     g = rt.NPUGraph()
     events, handles = [], []
     with rt.graph(g):
@@ -200,6 +201,8 @@ def _capture(rt, case, state, layers=1):
             _capture_call(case, state)
             handles.append(rt.graph_task_group_end(s))
             events.append(ev)
+            if after_layer is not None:
+                after_layer()
     return g, events, handles
 
 
@@ -274,19 +277,8 @@ def test_serving_loop(rt, device, case):
     layers, steps = 4, (case.host_steps if rt.backend().name == "host" else 16)
     state = case.make(device)
     w = 0.5
-    g = rt.NPUGraph()
-    events, handles, hidden = [], [], []
-    with rt.graph(g):
-        s = rt.current_stream()
-        for _ in range(layers):
-            ev = rt.ExternalEvent()
-            ev.wait(s)
-            ev.reset(s)
-            rt.graph_task_group_begin(s)
-            _capture_call(case, state)
-            handles.append(rt.graph_task_group_end(s))
-            events.append(ev)
-            hidden.append(_output(state) * w)     # per-layer work reading the task's output
+    hidden = []                                   # per-layer work reading the task's output
+    g, events, handles = _capture(rt, case, state, layers, after_layer=lambda: hidden.append(_output(state) * w))
     u = rt.Stream()
     rng = random.Random(0)
     for _ in range(steps):
