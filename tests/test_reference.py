@@ -80,3 +80,29 @@ def test_matches_sdpa(layout, mode):
     args = [to_layout[inp](t).half().contiguous() for t in (q, k, v)]
     out = ref(*args, compute_dtype=torch.float64, **kw)
     torch.testing.assert_close(out.double(), to_layout[out_layout](expected), atol=4e-3, rtol=4e-3)
+
+
+def test_fp16_emulation_only_on_the_fp16_fast_path():
+    """``emulate_fp16`` follows the NPU's fp16 high-performance roundings where that path applies (fp16
+    input, PFA's default precision); on high precision (sparse 10-14, pse) and bf16 it is the exact math."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 40, 32, generator=g).half() for _ in range(3))
+    kw = dict(num_heads=2, input_layout="BNSD", scale_value=32 ** -0.5, next_tokens=INT_MAX)
+    exact = ref(q, k, v, **kw)
+    emulated = ref(q, k, v, emulate_fp16=True, **kw)
+    assert not torch.equal(exact, emulated)                       # fp16 scores and P·V round differently
+    torch.testing.assert_close(emulated.float(), exact.float(), atol=2e-3, rtol=2e-3)
+    for other in (dict(kw, sparse_mode=10), dict(kw, pse_shift=torch.zeros(1, 2, 40, 40).half())):
+        assert torch.equal(ref(q, k, v, emulate_fp16=True, **other), ref(q, k, v, **other))
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    assert torch.equal(ref(qb, kb, vb, emulate_fp16=True, **kw), ref(qb, kb, vb, **kw))
+
+
+def test_kernel_within_tolerance_of_the_fp16_emulation():
+    """The fp32 kernel stays within the fp16 tolerance of the NPU's fp16 path as well as of exact math."""
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 3, 70, 64, generator=g).half() for _ in range(3))
+    kw = dict(num_heads=3, input_layout="BNSD", scale_value=0.125, sparse_mode=3, atten_mask=TRIU)
+    out = nk.npu_prompt_flash_attention(q, k, v, **kw)
+    atol, rtol = nk.reference.tolerance(torch.float16)
+    torch.testing.assert_close(out.float(), ref(q, k, v, emulate_fp16=True, **kw).float(), atol=atol, rtol=rtol)

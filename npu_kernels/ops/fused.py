@@ -452,7 +452,8 @@ def _prefill_call(query, key, value, layout: Layout, kv_n: int, decode: bool, kw
     return prompt.PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=qlens,
                              kvlens=kvtots, bands=bands, mask=mask, pse=pse, scale=scale, fill=fill,
                              zero_masked_rows=bool(inner & 2) and not decode, quant=qa, offsets=offsets,
-                             sources=sources, lse_empty=masks.LSE_DECODE_EMPTY if decode else float("inf"))
+                             sources=sources, lse_empty=masks.LSE_DECODE_EMPTY if decode else float("inf"),
+                             fp16_path=bool(fp16_compute) and not qa.int8_in)
 
 
 def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,6 +47,7 @@ class PromptCall:
     offsets: Optional[tuple[tuple[int, int, int, int, int], ...]] = None
     sources: Sources = Sources()
     lse_empty: float = float("inf")    # lse of rows of a batch without keys (decode semantics: -3.4e38)
+    fp16_path: bool = False            # the NPU computes this call on its fp16 high-performance path
     quant: quant.QuantArgs = quant.NO_QUANT
 
 
@@ -129,7 +130,8 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
     out_dtype = torch.int8 if qa.int8_out else torch.float16 if qa.int8_in else query.dtype
     return PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=qlens,
                       kvlens=kvlens, bands=bands, mask=mask, pse=pse, scale=scale,
-                      fill=masks.FILL_FP16 if fp16_compute else masks.FILL_FP32, zero_masked_rows=False, quant=qa)
+                      fill=masks.FILL_FP16 if fp16_compute else masks.FILL_FP32, zero_masked_rows=False, quant=qa,
+                      fp16_path=fp16_compute and not qa.int8_in)
 
 
 def rows_all_computed(s1: int, qlens: list[int], kvlens: list[int], bands: list[Band]) -> bool:

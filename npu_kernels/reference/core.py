@@ -56,12 +56,14 @@ def int8_scores(q: torch.Tensor, k: torch.Tensor, scale: float, steps: Int8Steps
 
 
 def online_softmax_pv(s: torch.Tensor, v: torch.Tensor, block_n: int,
-                      int8: Optional[Int8Steps] = None) -> tuple[torch.Tensor, ...]:
+                      int8: Optional[Int8Steps] = None, fp16_path: bool = False) -> tuple[torch.Tensor, ...]:
     """Flash attention's online softmax over key blocks of ``block_n``, P unnormalised against the
     running maximum: s (N, rows, keys), v (N, keys, Dv) → (out, l, m), each (N, rows, ·), fp32.
 
     Float: P rounded to V's dtype for P·V, out = acc / l. int8 (spec ops §2.4): P = fp16(exp(fp16(s - m))),
     quantised with quant_scale1, int8 P·V exact, dequantised with deq_scale2 to fp16, out = acc / fp16(l).
+    ``fp16_path`` (the NPU's fp16 high-performance path, spec ops §1.8): P = fp16(exp(fp16(s - m))), P·V
+    rounded to fp16, the accumulator kept in fp16, out = acc / fp16(l).
     """
     n, rows, keys = s.shape
     m = torch.full((n, rows, 1), float("-inf"), device=s.device)
@@ -71,7 +73,10 @@ def online_softmax_pv(s: torch.Tensor, v: torch.Tensor, block_n: int,
         sb, vb = s[..., j0:j0 + block_n].float(), v[:, j0:j0 + block_n]
         m_new = torch.maximum(m, sb.amax(-1, keepdim=True))
         alpha = torch.exp(m - m_new)
-        if int8 is None:
+        if fp16_path:
+            p = fp16(torch.exp(fp16(sb - m_new)))
+            pv = fp16(torch.einsum("nij,njd->nid", p, vb.float()))
+        elif int8 is None:
             p = torch.exp(sb - m_new)
             pv = torch.einsum("nij,njd->nid", p.to(v.dtype).float(), vb.float())
         else:
@@ -80,15 +85,17 @@ def online_softmax_pv(s: torch.Tensor, v: torch.Tensor, block_n: int,
             pv = fp16(torch.einsum("nij,njd->nid", pq.double(), vb.double()).float() * int8.deq_scale2)
         l = l * alpha + p.sum(-1, keepdim=True)
         acc = acc * alpha + pv
+        if fp16_path:
+            acc = fp16(acc)
         m = m_new
-    return acc / (l if int8 is None else fp16(l)), l, m
+    return acc / (l if int8 is None and not fp16_path else fp16(l)), l, m
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[BatchSpan], *, scale: float,
               fill: float, mask: Optional[torch.Tensor] = None, pse: Optional[torch.Tensor] = None,
               zero_masked_rows: bool = False, empty_lse: float = float("inf"),
               compute_dtype: torch.dtype = torch.float32, int8: Optional[Int8Steps] = None,
-              block_n: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+              block_n: Optional[int] = None, fp16_path: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, N, S1, D), k (B, KV_N, S2, D), v (B, KV_N, S2, Dv) → out (B, N, S1, Dv), lse (B, N, S1).
 
     ``mask`` (B or 1, R, C): non-zero = masked out, used only where ``band.use_user_mask``.
@@ -96,6 +103,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[Bat
     ``block_n``: softmax and P·V block by block as a flash kernel does (``online_softmax_pv``; the
     rounding of P then depends on the running maximum); None: the exact row softmax.
     ``int8``: int8 q/k/v through the pipeline of spec ops §2.4 (pse added in fp16), with ``int8.block_n``.
+    ``fp16_path``: fp16 q/k/v through the NPU's fp16 high-performance path (scores rounded to fp16 after
+    Q·Kᵀ and after the scale, then ``online_softmax_pv`` with its fp16 steps; needs ``block_n``).
     """
     block_n = int8.block_n if int8 is not None else block_n
     B, N, S1, _ = q.shape
@@ -112,14 +121,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[Bat
         keys = slice(sp.kv_off, sp.kv_off + sp.kvlen)
         kb = repeat(k[b, :, keys], "g s d -> (g r) s d", r=group).to(compute_dtype)
         vb = repeat(v[b, :, keys], "g s d -> (g r) s d", r=group)
-        if int8 is None:
+        if fp16_path:
+            s = fp16(fp16(torch.einsum("nid,njd->nij", q[b, :, rows].float(), kb.float())) * scale)
+        elif int8 is None:
             s = scale * torch.einsum("nid,njd->nij", q[b, :, rows].to(compute_dtype), kb)
         else:
             s = int8_scores(q[b, :, rows], kb, scale, int8)
         if pse is not None:
             pb = pse[b if pse.shape[0] > 1 else 0]
             s = s + pb[:, sp.qm_off:sp.qm_off + sp.qlen, sp.kvm_off:sp.kvm_off + sp.kvlen].to(s.dtype)
-            if int8 is not None:
+            if int8 is not None or fp16_path:
                 s = fp16(s)
         keep = band_matrix(sp.qlen, sp.kvlen, sp.band, q.device)               # (qlen, kvlen)
         row_has_key = keep.any(-1)
@@ -134,7 +145,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[Bat
             l = p.sum(-1, keepdim=True)
             o = torch.einsum("nij,njd->nid", p.to(v.dtype).to(compute_dtype), vb.to(compute_dtype)) / l
         else:
-            o, l, m = online_softmax_pv(s, vb, block_n, int8)
+            o, l, m = online_softmax_pv(s, vb, block_n, int8, fp16_path)
         zero = ~row_has_key
         if zero_masked_rows:
             zero = zero | masked.all(-1)

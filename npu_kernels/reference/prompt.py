@@ -40,21 +40,24 @@ def quantise_output(out: torch.Tensor, lse: torch.Tensor, qa: quant.QuantArgs) -
 
 
 def npu_prompt_flash_attention(query, key, value, *, compute_dtype: torch.dtype = torch.float32,
-                               block_n: Optional[int] = None, **kwargs) -> torch.Tensor:
+                               block_n: Optional[int] = None, emulate_fp16: bool = False, **kwargs) -> torch.Tensor:
     """Reference of ``nk.npu_prompt_flash_attention`` (same keyword arguments, validated the same way).
 
     ``compute_dtype`` is the precision of the math (float32 or float64); the result has the operator's
     output dtype and layout. ``block_n``: compute block by block over keys as a flash kernel does (P is
     rounded against the running maximum; ``kernel_block_n`` gives the prefill kernel's block); None: the
     exact softmax for float inputs, ``kernel_block_n`` for int8 inputs, whose P quantisation needs blocks.
+    ``emulate_fp16``: where the NPU takes its fp16 high-performance path (fp16 input, PFA's default
+    precision, no pse), follow its fp16 roundings step by step (spec ops §1.8) instead of exact math.
     """
     call = prompt.validate(query, key, value, **kwargs)
     h = call.heads
-    if block_n is None and call.quant.int8_in:
+    fp16_path = emulate_fp16 and call.fp16_path
+    if block_n is None and (call.quant.int8_in or fp16_path):
         block_n = kernel_block_n(query, key, value, **kwargs)
     out, lse = attention(h.q, h.k, h.v, spans_of(call), scale=call.scale, fill=call.fill, mask=call.mask,
                          pse=call.pse, zero_masked_rows=call.zero_masked_rows, compute_dtype=compute_dtype,
-                         int8=int8_steps(call.quant, block_n), block_n=block_n)
+                         int8=int8_steps(call.quant, block_n), block_n=block_n, fp16_path=fp16_path)
     if call.quant.int8_out:
         out = quantise_output(out, lse, call.quant)
     return from_bnsd(out, call.layout.out).to(call.out_dtype).contiguous()
