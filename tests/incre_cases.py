@@ -9,10 +9,9 @@ import torch
 from hypothesis import strategies as st
 
 from npu_kernels.layouts import from_bnsd
-
-DTYPES = (torch.float16, torch.bfloat16)
-LAYOUTS = ("BSH", "BSND", "BNSD")
-MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
+from npu_kernels.checks import FLOAT_DTYPES as DTYPES
+from npu_kernels.checks import MASK_DTYPES
+from npu_kernels.ops.incre import LAYOUTS
 
 
 @dataclass(frozen=True)

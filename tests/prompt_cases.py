@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from npu_kernels.layouts import from_bnsd
 from npu_kernels.masks import COMPRESSED_MASK, INT_MAX
-
-DTYPES = (torch.float16, torch.bfloat16)
-LAYOUTS = ("BSH", "BSND", "BNSD", "BNSD_BSND")
-MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
+from npu_kernels.checks import FLOAT_DTYPES as DTYPES
+from npu_kernels.checks import MASK_DTYPES
+from npu_kernels.layouts import PROMPT_LAYOUTS as LAYOUTS
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ ROPE_DIM = 64
 class FusedCall:
     """Validated arguments: the call of the path chosen and the shapes of both results."""
 
-    path: str                                   # "prefill" or "decode"
     prompt: Optional[prompt.PromptCall]         # set when the prefill kernel runs the call
     incre: Optional[incre.IncreCall]            # set when the decode kernels run it
     layout: Layout
@@ -232,13 +231,13 @@ def validate(query, key, value, **kw) -> FusedCall:
             and _channel_antiquant(key, kw) and same_dv and _sliding_window(layout, key, query, kw) is None:
         call = _decode_call(query, key, value, layout, kv_n, kw)
         h = call.heads
-        return FusedCall("decode", None, call, layout, out_shape(layout.out, h.B, h.N, 1, h.Dv), call.out_dtype,
+        return FusedCall(None, call, layout, out_shape(layout.out, h.B, h.N, 1, h.Dv), call.out_dtype,
                          (h.B, h.N, 1, 1) if lse_flag else (0,), lse_flag, h.B)
     call = _prefill_call(query, key, value, layout, kv_n, decode, kw)
     h = call.heads
     shape = out_shape(layout.out, 1 if token else h.B, h.N, h.S1, h.Dv)
     lse_shape = ((h.S1, h.N, 1) if token else (h.B, h.N, h.S1, 1)) if lse_flag else (0,)
-    return FusedCall("decode" if decode else "prefill", call, None, layout, shape, call.out_dtype, lse_shape,
+    return FusedCall(call, None, layout, shape, call.out_dtype, lse_shape,
                      lse_flag, h.B)
 
 
