@@ -92,8 +92,7 @@ def _fused_out(query, key, value, *, workspace=None, attention_out, softmax_lse,
 
 def _workspace_fake(query, key, value, **kwargs):
     call = fused.validate(query, key, value, **fused.with_defaults(kwargs))
-    size = query.element_size()
-    return query.new_empty((max(1, -(-fused.workspace_elements(call) * 4 // size)),))
+    return query.new_empty((fused.workspace_numel(call, query.element_size()),))
 
 
 define(f"npu_fused_infer_attention_score({FUSED_ARGS}) -> (Tensor, Tensor)",

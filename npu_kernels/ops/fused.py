@@ -470,10 +470,14 @@ def _scratch_words(call: FusedCall) -> int:
     return sum(incre.plan(call.incre, out, None, on_gpu=device.type == "cuda").static.workspace)
 
 
-def workspace_elements(call: FusedCall) -> int:
-    """4-byte words of workspace: the split-KV scratch, then the parameter block (int32 per batch field)."""
-    batches = (call.prompt or call.incre).heads.B
-    return _scratch_words(call) + batches * params.FIELDS
+def _block_words(call: FusedCall) -> int:
+    return (call.prompt or call.incre).heads.B * params.FIELDS
+
+
+def workspace_numel(call: FusedCall, element_size: int) -> int:
+    """Elements of ``element_size`` bytes (at least one) holding the split-KV scratch, then the parameter
+    block (an int32 per batch field), as 4-byte words."""
+    return max(1, -(-(_scratch_words(call) + _block_words(call)) * 4 // element_size))
 
 
 def submit(call: FusedCall, out: torch.Tensor, lse: torch.Tensor, workspace: Optional[torch.Tensor] = None,
@@ -483,12 +487,14 @@ def submit(call: FusedCall, out: torch.Tensor, lse: torch.Tensor, workspace: Opt
     lse_k = call.lse_view(lse) if call.lse_flag else None
     scratch = block = None
     if workspace is not None:
-        require(workspace.is_contiguous() and (workspace.numel() * workspace.element_size()) % 4 == 0,
-                "workspace", workspace, "must be contiguous and a whole number of 4-byte words")
+        n, nbytes = _scratch_words(call), workspace.numel() * workspace.element_size()
+        need = (n + _block_words(call)) * 4
+        require(workspace.is_contiguous() and nbytes % 4 == 0 and nbytes >= need, "workspace", workspace,
+                f"must be contiguous, whole 4-byte words and at least {need} bytes "
+                "(see _npu_fused_infer_attention_score_get_max_workspace)")
         words = workspace.view(-1).view(torch.int32)
-        n = _scratch_words(call)
         scratch = words[:n].view(torch.float32)
-        block = words[n:workspace_elements(call)]
+        block = words[n:need // 4]
     if call.incre is not None:
         incre.submit(call.incre, out, lse_k, workspace=scratch, op=OP, caller_outputs=caller_outputs,
                      block_buffer=block)
@@ -517,9 +523,6 @@ def npu_fused_infer_attention_score_out(query, key, value, *, workspace=None, at
                 softmax_lse, f"must be {call.lse_shape} float32 with softmax_lse_flag=True")
     if workspace is not None:
         checks.tensor("workspace", workspace)
-        need = workspace_elements(call) * 4
-        require(workspace.numel() * workspace.element_size() >= need, "workspace", workspace,
-                f"needs at least {need} bytes (see _npu_fused_infer_attention_score_get_max_workspace)")
     submit(call, attention_out, softmax_lse, workspace, caller_outputs=True)
     return attention_out, softmax_lse
 
@@ -527,8 +530,7 @@ def npu_fused_infer_attention_score_out(query, key, value, *, workspace=None, at
 def get_max_workspace(query, key, value, **kwargs) -> torch.Tensor:
     """A 1-D tensor of the query's dtype large enough for the call's scratch (at least one element)."""
     call = validate(query, key, value, **with_defaults(kwargs))
-    size = query.element_size()
-    return alloc.empty((max(1, -(-workspace_elements(call) * 4 // size)),), query.dtype, query.device)
+    return alloc.empty((workspace_numel(call, query.element_size()),), query.dtype, query.device)
 
 
 def infer_output(query, value, *, input_layout="BSH", quant_scale2=None, block_table=None, num_heads=1,
