@@ -6,12 +6,7 @@ interpret mode replaces the jitted functions the compiler needs.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import compile_only
 
 SCRIPT = r"""
 import json
@@ -39,12 +34,7 @@ for name, fn, args, constexprs in cases:
 
 
 def test_flag_kernels_compile_for_gpu_targets():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(NPUK_COMPILE_ONLY="1", TRITON_DEFAULT_FP_FUSION="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = compile_only("-c", SCRIPT, timeout=600)
     assert len(rows) == 10
     failures = [f"{r['kernel']}/sm_{r['arch']}: {r['error']}" for r in rows if r["error"]]
     assert not failures, "\n".join(failures)
