@@ -5,6 +5,14 @@
                      graphs on the host backend).
 ``NPUK_COMPILE_ONLY`` ``1``: never switch Triton to the interpreter, even on the CPU, so that kernels can
                      be compiled ahead of time for a GPU target (``npu_kernels.aot``); nothing can run.
+``NPUK_CPU_KERNELS`` ``native`` (default) or ``triton``: how operators run when the device is the CPU.
+                     ``native`` runs the vectorised PyTorch execution path (``npu_kernels.reference``)
+                     from the same plan and parameter block; ``triton`` runs the Triton kernels through
+                     Triton's interpreter (slow; how the kernel tests check the kernels without a GPU).
+``NPUK_CHECK_BLOCK_TABLE`` ``1``: check every block id that a paged call reads (inside a batch's kv
+                     length) and raise an error naming the batch, the position and the id when it is
+                     outside [0, number of blocks). Off by default: an invalid id then reads as a zero
+                     key and value and never dereferences memory outside the cache.
 ``NPUK_HYPOTHESIS``  hypothesis profile of the test suite: ``ci`` (default, derandomised) or ``thorough``.
 """
 
@@ -21,6 +29,21 @@ def device_choice() -> str:
     if value not in _DEVICES:
         raise ValueError(f"NPUK_DEVICE={value!r}: expected one of {', '.join(_DEVICES)}")
     return value
+
+
+_CPU_KERNELS = ("native", "triton")
+
+
+def cpu_kernels() -> str:
+    """Value of ``NPUK_CPU_KERNELS``, checked."""
+    value = os.environ.get("NPUK_CPU_KERNELS", "native").strip().lower() or "native"
+    if value not in _CPU_KERNELS:
+        raise ValueError(f"NPUK_CPU_KERNELS={value!r}: expected one of {', '.join(_CPU_KERNELS)}")
+    return value
+
+
+def check_block_table() -> bool:
+    return os.environ.get("NPUK_CHECK_BLOCK_TABLE", "0") == "1"
 
 
 def hypothesis_profile() -> str:

@@ -73,7 +73,7 @@ def guarding() -> bool:
 
 
 def _guard_changed() -> None:
-    backend().guard_changed(guarding())
+    backend().guard_changed(guarding(), check_device_op)
 
 
 def check_device_op(stream, what) -> None:

@@ -197,9 +197,7 @@ class GuardMode(TorchDispatchMode):
         if not _backend.internal and op_kind(func) in ("device", "host_read"):
             tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
             if any(t.is_cuda for t in tensors):
-                from .. import tasks
-
-                tasks.check_device_op(_backend.current_stream(), func)
+                _backend.check_device_op(_backend.current_stream(), func)
         return func(*args, **kwargs)
 
 
@@ -306,7 +304,10 @@ class CudaBackend:
         finally:
             self.internal -= 1
 
-    def guard_changed(self, active: bool) -> None:
+    def guard_changed(self, active: bool, check) -> None:
+        """A task group or update opened or closed somewhere; ``check(stream, what)`` refuses device
+        work that does not belong on ``stream`` then."""
+        self.check_device_op = check
         if active and not self.guarded:
             _push_mode(self.guard)
             self.guarded = True

@@ -439,9 +439,8 @@ class HostMode(TorchDispatchMode):
             if stream.lane is not None:
                 poison_(out)
             return out
-        from .. import tasks
-
-        tasks.check_device_op(stream, func)
+        if _backend.guarding:
+            _backend.check_device_op(stream, func)
         if stream.lane is not None:
             if kind == "host_read":
                 raise RuntimeError(
@@ -513,6 +512,7 @@ class HostBackend:
         self.pushed = False
         self.captures = 0
         self.guarding = False
+        self.check_device_op = None    # set with ``guarding`` (see guard_changed)
         self.in_dispatch = 0
 
     def sync_mode(self) -> None:
@@ -527,8 +527,10 @@ class HostBackend:
             _pop_mode()
             self.pushed = False
 
-    def guard_changed(self, active: bool) -> None:
-        self.guarding = active
+    def guard_changed(self, active: bool, check) -> None:
+        """A task group or update opened or closed somewhere; ``check(stream, what)`` refuses device
+        work that does not belong on ``stream`` then."""
+        self.guarding, self.check_device_op = active, check
         self.sync_mode()
 
     def current_stream(self) -> HostStream:

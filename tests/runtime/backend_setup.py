@@ -18,7 +18,7 @@ def active(name):
         be = runtime.backend()
         rt_tasks._open.clear()
         rt_tasks._updating.clear()
-        be.guard_changed(False)
+        rt_tasks._guard_changed()
         if be.name == "host":
             be.discard_pending_work()
         else:
