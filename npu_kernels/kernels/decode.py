@@ -32,7 +32,8 @@ import triton.language as tl
 
 from .. import params as pb
 from .. import quant
-from .prefill import cdiv
+from .. import launcher
+from .prefill import cdiv, positional
 from .prefill import grid as fold_grid
 
 MAX_SPLITS = 64
@@ -309,6 +310,7 @@ def combine_args(cfg: DecodeConfig, tensors: tuple) -> dict:
 
 
 def launch(cfg: DecodeConfig, split_tensors: tuple, combine_tensors: tuple) -> None:
-    _decode_split_kernel[cfg.split_grid](**split_args(cfg, split_tensors), num_warps=cfg.num_warps,
-                                         num_stages=cfg.num_stages)
-    _decode_combine_kernel[cfg.combine_grid](**combine_args(cfg, combine_tensors), num_warps=4, num_stages=1)
+    launcher.run(_decode_split_kernel, cfg.split_grid, positional(_decode_split_kernel, split_args(cfg, split_tensors)),
+                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launcher.run(_decode_combine_kernel, cfg.combine_grid,
+                 positional(_decode_combine_kernel, combine_args(cfg, combine_tensors)), num_warps=4, num_stages=1)

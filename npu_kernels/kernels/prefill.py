@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
+from .. import launcher
 from .. import params as pb
 from .. import quant
 
@@ -376,6 +377,11 @@ def fp_fusion(meta) -> bool:
     return dict(meta).get("QUANT_MODE", 0) == 0
 
 
+def positional(kernel, args: dict) -> tuple:
+    """``args`` (by name) in ``kernel``'s signature order."""
+    return tuple(map(args.__getitem__, kernel.arg_names))
+
+
 def launch(cfg: PrefillConfig, *tensors, scales: tuple = (), sources: tuple = ()) -> None:
-    _prefill_kernel[cfg.grid](**kernel_args(cfg, tensors, scales, sources), num_warps=cfg.num_warps,
-                              num_stages=cfg.num_stages, enable_fp_fusion=fp_fusion(cfg.meta))
+    launcher.run(_prefill_kernel, cfg.grid, positional(_prefill_kernel, kernel_args(cfg, tensors, scales, sources)),
+                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=fp_fusion(cfg.meta))
