@@ -126,8 +126,9 @@ def int_list(values) -> Optional[list[int]]:
         if all(isinstance(v, (int, torch.SymInt)) for v in values) else values
 
 
-def user_mask(atten_mask: torch.Tensor, batch: int, rows: int, cols: int) -> torch.Tensor:
-    """Full mask (spec ops §1.4, sparse 0/1) as a (B or 1, R >= rows, C >= cols) view."""
+def user_mask(atten_mask: torch.Tensor, batch: Optional[int], rows: int, cols: int) -> torch.Tensor:
+    """Full mask (spec ops §1.4, sparse 0/1) as a (B or 1, R >= rows, C >= cols) view (``batch`` None:
+    checked per call with ``mask_covers``)."""
     tensor("atten_mask", atten_mask, ndim=(2, 3, 4), dtypes=MASK_DTYPES)
     m = atten_mask
     if m.dim() == 4:
@@ -135,10 +136,16 @@ def user_mask(atten_mask: torch.Tensor, batch: int, rows: int, cols: int) -> tor
         m = m[:, 0]
     elif m.dim() == 2:
         m = m.unsqueeze(0)
-    require(m.shape[0] in (1, batch), "atten_mask", atten_mask, f"batch axis must be 1 or B={batch}")
+    mask_covers(atten_mask, m, batch, rows, cols)
+    return m
+
+
+def mask_covers(atten_mask: torch.Tensor, m: torch.Tensor, batch: Optional[int], rows: int, cols: int) -> None:
+    """The (B or 1, R, C) view ``m`` of ``atten_mask`` has B = ``batch`` (or 1) and covers rows x cols."""
+    if batch is not None:
+        require(m.shape[0] in (1, batch), "atten_mask", atten_mask, f"batch axis must be 1 or B={batch}")
     require(m.shape[1] >= rows and m.shape[2] >= cols, "atten_mask", atten_mask,
             f"last two dims must be at least ({rows}, {cols})")
-    return m
 
 
 def decode_mask(atten_mask: torch.Tensor, batch: int, cols: int) -> torch.Tensor:
@@ -149,8 +156,12 @@ def decode_mask(atten_mask: torch.Tensor, batch: int, cols: int) -> torch.Tensor
             atten_mask, f"decode masks are (B={batch}, S2), (B, 1, S2) or (B, 1, 1, S2)")
     m = atten_mask.unsqueeze(1) if atten_mask.dim() == 2 else atten_mask[:, 0] if atten_mask.dim() == 4 \
         else atten_mask
-    require(m.shape[2] >= cols, "atten_mask", atten_mask, f"last dim must be at least {cols}")
+    decode_mask_covers(atten_mask, m, cols)
     return m
+
+
+def decode_mask_covers(atten_mask: torch.Tensor, m: torch.Tensor, cols: int) -> None:
+    require(m.shape[2] >= cols, "atten_mask", atten_mask, f"last dim must be at least {cols}")
 
 
 def compressed_mask(atten_mask, sparse_mode: int) -> torch.Tensor:
@@ -171,8 +182,13 @@ def pse(pse_shift: torch.Tensor, dtype: torch.dtype, batch: int, heads: int, row
     require(pse_shift.dtype == dtype, "pse_shift", pse_shift, f"dtype must be {dtype} for this query")
     b, n, r, c = pse_shift.shape
     require(b in (1, batch) and n == heads, "pse_shift", pse_shift, f"shape must be (B={batch} or 1, N={heads}, ...)")
-    require(r >= rows and c >= cols, "pse_shift", pse_shift, f"last two dims must be at least ({rows}, {cols})")
+    pse_covers(pse_shift, rows, cols)
     return pse_shift
+
+
+def pse_covers(pse_shift: torch.Tensor, rows: int, cols: int) -> None:
+    require(pse_shift.shape[2] >= rows and pse_shift.shape[3] >= cols, "pse_shift", pse_shift,
+            f"last two dims must be at least ({rows}, {cols})")
 
 
 def broadcast_stride(t: torch.Tensor, dim: int) -> int:

@@ -1,4 +1,4 @@
-"""Which device "npu" means, and the switch of Triton into interpreter mode on the CPU.
+"""Which device "npu" means, how operators run on it, and the switch of Triton into interpreter mode.
 
 The interpreter must be on before Triton's standard library (``tl.max``, ``tl.sum`` ...) runs: those
 functions are ``JITFunction`` objects created at import, and a ``JITFunction`` refuses to run outside a
@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from .env import compile_only, device_choice
+from .env import compile_only, cpu_kernels, device_choice
 
 
 @functools.cache
@@ -27,6 +27,15 @@ def npu_device() -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def execution(device: torch.device) -> str:
+    """How operators run on ``device``: ``compiled`` (Triton kernels on a GPU), ``native`` (vectorised
+    PyTorch on the CPU, ``npu_kernels.reference.execute``) or ``interpret`` (the Triton kernels in
+    Triton's interpreter, ``NPUK_CPU_KERNELS=triton``)."""
+    if device.type == "cuda":
+        return "compiled"
+    return "native" if cpu_kernels() == "native" else "interpret"
 
 
 def interpreted() -> bool:

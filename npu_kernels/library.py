@@ -1,4 +1,11 @@
-"""torch.library registration of the operators in namespace ``npu`` (schemas as torch_npu's)."""
+"""torch.library registration of the operators in namespace ``npu`` (schemas as torch_npu's), and their
+Python entry points.
+
+The entry points call the eager implementation directly when nothing needs the dispatcher: plain tensors,
+no tracing (``torch.compile``), and no dispatch mode on the stack other than the ones that run npu
+operators as they are (``transparent_modes``: the runtime's backends add theirs). Otherwise they go through
+``torch.ops.npu``, whose fake implementations serve tracing.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +34,37 @@ def define(schema: str, impl, fake) -> None:
     torch.library.register_fake(f"npu::{name}", fake, lib=LIB)
 
 
-def public(name: str, doc: str):
+# Dispatch modes under which an npu operator runs its implementation as is (python dispatch disabled
+# inside, as a mode's handler would run it): a mode class with ``npu_transparent = True``.
+
+
+def _direct(query) -> int:
+    """0: go through the dispatcher; 1: call the implementation; 2: call it with python dispatch disabled."""
+    if type(query) is not torch.Tensor or torch.compiler.is_compiling():
+        return 0
+    depth = torch._C._len_torch_dispatch_stack()
+    if not depth:
+        return 1
+    for i in range(depth):
+        if not getattr(torch._C._get_dispatch_stack_at(i), "npu_transparent", False):
+            return 0
+    return 2
+
+
+def _run(direct: int, impl, *args, **kwargs):
+    if direct == 1:
+        return impl(*args, **kwargs)
+    with torch._C._DisableTorchDispatch():
+        return impl(*args, **kwargs)
+
+
+def public(name: str, impl, doc: str):
     """The Python entry point of ``torch.ops.npu.<name>`` (keyword arguments as torch_npu's)."""
-    def call(query, key, value, **kwargs) -> torch.Tensor:
-        return getattr(torch.ops.npu, name)(query, key, value, **kwargs)
+    def call(query, *args, **kwargs):
+        direct = _direct(query)
+        if direct:
+            return _run(direct, impl, query, *args, **kwargs)
+        return getattr(torch.ops.npu, name)(query, *args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = doc
@@ -39,7 +73,8 @@ def public(name: str, doc: str):
 
 define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention,
        lambda query, key, value, **kw: prompt.output(prompt.validate(query, key, value, **kw)))
-npu_prompt_flash_attention = public("npu_prompt_flash_attention", "torch_npu.npu_prompt_flash_attention (spec ops §2).")
+npu_prompt_flash_attention = public("npu_prompt_flash_attention", prompt.npu_prompt_flash_attention,
+                                    "torch_npu.npu_prompt_flash_attention (spec ops §2).")
 
 
 INCRE_SCHEMA = (
@@ -53,7 +88,8 @@ INCRE_SCHEMA = (
 )
 define(INCRE_SCHEMA, incre.npu_incre_flash_attention,
        lambda query, key, value, **kw: incre.output(incre.validate(query, key, value, **kw)))
-npu_incre_flash_attention = public("npu_incre_flash_attention", "torch_npu.npu_incre_flash_attention (spec ops §3).")
+npu_incre_flash_attention = public("npu_incre_flash_attention", incre.npu_incre_flash_attention,
+                                   "torch_npu.npu_incre_flash_attention (spec ops §3).")
 
 
 FUSED_ARGS = (
@@ -116,20 +152,25 @@ class FusedInferAttentionScore:
     out=[attention_out, softmax_lse])``."""
 
     def __call__(self, query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        direct = _direct(query)
+        if direct:
+            return _run(direct, fused.npu_fused_infer_attention_score, query, key, value, **kwargs)
         return torch.ops.npu.npu_fused_infer_attention_score(query, key, value, **kwargs)
 
     def out(self, query, key, value, *, out, workspace=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         attention_out, softmax_lse = out
+        direct = _direct(query)
+        if direct:
+            return _run(direct, fused.npu_fused_infer_attention_score_out, query, key, value, workspace=workspace,
+                        attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
         return torch.ops.npu.npu_fused_infer_attention_score.out(
             query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
 
 
 npu_fused_infer_attention_score = FusedInferAttentionScore()
-
-
-def _npu_fused_infer_attention_score_get_max_workspace(query, key, value, **kwargs) -> torch.Tensor:
-    return torch.ops.npu._npu_fused_infer_attention_score_get_max_workspace(query, key, value, **kwargs)
-
-
-def _npu_fused_infer_attention_score_infer_output(query, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.ops.npu._npu_fused_infer_attention_score_infer_output(query, value, **kwargs)
+_npu_fused_infer_attention_score_get_max_workspace = public(
+    "_npu_fused_infer_attention_score_get_max_workspace", fused.get_max_workspace,
+    "torch_npu._npu_fused_infer_attention_score_get_max_workspace: the ``.out`` workspace of a call.")
+_npu_fused_infer_attention_score_infer_output = public(
+    "_npu_fused_infer_attention_score_infer_output", fused.infer_output,
+    "torch_npu._npu_fused_infer_attention_score_infer_output: uninitialised outputs of a call.")

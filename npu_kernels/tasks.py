@@ -3,9 +3,10 @@
 Every operator ends in ``submit(Task(...))``. A task carries the static part of the plan (what selects
 the kernels and their grid; it must compare equal between a captured call and its update), the
 parameter block (the per-call integers: lengths, padding offsets, band limits) as a CPU int32 tensor,
-and a ``launch`` closure that enqueues all device work of the call, reading the integers from a
-device-resident copy of the block. The kernels never see the host values, so the block can be
-rewritten after capture.
+and the launch: ``run(block, args)`` enqueues all device work of the call, reading the integers from a
+device-resident copy of the block and its tensors from ``args``. The kernels never see the host values,
+so the block can be rewritten after capture; the tensors are an explicit tuple, so a task update can
+tell which of them are inputs, the caller's outputs or the operator's own (``roles``).
 
 Without a runtime, ``submit`` copies the block to the device and launches. ``runtime`` installs its own
 submitter with ``set_submitter``: on a capturing stream it gives each task a block it owns, in update
@@ -14,27 +15,45 @@ mode it writes the new block into the captured task's block on the update stream
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Hashable, Optional
 
 import torch
 
+INPUT, OUTPUT, OWN = "i", "o", "s"   # roles of a task's tensors
+
 
 @dataclass(frozen=True, eq=False)
 class Task:
+    """One operator call's device work. Give either ``launch`` (a closure over the call's tensors; its
+    ``inputs`` and ``outputs`` listed for task update) or ``run`` with ``args`` and ``roles``."""
+
     op: str                                   # operator name, e.g. "npu_prompt_flash_attention"
     static: Hashable                          # static plan; equal ⇔ same kernels, same grid
     params: torch.Tensor                      # [P] int32, CPU: the parameter block's content
     device: torch.device
-    launch: Callable[[torch.Tensor], None]    # launch(block) enqueues the call's device work
-    inputs: tuple[torch.Tensor, ...] = field(default=())   # tensors the launch reads
-    # tensors the caller passed for the launch to write (``.out`` overloads); empty when the operator
-    # allocated its outputs itself (a functional call in update mode then returns unwritten tensors:
-    # the results land in the captured outputs at replay)
-    outputs: tuple[torch.Tensor, ...] = field(default=())
+    launch: Optional[Callable[[torch.Tensor], None]] = None   # launch(block)
+    inputs: tuple = ()                        # tensors ``launch`` reads
+    outputs: tuple = ()                       # tensors the caller passed for ``launch`` to write
     # [P] int32 on the device to hold the block in eager calls (carved from a caller's workspace), so
     # that the call allocates nothing on the device; None: a fresh block per call
     block_buffer: Optional[torch.Tensor] = None
+    run: Optional[Callable[[torch.Tensor, tuple], None]] = None   # run(block, args) enqueues the work
+    args: tuple = ()                          # the tensors ``run`` uses (None where absent)
+    # per element of ``args``: INPUT (read), OUTPUT (passed by the caller to be written: ``.out``
+    # overloads) or OWN (allocated by the operator: its functional outputs and scratch; a functional
+    # call in update mode returns such unwritten tensors, the results land in the captured ones)
+    roles: str = ""
+
+    def __post_init__(self):
+        if self.run is None:
+            launch = self.launch
+            object.__setattr__(self, "run", lambda block, args: launch(block))
+            object.__setattr__(self, "args", (*self.inputs, *self.outputs))
+            object.__setattr__(self, "roles", INPUT * len(self.inputs) + OUTPUT * len(self.outputs))
+
+    def tensors(self, role: str) -> tuple[torch.Tensor, ...]:
+        return tuple(t for t, r in zip(self.args, self.roles) if r == role and t is not None)
 
 
 Submitter = Callable[[Task], None]
@@ -58,7 +77,7 @@ def device_block(params: torch.Tensor, device: torch.device, into: Optional[torc
 
 
 def eager_submit(task: Task) -> None:
-    task.launch(device_block(task.params, task.device, task.block_buffer))
+    task.run(device_block(task.params, task.device, task.block_buffer), task.args)
 
 
 _submitter: Submitter = eager_submit

@@ -12,7 +12,6 @@ the captured ones (another tensor of the same shape and dtype is copied into the
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -24,14 +23,24 @@ from . import graphs
 from .backends import backend
 
 
+class _Launch:
+    """The captured launch of a task, ``run(block, args)``: a task update may replace its run and
+    tensors (for views of the same memory; the host backend replays it)."""
+
+    __slots__ = ("run", "block", "args", "label")
+
+    def __init__(self, task: Task, block: torch.Tensor):
+        self.run, self.block, self.args, self.label = task.run, block, task.args, task.op
+
+    def __call__(self) -> None:
+        self.run(self.block, self.args)
+
+
 @dataclass(eq=False)
 class _CapturedTask:
-    op: str
-    static: object
-    block: torch.Tensor
+    task: Task                         # as captured
+    launch: _Launch
     write: object                      # write(params, stream): rewrite the block on a stream
-    inputs: tuple
-    outputs: tuple
 
 
 @dataclass(eq=False)
@@ -169,22 +178,45 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def _input_copies(op: str, captured: tuple, new: tuple) -> list:
-    """(captured, new) pairs to copy; an error for a tensor that cannot stand for the captured one."""
-    if len(captured) != len(new):
-        raise RuntimeError(f"task update of {op}: {len(new)} input tensors, captured {len(captured)}")
-    copies = []
-    for i, (c, n) in enumerate(zip(captured, new)):
-        if _same(c, n):
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``b`` views ``a``'s memory from the same address with the same strides (other sizes allowed)."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.dtype == b.dtype and a.device == b.device
+
+
+def _tensors(where: str, cap: Task, task: Task) -> tuple[tuple, list]:
+    """The tensors the captured launch uses after the update, and the (captured, new) input pairs to copy.
+
+    An input may be the captured tensor, a view of the same memory (same address and strides; other sizes,
+    e.g. a block table with fewer rows), or a tensor of the captured one's shape, dtype and device, which
+    is copied in. Outputs the caller passes must be the captured ones; the operator's own tensors stay
+    the captured ones."""
+    if len(task.args) != len(cap.args) or task.roles != cap.roles:
+        raise RuntimeError(f"{where}: {len(task.args)} tensors, captured {len(cap.args)}")
+    args, copies = [], []
+    for i, (c, n, role) in enumerate(zip(cap.args, task.args, cap.roles)):
+        if role == _tasks.OWN or n is c:
+            args.append(c)
             continue
-        if n.shape != c.shape or n.dtype != c.dtype or n.device != c.device:
+        if (c is None) != (n is None):
+            raise RuntimeError(f"{where}: tensor {i} is {'absent' if n is None else 'present'}, unlike at capture")
+        if role == _tasks.OUTPUT:
+            if not _same(c, n):
+                raise RuntimeError(f"{where}: output tensors must be the captured ones (replays write those)")
+            args.append(c)
+        elif _same(c, n):
+            args.append(c)
+        elif _same_memory(c, n):
+            args.append(n)
+        elif n.shape == c.shape and n.dtype == c.dtype and n.device == c.device:
+            copies.append((c, n))
+            args.append(c)
+        else:
             raise RuntimeError(
-                f"task update of {op}: input {i} is {tuple(n.shape)} {n.dtype} on {n.device}, but the "
-                f"captured one is {tuple(c.shape)} {c.dtype} on {c.device}; an update may pass the "
-                "captured tensor or one of the same shape, dtype and device (copied in)"
+                f"{where}: input {i} is {tuple(n.shape)} {n.dtype} on {n.device}, but the captured one is "
+                f"{tuple(c.shape)} {c.dtype} on {c.device}; an update may pass the captured tensor, a view of "
+                "its memory, or a tensor of the same shape, dtype and device (copied in)"
             )
-        copies.append((c, n))
-    return copies
+    return tuple(args), copies
 
 
 def _update(stream, update: _Update, task: Task) -> None:
@@ -196,24 +228,24 @@ def _update(stream, update: _Update, task: Task) -> None:
         )
     cap = tasks[update.matched]
     where = f"task update of {task.op} (task {update.matched} of the group)"
-    if task.op != cap.op:
-        raise RuntimeError(f"{where}: the captured task is {cap.op}; calls must repeat the captured ops in order")
-    if task.static != cap.static:
+    if task.op != cap.task.op:
+        raise RuntimeError(f"{where}: the captured task is {cap.task.op}; calls must repeat the captured ops in order")
+    if task.static is not cap.task.static and task.static != cap.task.static:
         raise RuntimeError(
             f"{where}: the static plan differs from the captured one (shapes, dtypes, flags or grid "
-            f"changed); captured {cap.static!r}, got {task.static!r}"
+            f"changed); captured {cap.task.static!r}, got {task.static!r}"
         )
-    if task.params.shape != cap.block.shape:
+    if task.params.shape != cap.launch.block.shape:
         raise RuntimeError(
-            f"{where}: parameter block of {task.params.numel()} words, captured {cap.block.numel()}"
+            f"{where}: parameter block of {task.params.numel()} words, captured {cap.launch.block.numel()}"
         )
-    if len(task.outputs) != len(cap.outputs) or not all(map(_same, cap.outputs, task.outputs)):
-        raise RuntimeError(f"{where}: output tensors must be the captured ones (replays write those)")
-    copies = _input_copies(task.op, cap.inputs, task.inputs)
+    args, copies = _tensors(where, cap.task, task)
     cap.write(task.params, stream)
     be = backend()
     for dst, src in copies:
         be.copy_into(dst, src, stream)
+    if task.launch is None:            # a closure (``Task.launch``) holds its own tensors: keep the captured one
+        cap.launch.run, cap.launch.args = task.run, args
     update.matched += 1
 
 
@@ -221,10 +253,11 @@ def submit(task: Task) -> None:
     """The runtime's submitter (installed in ``npu_kernels.tasks``)."""
     be = backend()
     stream = be.current_stream()
-    update = _updating.get(stream)
-    if update is not None:
-        _update(stream, update, task)
-        return
+    if _updating:
+        update = _updating.get(stream)
+        if update is not None:
+            _update(stream, update, task)
+            return
     graph = graphs.capturing_graph() if be.is_capturing(stream) else None
     if graph is None:
         be.launch(stream, lambda: _tasks.eager_submit(task))
@@ -238,15 +271,12 @@ def submit(task: Task) -> None:
     with be.direct():
         block = be.new_block(task.params)
         initial = task.params.clone()
-    launch = functools.partial(task.launch, block)
-    launch.label = task.op
+    launch = _Launch(task, block)
     be.launch(stream, launch)
     graph._blocks.append((block, initial))
     group = _open.get(stream)
     if group is not None:
-        group.tasks.append(
-            _CapturedTask(task.op, task.static, block, be.block_writer(block), task.inputs, task.outputs)
-        )
+        group.tasks.append(_CapturedTask(task, launch, be.block_writer(block)))
 
 
 def install() -> None:

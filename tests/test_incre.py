@@ -159,16 +159,19 @@ def test_empty_and_padded_batches_are_zero(device):
 
 
 def test_lse_and_caller_workspace(device):
-    """The combine step's log-sum-exp (used by the fused operator) matches the reference, with the decode
-    sentinel for a batch without keys; a caller-provided workspace is used as given."""
+    """The combine step's log-sum-exp (the fused operator's decode path) matches the reference, with the
+    decode sentinel for a batch without keys; a caller-provided workspace full of NaN is used as given."""
     case = Case(B=3, kv_heads=1, group=2, S2=50, kvlens=(50, 0, 17), mask="2d", pse=True, seed=4)
     q, k, v, kw = make_inputs(case, device)
-    call = incre.validate(q, k, v, **kw)
-    out = incre.output(call)
-    lse = torch.full((3, 2, 1, 1), float("nan"), device=device)
-    words = sum(incre.plan(call, out, lse).static.workspace)
-    incre.submit(call, out, lse, workspace=torch.full((words,), float("nan"), device=device))
-    ref_out, ref_lse = reference_incre.decode_attention(call)
+    fkw = dict(num_heads=kw["num_heads"], num_key_value_heads=kw["num_key_value_heads"], scale=kw["scale_value"],
+               input_layout=kw["input_layout"], actual_seq_lengths_kv=kw["actual_seq_lengths"],
+               atten_mask=kw["atten_mask"], pse_shift=kw["pse_shift"], softmax_lse_flag=True)
+    ws = nk._npu_fused_infer_attention_score_get_max_workspace(q, k, v, **fkw).fill_(float("nan"))
+    out, lse = nk._npu_fused_infer_attention_score_infer_output(q, v, input_layout=case.layout,
+                                                                 num_heads=case.N, softmax_lse_flag=True)
+    lse.fill_(float("nan"))
+    nk.npu_fused_infer_attention_score.out(q, k, v, workspace=ws, out=[out, lse], **fkw)
+    ref_out, ref_lse = reference_incre.decode_attention(incre.validate(q, k, v, **kw))
     assert_close(out, from_bnsd(ref_out, case.layout), case.dtype)
     assert lse[1].eq(LSE_DECODE_EMPTY).all()
     torch.testing.assert_close(lse[:, :, 0, 0], ref_lse[:, :, 0], atol=1e-5, rtol=1e-5)

@@ -50,8 +50,7 @@ TRIU = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
     (dict(sparse_mode=4, atten_mask=TRIU, pre_tokens=-8, next_tokens=20), ValueError, "query length"),
     (dict(sparse_mode=4, atten_mask=TRIU, pre_tokens=20, next_tokens=-8), ValueError, "sparse_mode=4"),
     (dict(scale_value=float("inf")), ValueError, "scale_value"),
-    # the dispatcher checks the schema's types first, as it does for torch_npu
-    (dict(pre_tokens=1.5), RuntimeError, "'int' for argument 'pre_tokens'"),
+    (dict(pre_tokens=1.5), TypeError, "pre_tokens=1.5: must be an int"),
     (dict(deq_scale1=torch.ones(1)), ValueError, "deq_scale1"),
 ])
 def test_rejected(device, kwargs, exc, fragment):

@@ -12,14 +12,14 @@ device (element 0, as the NPU does), so neither validation nor the run path read
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
 from einops import rearrange
 
-from .. import alloc, checks, params, quant, tasks
+from .. import alloc, checks, params, plans, quant, tasks
+from ..device import execution
 from ..errors import require
 from ..kernels import decode
 from ..layouts import Layout, as_bnsd, out_shape
@@ -128,11 +128,26 @@ def _antiquant(key, antiquant_scale, antiquant_offset, layout: Layout, dtype: to
     return AntiQuant(scale, offset)
 
 
-def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None,
-             actual_seq_lengths=None, antiquant_scale=None, antiquant_offset=None, block_table=None,
-             dequant_scale1=None, quant_scale1=None, dequant_scale2=None, quant_scale2=None,
-             quant_offset2=None, kv_padding_size=None, num_heads=1, scale_value=1.0, input_layout="BSH",
-             num_key_value_heads=0, block_size=0, inner_precise=1) -> IncreCall:
+DEFAULTS = {
+    "padding_mask": None, "atten_mask": None, "pse_shift": None, "actual_seq_lengths": None, "antiquant_scale": None,
+    "antiquant_offset": None, "block_table": None, "dequant_scale1": None, "quant_scale1": None,
+    "dequant_scale2": None, "quant_scale2": None, "quant_offset2": None, "kv_padding_size": None, "num_heads": 1,
+    "scale_value": 1.0, "input_layout": "BSH", "num_key_value_heads": 0, "block_size": 0, "inner_precise": 1,
+}
+TENSOR_ARGS = ("query", "key", "value", "padding_mask", "atten_mask", "pse_shift", "antiquant_scale",
+               "antiquant_offset", "block_table", "dequant_scale1", "quant_scale1", "dequant_scale2", "quant_scale2",
+               "quant_offset2", "kv_padding_size")
+STATIC_ARGS = ("num_heads", "scale_value", "input_layout", "num_key_value_heads", "block_size", "inner_precise")
+# per-call integers: the kv lengths (whether they are given is static: kv_padding_size needs them)
+
+
+def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None, antiquant_scale=None,
+                    antiquant_offset=None, block_table=None, dequant_scale1=None, quant_scale1=None,
+                    dequant_scale2=None, quant_scale2=None, quant_offset2=None, kv_padding_size=None, num_heads=1,
+                    scale_value=1.0, input_layout="BSH", num_key_value_heads=0, block_size=0, inner_precise=1,
+                    lengths_given: bool = False) -> IncreCall:
+    """Everything but the kv lengths: an ``IncreCall`` without them (``lengths_given``: whether the call
+    has ``actual_seq_lengths``)."""
     query = checks.tensor("query", query)
     key = checks.tensor("key", key)
     value = checks.tensor("value", value)
@@ -167,19 +182,14 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
         require(heads.B <= checks.MAX_B, "query", query, f"batch must be <= {checks.MAX_B}")
     require(heads.S1 == 1, "query", query, f"the query seq length must be 1, got {heads.S1}")
     require(heads.Dv == heads.D, "value", value, f"value head dim ({heads.Dv}) must equal the query's ({heads.D})")
-
-    lens = checks.lengths("actual_seq_lengths", checks.int_list(actual_seq_lengths), heads.B,
-                          min(heads.S2, MAX_S2))
-    require(paged is None or lens is not None, "actual_seq_lengths", actual_seq_lengths,
-            "required with block_table (PagedAttention)")
-    kvlens = lens if lens is not None else [heads.S2] * heads.B
+    require(paged is None or lengths_given, "actual_seq_lengths", None, "required with block_table (PagedAttention)")
 
     kv_pad = None
     if kv_padding_size is not None:
         checks.tensor("kv_padding_size", kv_padding_size, dtypes=(torch.int64,))
         require(kv_padding_size.numel() >= 1, "kv_padding_size", kv_padding_size, "needs at least one element")
         require(paged is None, "kv_padding_size", kv_padding_size, "cannot be combined with block_table")
-        if lens is not None:                      # only active together with actual_seq_lengths
+        if lengths_given:                          # only active together with actual_seq_lengths
             kv_pad = kv_padding_size.reshape(-1)[:1]
 
     mask = None if atten_mask is None else checks.decode_mask(atten_mask, heads.B, heads.S2)
@@ -193,9 +203,27 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
     require(not (qa.per_channel and kv_pad is not None), "quant_scale2", quant_scale2,
             "per-channel output quantisation cannot be combined with kv_padding_size")
     return IncreCall(heads=heads, layout=layout, dtype=query.dtype,
-                     out_dtype=torch.int8 if qa.int8_out else query.dtype, kvlens=kvlens, capacity=heads.S2,
+                     out_dtype=torch.int8 if qa.int8_out else query.dtype, kvlens=[], capacity=heads.S2,
                      kv_pad=kv_pad, mask=mask, pse=pse, scale=float(scale_value), paged=paged, antiquant=antiquant,
                      quant=qa)
+
+
+def per_batch(call: IncreCall, actual_seq_lengths) -> list[int]:
+    """The kv length of each batch, validated."""
+    h = call.heads
+    lens = checks.lengths("actual_seq_lengths", checks.int_list(actual_seq_lengths), h.B, min(h.S2, MAX_S2))
+    return lens if lens is not None else [h.S2] * h.B
+
+
+def validate(query, key, value, **kwargs) -> IncreCall:
+    """torch_npu's arguments of ``npu_incre_flash_attention`` (spec ops §3.1) → an ``IncreCall``."""
+    unknown = sorted(set(kwargs) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"{OP} got unexpected keyword arguments {unknown}")
+    kw = {**DEFAULTS, **kwargs}
+    lengths = kw.pop("actual_seq_lengths")
+    call = validate_static(query, key, value, lengths_given=lengths is not None, **kw)
+    return replace(call, kvlens=per_batch(call, lengths))
 
 
 @dataclass(frozen=True)
@@ -258,55 +286,65 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
         combine_sizes=(h.N, h.B * h.N, h.S2, splits), combine_meta=combine_meta, split_grid=split_grid,
         combine_grid=combine_grid, num_warps=warps, num_stages=stages, sm_scale=call.scale, splits=splits,
         workspace=(rows_ws * h.Dv, rows_ws * 2))
-    rows = [(1, kv, 0, 0, 0, 0, BAND_INF, BAND_INF) for kv in call.kvlens]
-    return Plan(static, params.pack(rows))
+    return Plan(static, pack(call.kvlens))
+
+
+def pack(kvlens: list[int]) -> torch.Tensor:
+    """The parameter block of a decode call: one query row and the kv length per batch."""
+    return params.pack([(1, kv, 0, 0, 0, 0, BAND_INF, BAND_INF) for kv in kvlens])
+
+
+def operands(call: IncreCall, o4: torch.Tensor, lse: Optional[torch.Tensor], ws_acc: torch.Tensor,
+             ws_ml: torch.Tensor) -> tuple:
+    """The decode kernels' tensors: the split kernel's Q, K, V, MASK, PSE, TABLE, KV_PAD, AQ_SCALE,
+    AQ_OFFSET, WS_ACC, WS_ML, then the combine kernel's O, LSE, QS2, QO2 (Q standing in for absent ones)."""
+    h = call.heads
+    mask = None if call.mask is None else (call.mask.view(torch.uint8) if call.mask.dtype == torch.bool else call.mask)
+    aq = call.antiquant
+    return tuple(h.q if t is None else t for t in (
+        h.q, h.k, h.v, mask, call.pse, call.paged and call.paged.table, call.kv_pad, aq and aq.scale,
+        aq and aq.offset, ws_acc, ws_ml, o4, lse, call.quant.quant_scale2, call.quant.quant_offset2))
+
+
+def launch(static: decode.DecodeConfig, ops: tuple, block: torch.Tensor) -> None:
+    """Both decode kernels on the tensors of ``operands``."""
+    decode.launch(static, (*ops[:11], block), (ops[9], ops[10], ops[11], ops[12], ops[6], ops[13], ops[14], block))
 
 
 def kernel_tensors(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor], ws_acc: torch.Tensor,
                    ws_ml: torch.Tensor, block: torch.Tensor) -> tuple[tuple, tuple]:
     """Tensor arguments of the split and combine kernels (absent tensors replaced by a dummy)."""
-    h = call.heads
-    dummy = h.q
-    mask = None if call.mask is None else (call.mask.view(torch.uint8) if call.mask.dtype == torch.bool else call.mask)
-    aq = call.antiquant
-
-    def pick(t):
-        return dummy if t is None else t
-
-    split = (h.q, h.k, h.v, pick(mask), pick(call.pse), pick(call.paged and call.paged.table), pick(call.kv_pad),
-             pick(aq and aq.scale), pick(aq and aq.offset), ws_acc, ws_ml, block)
-    combine = (ws_acc, ws_ml, as_bnsd(out, call.layout.out, h.N), pick(lse), pick(call.kv_pad),
-               pick(call.quant.quant_scale2), pick(call.quant.quant_offset2), block)
-    return split, combine
+    ops = operands(call, as_bnsd(out, call.layout.out, call.heads.N), lse, ws_acc, ws_ml)
+    return (*ops[:11], block), (ops[9], ops[10], ops[11], ops[12], ops[6], ops[13], ops[14], block)
 
 
-def submit(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
-           workspace: Optional[torch.Tensor] = None, op: str = OP, caller_outputs: bool = False,
-           block_buffer: Optional[torch.Tensor] = None) -> None:
-    """Plan and submit the decode kernels writing ``out`` (and ``lse``, a (B, N, ...) view, when given).
-    ``workspace``: float32 scratch of at least ``sum(plan(...).static.workspace)`` elements, else allocated;
-    ``caller_outputs`` when the caller passed ``out``/``lse`` (``.out`` overloads), see ``tasks.Task.outputs``."""
-    if out.numel() == 0:
-        return
-    p = plan(call, out, lse)
-    n_acc, n_ml = p.static.workspace
-    if workspace is None:
-        workspace = alloc.empty((n_acc + n_ml,), torch.float32, out.device)
+def scratch(static: decode.DecodeConfig, workspace: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-KV partial accumulators and (max, sum) pairs, carved from a float32 ``workspace``."""
+    n_acc, n_ml = static.workspace
     require(workspace.dtype == torch.float32 and workspace.is_contiguous() and workspace.numel() >= n_acc + n_ml,
             "workspace", workspace, f"must be a contiguous float32 tensor of at least {n_acc + n_ml} elements")
-    ws_acc, ws_ml = workspace[:n_acc], workspace[n_acc:n_acc + n_ml]
-    run = functools.partial(_launch, call, p.static, out, lse, ws_acc, ws_ml)
-    aq = call.antiquant
-    inputs = tuple(t for t in (call.heads.q, call.heads.k, call.heads.v, call.mask, call.pse,
-                               call.paged and call.paged.table, call.kv_pad, aq and aq.scale, aq and aq.offset,
-                               *call.quant.tensors()) if t is not None)
-    outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
-    tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs, block_buffer))
+    return workspace[:n_acc], workspace[n_acc:n_acc + n_ml]
 
 
-def _launch(call, static, out, lse, ws_acc, ws_ml, block) -> None:
-    split, combine = kernel_tensors(call, out, lse, ws_acc, ws_ml, block)
-    decode.launch(static, split, combine)
+class Prepared(plans.Prepared):
+    """A decode call planned once for its signature (``plans.Prepared``)."""
+
+    __slots__ = ("has_lse",)
+
+    def __init__(self, call: IncreCall, static: decode.DecodeConfig, ops: tuple, has_lse: bool, args: tuple,
+                 execution: str):
+        """``ops``: the call's ``operands``."""
+        super().__init__(call, static, ops, args, execution)
+        self.has_lse = has_lse
+
+    def run(self, block: torch.Tensor, args: tuple) -> None:
+        ops = self.operands(args)
+        if self.execution == "native":
+            from ..reference import execute
+
+            execute.decode(self.bound.bind(args), block, ops[11], ops[12] if self.has_lse else None)
+            return
+        launch(self.static, ops, block)
 
 
 def output(call: IncreCall) -> torch.Tensor:
@@ -315,21 +353,36 @@ def output(call: IncreCall) -> torch.Tensor:
     return alloc.empty(out_shape(call.layout.inp, h.B, h.N, 1, h.Dv), call.out_dtype, h.q.device)
 
 
-def npu_incre_flash_attention(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None,
-                              actual_seq_lengths: Optional[Sequence[int]] = None, antiquant_scale=None,
-                              antiquant_offset=None, block_table=None, dequant_scale1=None, quant_scale1=None,
-                              dequant_scale2=None, quant_scale2=None, quant_offset2=None, kv_padding_size=None,
-                              num_heads: int = 1, scale_value: float = 1.0, input_layout: str = "BSH",
-                              num_key_value_heads: int = 0, block_size: int = 0,
-                              inner_precise: int = 1) -> torch.Tensor:
-    """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention``."""
-    call = validate(query, key, value, padding_mask=padding_mask, atten_mask=atten_mask, pse_shift=pse_shift,
-                    actual_seq_lengths=actual_seq_lengths, antiquant_scale=antiquant_scale,
-                    antiquant_offset=antiquant_offset, block_table=block_table, dequant_scale1=dequant_scale1,
-                    quant_scale1=quant_scale1, dequant_scale2=dequant_scale2, quant_scale2=quant_scale2,
-                    quant_offset2=quant_offset2, kv_padding_size=kv_padding_size, num_heads=num_heads,
-                    scale_value=scale_value, input_layout=input_layout, num_key_value_heads=num_key_value_heads,
-                    block_size=block_size, inner_precise=inner_precise)
-    out = output(call)
-    submit(call, out)
+_plans = plans.Cache()
+
+
+def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
+    """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention`` (keyword arguments and
+    defaults: ``DEFAULTS``). A repeated signature validates and packs only the kv lengths."""
+    kw = {**DEFAULTS, **kwargs}
+    if len(kw) != len(DEFAULTS):
+        validate(query, key, value, **kwargs)                  # raises for the unknown keyword
+    args = (query, key, value, *(kw[k] for k in TENSOR_ARGS[3:]))
+    lengths = kw["actual_seq_lengths"]
+    key_ = (*map(plans.meta, args), *((type(kw[k]), kw[k]) for k in STATIC_ARGS), lengths is None)
+    hit = _plans.get(key_)
+    if hit is None:
+        call = validate(query, key, value, **kwargs)
+        out = output(call)
+        pl = plan(call, out)
+        ws = alloc.empty((sum(pl.static.workspace),), torch.float32, out.device)
+        ops = operands(call, as_bnsd(out, call.layout.out, call.heads.N), None, *scratch(pl.static, ws))
+        p = Prepared(call, pl.static, ops, False, (*args, out, ws), execution(out.device))
+        _plans.put(key_, (p, call))                            # IFA's tensors are all views of its arguments
+        block = pl.params
+    else:
+        p, call = hit
+        out = output(call)
+        ws = alloc.empty((sum(p.static.workspace),), torch.float32, out.device)
+        block = pack(per_batch(call, lengths))
+    if out.numel():
+        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, ws), roles=_ROLES))
     return out
+
+
+_ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2

@@ -11,13 +11,13 @@ tensors reach the kernel as device pointers (dequant scales as their raw bits), 
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
 
-from .. import alloc, checks, masks, params, quant, tasks
+from .. import alloc, checks, masks, params, plans, quant, tasks
+from ..device import execution
 from ..errors import require
 from ..kernels import prefill
 from ..layouts import PROMPT_LAYOUTS, Layout, as_bnsd, out_shape
@@ -49,11 +49,14 @@ class PromptCall:
     lse_empty: float = float("inf")    # lse of rows of a batch without keys (decode semantics: -3.4e38)
     fp16_path: bool = False            # the NPU computes this call on its fp16 high-performance path
     quant: quant.QuantArgs = quant.NO_QUANT
+    mode: int = 0                      # sparse mode, 0..4
+    decode: bool = False               # the fused operator's decode semantics on the prefill kernel
+    window: bool = False               # the decode sliding window (bands from pre_tokens and kv lengths)
 
 
 def normalise_sparse_mode(sparse_mode: int) -> tuple[int, int]:
     """PFA's sparse_mode → (mode 0..4, inner_precise): 10-14 alias 0-4 in high precision."""
-    require(isinstance(sparse_mode, int), "sparse_mode", sparse_mode, "must be an int")
+    require(isinstance(sparse_mode, int), "sparse_mode", sparse_mode, "must be an int", TypeError)
     require(sparse_mode not in (5, 6, 7, 8), "sparse_mode", sparse_mode,
             "modes 5-8 (prefix, global, dilated, block_local) are not supported")
     require(sparse_mode in masks.SPARSE_MODES or 10 <= sparse_mode <= 14, "sparse_mode", sparse_mode,
@@ -80,11 +83,24 @@ def check_band_tokens(sparse_mode: int, pre: int, nxt: int, s1: int, qlens: list
                     f"sparse_mode=4: a negative pre_tokens needs |pre_tokens| < the query length ({qlen}, batch {b})")
 
 
-def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None,
-             actual_seq_lengths=None, deq_scale1=None, quant_scale1=None, deq_scale2=None,
-             quant_scale2=None, quant_offset2=None, num_heads=1, scale_value=1.0,
-             pre_tokens=masks.INT_MAX, next_tokens=0, input_layout="BSH", num_key_value_heads=0,
-             actual_seq_lengths_kv=None, sparse_mode=0) -> PromptCall:
+DEFAULTS = {
+    "padding_mask": None, "atten_mask": None, "pse_shift": None, "actual_seq_lengths": None, "deq_scale1": None,
+    "quant_scale1": None, "deq_scale2": None, "quant_scale2": None, "quant_offset2": None, "num_heads": 1,
+    "scale_value": 1.0, "pre_tokens": masks.INT_MAX, "next_tokens": 0, "input_layout": "BSH",
+    "num_key_value_heads": 0, "actual_seq_lengths_kv": None, "sparse_mode": 0,
+}
+TENSOR_ARGS = ("query", "key", "value", "padding_mask", "atten_mask", "pse_shift", "deq_scale1", "quant_scale1",
+               "deq_scale2", "quant_scale2", "quant_offset2")
+# per-call integers: validated and packed on every call, not part of the signature
+DYNAMIC_ARGS = ("actual_seq_lengths", "actual_seq_lengths_kv", "pre_tokens", "next_tokens")
+STATIC_ARGS = tuple(k for k in DEFAULTS if k not in TENSOR_ARGS and k not in DYNAMIC_ARGS)
+
+
+def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None, deq_scale1=None,
+                    quant_scale1=None, deq_scale2=None, quant_scale2=None, quant_offset2=None, num_heads=1,
+                    scale_value=1.0, input_layout="BSH", num_key_value_heads=0, sparse_mode=0,
+                    **dynamic) -> PromptCall:
+    """Everything but the per-call integers (``DYNAMIC_ARGS``): a ``PromptCall`` without batches."""
     query = checks.tensor("query", query)
     key = checks.tensor("key", key)
     value = checks.tensor("value", value)
@@ -98,15 +114,7 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
                                quant_scale2, quant_offset2)
     require(isinstance(scale_value, (int, float)) and abs(float(scale_value)) < float("inf"), "scale_value",
             scale_value, "must be a finite float")
-    for name, v in (("pre_tokens", pre_tokens), ("next_tokens", next_tokens)):
-        require(isinstance(v, int), name, v, "must be an int")
     mode, inner_precise = normalise_sparse_mode(sparse_mode)
-
-    qlens = checks.lengths("actual_seq_lengths", checks.int_list(actual_seq_lengths), heads.B, heads.S1) \
-        or [heads.S1] * heads.B
-    kvlens = checks.lengths("actual_seq_lengths_kv", checks.int_list(actual_seq_lengths_kv), heads.B, heads.S2) \
-        or [heads.S2] * heads.B
-
     mask = None
     if mode in (2, 3, 4):
         checks.compressed_mask(atten_mask, mode)
@@ -114,12 +122,6 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
         mask = checks.user_mask(atten_mask, heads.B, heads.S1, heads.S2)
     elif mode == 1:
         require(False, "atten_mask", None, "sparse_mode=1 (allMask) requires atten_mask")
-    check_band_tokens(mode, pre_tokens, next_tokens, heads.S1, qlens, kvlens, mask is not None)
-    bands = [masks.prefill_band(mode, pre_tokens, next_tokens, q, kv, mask is not None, False)
-             for q, kv in zip(qlens, kvlens)]
-    if qa.int8_out:
-        check_int8_output(qa, mode, pre_tokens, next_tokens, heads.S1, qlens, kvlens, bands)
-
     pse = None
     if pse_shift is not None:
         pse = checks.pse(pse_shift, torch.float16 if qa.int8_in else query.dtype, heads.B, heads.N, heads.S1,
@@ -128,10 +130,39 @@ def validate(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift
     fp16_compute = qa.int8_in or (query.dtype == torch.float16 and inner_precise == 1)
     scale = masks.fp16_value(scale_value) if fp16_compute else float(scale_value)
     out_dtype = torch.int8 if qa.int8_out else torch.float16 if qa.int8_in else query.dtype
-    return PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=qlens,
-                      kvlens=kvlens, bands=bands, mask=mask, pse=pse, scale=scale,
+    return PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=[], kvlens=[],
+                      bands=[], mask=mask, pse=pse, scale=scale,
                       fill=masks.FILL_FP16 if fp16_compute else masks.FILL_FP32, zero_masked_rows=False, quant=qa,
-                      fp16_path=fp16_compute and not qa.int8_in)
+                      fp16_path=fp16_compute and not qa.int8_in, mode=mode)
+
+
+def per_batch(call: PromptCall, actual_seq_lengths=None, actual_seq_lengths_kv=None, pre_tokens=masks.INT_MAX,
+              next_tokens=0) -> tuple[list[int], list[int], list[Band]]:
+    """The per-call integers of a PFA call, validated: (query lengths, kv lengths, bands) per batch."""
+    for name, v in (("pre_tokens", pre_tokens), ("next_tokens", next_tokens)):
+        require(isinstance(v, int), name, v, "must be an int", TypeError)
+    h = call.heads
+    qlens = checks.lengths("actual_seq_lengths", checks.int_list(actual_seq_lengths), h.B, h.S1) or [h.S1] * h.B
+    kvlens = checks.lengths("actual_seq_lengths_kv", checks.int_list(actual_seq_lengths_kv), h.B, h.S2) \
+        or [h.S2] * h.B
+    has_mask = call.mask is not None
+    check_band_tokens(call.mode, pre_tokens, next_tokens, h.S1, qlens, kvlens, has_mask)
+    bands = [masks.prefill_band(call.mode, pre_tokens, next_tokens, q, kv, has_mask, False)
+             for q, kv in zip(qlens, kvlens)]
+    if call.quant.int8_out:
+        check_int8_output(call.quant, call.mode, pre_tokens, next_tokens, h.S1, qlens, kvlens, bands)
+    return qlens, kvlens, bands
+
+
+def validate(query, key, value, **kwargs) -> PromptCall:
+    """torch_npu's arguments of ``npu_prompt_flash_attention`` (spec ops §2.1) → a ``PromptCall``."""
+    unknown = sorted(set(kwargs) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"{OP} got unexpected keyword arguments {unknown}")
+    kw = {**DEFAULTS, **kwargs}
+    call = validate_static(query, key, value, **kw)
+    qlens, kvlens, bands = per_batch(call, *(kw[k] for k in DYNAMIC_ARGS))
+    return replace(call, qlens=qlens, kvlens=kvlens, bands=bands)
 
 
 def rows_all_computed(s1: int, qlens: list[int], kvlens: list[int], bands: list[Band]) -> bool:
@@ -161,10 +192,18 @@ class Plan:
     params: torch.Tensor              # [B * FIELDS] int32, CPU
 
 
+def pack(qlens: list[int], kvlens: list[int], bands: list[Band], offsets: Optional[tuple] = None) -> torch.Tensor:
+    """The parameter block of a prefill-kernel call (``offsets`` per batch, zeros when None)."""
+    if offsets is None:
+        return params.pack([(q, kv, 0, 0, 0, 0, *band.clamped()) for q, kv, band in zip(qlens, kvlens, bands)])
+    return params.pack([(q, kv, *off[:4], *band.clamped(), off[4])
+                        for q, kv, band, off in zip(qlens, kvlens, bands, offsets)])
+
+
 def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
          on_gpu: Optional[bool] = None) -> Plan:
-    """Static configuration and parameter block; ``on_gpu`` picks the block sizes (default: the
-    output's device)."""
+    """Static configuration and parameter block; ``lse`` is the (B, N, S1) view the kernel writes;
+    ``on_gpu`` picks the block sizes (default: the output's device)."""
     h = call.heads
     o4 = out_view(call, out)
     on_gpu = o4.device.type == "cuda" if on_gpu is None else on_gpu
@@ -188,10 +227,7 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
         strides=tuple(int(s) for s in strides),
         sizes=(h.N, h.S1, h.S2, bn_total, h.group, call.sources.page_size), meta=meta,
         grid=prefill.grid(h.S1, block_m, bn_total), num_warps=warps, num_stages=stages, sm_scale=call.scale)
-    offsets = call.offsets or ((0, 0, 0, 0, 0),) * h.B
-    rows = [(q, kv, *off[:4], *band.clamped(), off[4])
-            for q, kv, band, off in zip(call.qlens, call.kvlens, call.bands, offsets)]
-    return Plan(static, params.pack(rows))
+    return Plan(static, pack(call.qlens, call.kvlens, call.bands, call.offsets))
 
 
 def out_view(call: PromptCall, out: torch.Tensor) -> torch.Tensor:
@@ -204,25 +240,43 @@ def _pow2(x: int, least: int = 16) -> int:
     return max(least, 1 << (x - 1).bit_length())
 
 
-def submit(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None, op: str = OP,
-           caller_outputs: bool = False, block_buffer: Optional[torch.Tensor] = None) -> None:
-    """Plan and submit the prefill kernel writing ``out`` (and ``lse`` when given); ``caller_outputs``
-    when the caller passed them (``.out`` overloads), see ``tasks.Task.outputs``."""
+def operands(call: PromptCall, o4: torch.Tensor, lse: Optional[torch.Tensor]) -> tuple:
+    """The prefill kernel's tensors: Q, K, V, O, LSE, MASK, PSE (Q standing in for absent ones), the
+    quantisation scales DEQ1, QS1, DEQ2, QS2, QO2 and the fused-operator sources (``Sources.tensors``),
+    None where absent."""
     h = call.heads
-    if out.numel() == 0 and (lse is None or lse.numel() == 0):
-        return
-    p = plan(call, out, lse)
-    o4 = out_view(call, out)
-    mask = None if call.mask is None else (call.mask.view(torch.uint8) if call.mask.dtype == torch.bool else call.mask)
-    dummy = h.q
-    run = functools.partial(prefill.launch, p.static, h.q, h.k, h.v, o4,
-                            dummy if lse is None else lse, dummy if mask is None else mask,
-                            dummy if call.pse is None else call.pse, scales=call.quant.kernel_scales(),
-                            sources=call.sources.tensors())
-    inputs = tuple(t for t in (h.q, h.k, h.v, mask, call.pse, *call.sources.tensors()) if t is not None) \
-        + call.quant.tensors()
-    outputs = tuple(t for t in (out, lse) if t is not None) if caller_outputs else ()
-    tasks.submit(tasks.Task(op, p.static, p.params, out.device, run, inputs, outputs, block_buffer))
+    mask = call.mask
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    return (h.q, h.k, h.v, o4, h.q if lse is None else lse, h.q if mask is None else mask,
+            h.q if call.pse is None else call.pse, *call.quant.kernel_scales(), *call.sources.tensors())
+
+
+class Prepared(plans.Prepared):
+    """A prefill-kernel call planned once for its signature (``plans.Prepared``)."""
+
+    __slots__ = ("has_lse",)
+
+    def __init__(self, call: PromptCall, static, o4: torch.Tensor, lse: Optional[torch.Tensor], args: tuple,
+                 execution: str):
+        super().__init__(call, static, operands(call, o4, lse), args, execution)
+        self.has_lse = lse is not None
+
+    def run(self, block: torch.Tensor, args: tuple) -> None:
+        ops = self.operands(args)
+        if self.execution == "native":
+            from ..reference import execute
+
+            execute.prefill(self.bound.bind(args), block, ops[3], ops[4] if self.has_lse else None)
+            return
+        prefill.launch(self.static, *ops[:7], block, scales=ops[7:12], sources=ops[12:])
+
+
+_plans = plans.Cache()
+
+
+def _signature(args: tuple, kw: dict) -> tuple:
+    return (*map(plans.meta, args), *((type(kw[k]), kw[k]) for k in STATIC_ARGS))
 
 
 def output(call: PromptCall) -> torch.Tensor:
@@ -230,20 +284,29 @@ def output(call: PromptCall) -> torch.Tensor:
     return alloc.empty(out_shape(call.layout.out, h.B, h.N, h.S1, h.Dv), call.out_dtype, h.q.device)
 
 
-def npu_prompt_flash_attention(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None,
-                               actual_seq_lengths: Optional[Sequence[int]] = None, deq_scale1=None,
-                               quant_scale1=None, deq_scale2=None, quant_scale2=None, quant_offset2=None,
-                               num_heads: int = 1, scale_value: float = 1.0, pre_tokens: int = masks.INT_MAX,
-                               next_tokens: int = 0, input_layout: str = "BSH", num_key_value_heads: int = 0,
-                               actual_seq_lengths_kv: Optional[Sequence[int]] = None,
-                               sparse_mode: int = 0) -> torch.Tensor:
-    """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention``."""
-    call = validate(query, key, value, padding_mask=padding_mask, atten_mask=atten_mask, pse_shift=pse_shift,
-                    actual_seq_lengths=actual_seq_lengths, deq_scale1=deq_scale1, quant_scale1=quant_scale1,
-                    deq_scale2=deq_scale2, quant_scale2=quant_scale2, quant_offset2=quant_offset2,
-                    num_heads=num_heads, scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
-                    input_layout=input_layout, num_key_value_heads=num_key_value_heads,
-                    actual_seq_lengths_kv=actual_seq_lengths_kv, sparse_mode=sparse_mode)
-    out = output(call)
-    submit(call, out)
+def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
+    """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention`` (keyword arguments and
+    defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers."""
+    kw = {**DEFAULTS, **kwargs}
+    if len(kw) != len(DEFAULTS):
+        validate(query, key, value, **kwargs)                  # raises for the unknown keyword
+    args = (query, key, value, *(kw[k] for k in TENSOR_ARGS[3:]))
+    key_ = _signature(args, kw)
+    p = _plans.get(key_)
+    if p is None:
+        call = validate(query, key, value, **kwargs)
+        out = output(call)
+        pl = plan(call, out, None)
+        p = Prepared(call, pl.static, out_view(call, out), None, (*args, out), execution(out.device))
+        _plans.put(key_, (p, call, out.shape, out.dtype))      # PFA's tensors are all views of its arguments
+        block = pl.params
+    else:
+        p, call, shape, dtype = p
+        out = alloc.empty(shape, dtype, query.device)
+        block = pack(*per_batch(call, *(kw[k] for k in DYNAMIC_ARGS)))
+    if out.numel():
+        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out), roles=_ROLES))
     return out
+
+
+_ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN

@@ -22,6 +22,8 @@ class AntiQuant:
     mode: int
     scale: torch.Tensor
     offset: Optional[torch.Tensor] = None
+    name: str = ""                  # the arguments' prefix, e.g. "key_antiquant" (for errors)
+    api_mode: int = 0               # torch_npu's anti-quant mode (0-5)
 
 
 @dataclass(frozen=True)

@@ -347,14 +347,26 @@ def test_update_into_other_outputs_is_refused(rt, device, case):
             rt.graph_task_update_end(u)
 
 
-def test_input_of_other_dtype_cannot_stand_for_the_captured_one():
-    from runtime.tasks import _input_copies
+def test_what_an_update_may_pass_for_a_captured_tensor():
+    from npu_kernels.tasks import Task
+    from runtime.tasks import _tensors
+
+    def task(*args, roles="i"):
+        return Task("op", None, torch.zeros(0, dtype=torch.int32), torch.device("cpu"), run=lambda b, a: None,
+                    args=args, roles=roles)
 
     a, b = torch.zeros(3), torch.ones(3)
-    assert _input_copies("op", (a,), (a,)) == []
-    assert _input_copies("op", (a,), (b,)) == [(a, b)]
+    assert _tensors("update", task(a), task(a)) == ((a,), [])
+    assert _tensors("update", task(a), task(b)) == ((a,), [(a, b)])
+    table = torch.zeros(4, 3)
+    args, copies = _tensors("update", task(table), task(table[:2]))       # fewer rows of the same memory
+    assert args[0].shape == (2, 3) and args[0].data_ptr() == table.data_ptr() and copies == []
+    own = torch.zeros(3)
+    assert _tensors("update", task(a, own, roles="is"), task(a, b, roles="is")) == ((a, own), [])
     with pytest.raises(RuntimeError, match="input 0 is .*float64.*captured one is .*float32"):
-        _input_copies("op", (a,), (b.double(),))
+        _tensors("update", task(a), task(b.double()))
+    with pytest.raises(RuntimeError, match="output tensors must be the captured ones"):
+        _tensors("update", task(a, roles="o"), task(b, roles="o"))
 
 
 def test_count_errors(rt, device, case):

@@ -1,0 +1,182 @@
+"""The fused operator's entry points: the functional call, ``.out``, ``_get_max_workspace`` and
+``_infer_output``, each planned once per call signature (``npu_kernels.plans``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import torch
+
+from ... import alloc, checks, plans, tasks
+from ...device import execution
+from ...errors import require
+from ...layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, out_shape
+from .. import incre, prompt
+from . import workspace
+from .call import LIST_ARGS, OP, STATIC_ARGS, TENSOR_ARGS, FusedCall, per_batch, validate, window_opens, with_defaults
+from .prefill_path import kv_view, token_rows
+
+
+class Planned:
+    """A fused call planned for its signature: the validated call without batches, the kernel call
+    prepared for it, and the float32 words of split-KV scratch it needs (0 on the prefill kernel)."""
+
+    __slots__ = ("call", "prepared", "scratch")
+
+    def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int):
+        self.call, self.prepared, self.scratch = call, prepared, scratch
+
+
+_plans = plans.Cache()
+
+
+def _signature(args: tuple, kw: dict) -> tuple:
+    """Tensor metadata, kernel-selecting scalars, which length lists are given, whether pre_tokens opens the
+    decode sliding window, and the token-major parameter-block rows."""
+    q_lens, query, layout = kw["actual_seq_lengths"], args[0], kw["input_layout"]
+    rows = 0
+    if isinstance(layout, str) and layout.partition("_")[0] in TOKEN_LAYOUTS and isinstance(q_lens, (list, tuple)) \
+            and isinstance(query, torch.Tensor) and query.dim() == 3:
+        rows = token_rows(query.shape[0] if layout.startswith("T") else query.shape[1], len(q_lens))
+    return (*map(plans.meta, args), *((type(kw[k]), kw[k]) for k in STATIC_ARGS),
+            *(kw[k] is None for k in LIST_ARGS), window_opens(kw), rows)
+
+
+def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:
+    device = (call.prompt or call.incre).heads.q.device
+    return (alloc.empty(call.out_shape, call.out_dtype, device),
+            alloc.empty(call.lse_shape, torch.float32, device))
+
+
+def _scratch_words(call: FusedCall) -> int:
+    """Float32 words of split-KV scratch (partial outputs, per-split max and sum) on the decode kernels."""
+    if call.incre is None:
+        return 0
+    device = call.incre.heads.q.device
+    out = torch.empty(call.out_shape, dtype=call.out_dtype, device="meta")
+    return sum(incre.plan(call.incre, out, None, on_gpu=device.type == "cuda").static.workspace)
+
+
+def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor, scratch: Optional[torch.Tensor]
+             ) -> tuple[plans.Prepared, torch.Tensor]:
+    """The kernel call of a fully validated ``call`` writing ``out``/``lse`` (views of ``args``), and its
+    parameter block."""
+    lse_k = call.lse_view(lse) if call.lse_flag else None
+    how = execution(out.device)
+    if call.incre is not None:
+        pl = incre.plan(call.incre, out, lse_k)
+        o4 = as_bnsd(out, call.layout.out, call.incre.heads.N)
+        ops = incre.operands(call.incre, o4, lse_k, *incre.scratch(pl.static, scratch))
+        return incre.Prepared(call.incre, pl.static, ops, lse_k is not None, args, how), pl.params
+    pl = prompt.plan(call.prompt, out, lse_k)
+    return prompt.Prepared(call.prompt, pl.static, prompt.out_view(call.prompt, out), lse_k, args, how), pl.params
+
+
+def _block(planned: Planned, kw: dict) -> torch.Tensor:
+    """The parameter block of this call's per-call integers, validated."""
+    if planned.call.incre is not None:
+        return incre.pack(*per_batch(planned.call, kw))
+    return prompt.pack(*per_batch(planned.call, kw))
+
+
+def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
+    """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
+    caller's workspace ``ws`` (``.out``; else scratch of its own). Returns (attention_out, softmax_lse)."""
+    kw = with_defaults(kwargs)
+    args = (query, key, value, *(kw[k] for k in TENSOR_ARGS))
+    key_ = _signature(args, kw)
+    if outs is not None:
+        key_ = (*key_, *map(plans.meta, (*outs, ws)))
+    planned = _plans.get(key_)
+    if planned is None:
+        call = validate(query, key, value, **kw)
+        out, lse = outs if outs is not None else outputs(call)
+        if outs is not None:
+            _check_outputs(call, out, lse, ws)
+        scratch_words = _scratch_words(call)
+        own = None if ws is not None or not scratch_words else alloc.empty((scratch_words,), torch.float32, out.device)
+        scratch, block_buffer = workspace.carve(scratch_words, call, ws) if ws is not None else (own, None)
+        full = (*args, out, lse, ws, own)
+        prepared, block = _prepare(call, full, out, lse, scratch)
+        if not prepared.extras:
+            _plans.put(key_, Planned(_without_batches(call), prepared, scratch_words))
+    else:
+        call, prepared = planned.call, planned.prepared
+        block = _block(planned, kw)
+        out, lse = outs if outs is not None else outputs(call)     # the caller's passed the checks before
+        own = None
+        if ws is not None:
+            block_buffer = workspace.carve(planned.scratch, call, ws)[1]
+        else:
+            block_buffer = None
+            if planned.scratch:
+                own = alloc.empty((planned.scratch,), torch.float32, out.device)
+        full = (*args, out, lse, ws, own)
+    if out.numel() or (call.lse_flag and lse.numel()):
+        roles = _ROLES_OUT if outs is not None else _ROLES
+        tasks.submit(tasks.Task(OP, prepared.static, block, out.device, run=prepared.run,
+                                args=(*full, *prepared.extras), roles=roles + tasks.INPUT * len(prepared.extras),
+                                block_buffer=block_buffer))
+    return out, lse
+
+
+_ROLES = tasks.INPUT * (3 + len(TENSOR_ARGS)) + tasks.OWN * 2 + tasks.OUTPUT + tasks.OWN
+_ROLES_OUT = tasks.INPUT * (3 + len(TENSOR_ARGS)) + tasks.OUTPUT * 3 + tasks.OWN
+
+
+def _without_batches(call: FusedCall) -> FusedCall:
+    """The cached form of a validated call: its per-call lists are recomputed by every call."""
+    if call.incre is not None:
+        return replace(call, incre=replace(call.incre, kvlens=[]))
+    return replace(call, prompt=replace(call.prompt, qlens=[], kvlens=[], bands=[], offsets=()))
+
+
+def _check_outputs(call: FusedCall, attention_out, softmax_lse, ws) -> None:
+    checks.tensor("attention_out", attention_out)
+    require(tuple(attention_out.shape) == call.out_shape and attention_out.dtype == call.out_dtype, "attention_out",
+            attention_out, f"must be {call.out_shape} {call.out_dtype}")
+    checks.tensor("softmax_lse", softmax_lse)
+    if call.lse_flag:
+        require(tuple(softmax_lse.shape) == call.lse_shape and softmax_lse.dtype == torch.float32, "softmax_lse",
+                softmax_lse, f"must be {call.lse_shape} float32 with softmax_lse_flag=True")
+    if ws is not None:
+        checks.tensor("workspace", ws)
+
+
+def npu_fused_infer_attention_score(query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager implementation behind ``torch.ops.npu.npu_fused_infer_attention_score``."""
+    return _submit(query, key, value, kwargs, None, None)
+
+
+def npu_fused_infer_attention_score_out(query, key, value, *, workspace=None, attention_out, softmax_lse,
+                                        **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``.out``: writes ``attention_out`` (and ``softmax_lse`` when the flag is set; untouched otherwise)."""
+    return _submit(query, key, value, kwargs, (attention_out, softmax_lse), workspace)
+
+
+def get_max_workspace(query, key, value, **kwargs) -> torch.Tensor:
+    """A 1-D tensor of the query's dtype large enough for the call's scratch and parameter block."""
+    call = validate(query, key, value, **kwargs)
+    return alloc.empty((workspace.numel(_scratch_words(call), call, query.element_size()),), query.dtype,
+                       query.device)
+
+
+def workspace_numel(call: FusedCall, element_size: int) -> int:
+    return workspace.numel(_scratch_words(call), call, element_size)
+
+
+def infer_output(query, value, *, input_layout="BSH", quant_scale2=None, block_table=None, num_heads=1,
+                 num_key_value_heads=0, softmax_lse_flag=False, query_rope=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised (attention_out, softmax_lse) with the shapes and dtypes of the call."""
+    layout = Layout.parse(input_layout, FUSED_LAYOUTS)
+    kv_n = checks.head_counts(num_heads, num_key_value_heads)
+    b, n, s, _ = bnsd_shape(query, layout.inp, num_heads)
+    v4 = kv_view(value, layout, kv_n, block_table, "value")
+    dv = v4.shape[3]
+    token = layout.inp in TOKEN_LAYOUTS
+    dtype = torch.int8 if quant_scale2 is not None else \
+        (query_rope.dtype if query_rope is not None else torch.float16) if query.dtype == torch.int8 else query.dtype
+    lse = ((s, n, 1) if token else (b, n, s, 1)) if softmax_lse_flag else (0,)
+    return (alloc.empty(out_shape(layout.out, b, n, s, dv), dtype, query.device),
+            alloc.empty(lse, torch.float32, query.device))

@@ -1,0 +1,199 @@
+"""Plan once, launch many: the static part of an operator call, cached per call signature.
+
+A call's *signature* holds everything that selects kernels and their launch: shapes, strides, dtypes and
+devices of every tensor argument, and the scalar arguments that select kernels. The per-call integers
+(lengths, padding, band limits) are not part of it. The first call of a signature validates everything
+and builds the operator's plan; later calls look the plan up, validate and pack only their per-call
+integers, and bind the plan's tensors to their own arguments.
+
+Binding: every tensor of a plan (a kernel operand, a view in the validated call) is a view of one of the
+call's tensor arguments, recorded as a ``View`` (which argument, dtype, sizes, strides, element offset)
+when the plan is built. A compiled kernel needs only the address: ``View.operand`` gives the argument
+itself where the view starts at its address with its dtype, else a ``Pointer``. The CPU execution path
+and Triton's interpreter need real tensors: ``View.tensor``. A tensor that is a view of no argument (a
+copy made while validating) makes the signature uncacheable (``views_of``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from . import caches
+
+MAX_PLANS = 4096
+
+
+class Pointer:
+    """The address and dtype of a kernel operand: what a compiled Triton kernel reads of a tensor."""
+
+    __slots__ = ("ptr", "dtype")
+
+    def __init__(self, ptr: int, dtype: torch.dtype):
+        self.ptr, self.dtype = ptr, dtype
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+
+class View:
+    """A tensor as a view of argument ``arg`` of a call."""
+
+    __slots__ = ("arg", "dtype", "size", "stride", "offset", "same")
+
+    def __init__(self, arg: int, dtype: torch.dtype, size: tuple, stride: tuple, offset: int, same: bool):
+        self.arg, self.dtype, self.size, self.stride, self.offset = arg, dtype, size, stride, offset
+        self.same = same          # starts at the argument's address, with its dtype
+
+    def operand(self, args: tuple):
+        a = args[self.arg]
+        if self.same:
+            return a
+        return Pointer(a.data_ptr() + self.offset * self.dtype.itemsize, self.dtype)
+
+    def tensor(self, args: tuple) -> torch.Tensor:
+        a = args[self.arg]
+        if a.dtype != self.dtype:
+            a = a.view(self.dtype)
+        return a.as_strided(self.size, self.stride, a.storage_offset() + self.offset)
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from the first to one past the last element of ``t`` (0 when empty)."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
+def view_of(t: torch.Tensor, args: tuple) -> Optional[View]:
+    """``t`` as a ``View`` of the argument whose memory holds its first element; None if there is none."""
+    storage = t.untyped_storage().data_ptr()
+    ptr = t.data_ptr()
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor) or a.untyped_storage().data_ptr() != storage:
+            continue
+        start = a.data_ptr()
+        if ptr == start or start <= ptr < start + _extent(a):
+            delta = ptr - start
+            if delta % t.element_size():
+                continue
+            same = delta == 0 and t.dtype == a.dtype
+            return View(i, t.dtype, tuple(t.shape), tuple(t.stride()), delta // t.element_size(), same)
+    return None
+
+
+def views_of(tensors, args: tuple) -> tuple[tuple, tuple]:
+    """(``View`` of each tensor (None entries stay None), extras): a tensor that is a view of no argument
+    (a copy made while validating) is appended to the extras and viewed there; the views then index
+    ``(*args, *extras)``, and a plan with extras serves only the call that made them."""
+    views, extras = [], []
+    for t in tensors:
+        if t is None:
+            views.append(None)
+            continue
+        v = view_of(t, args) or view_of(t, (*args, *extras))
+        if v is None:
+            extras.append(t)
+            v = view_of(t, (*args, *extras))
+        views.append(v)
+    return tuple(views), tuple(extras)
+
+
+def operands(views: tuple, args: tuple) -> tuple:
+    return tuple(None if v is None else v.operand(args) for v in views)
+
+
+# The tensors inside a validated call (frozen dataclasses, tuples and tensors), as (path, tensor) leaves.
+
+def leaves(obj, path: tuple = ()) -> list:
+    if isinstance(obj, torch.Tensor):
+        return [(path, obj)]
+    if dataclasses.is_dataclass(obj):
+        return [leaf for f in dataclasses.fields(obj) for leaf in leaves(getattr(obj, f.name), path + (f.name,))]
+    if isinstance(obj, tuple):
+        return [leaf for i, x in enumerate(obj) for leaf in leaves(x, path + (i,))]
+    return []
+
+
+def rebind(obj, new: dict, path: tuple = ()):
+    """``obj`` with the tensor at each path of ``new`` replaced by its value."""
+    if isinstance(obj, torch.Tensor):
+        return new[path]
+    if dataclasses.is_dataclass(obj):
+        changes = {f.name: rebind(getattr(obj, f.name), new, path + (f.name,)) for f in dataclasses.fields(obj)
+                   if any(p[:len(path) + 1] == path + (f.name,) for p in new)}
+        return dataclasses.replace(obj, **changes) if changes else obj
+    if isinstance(obj, tuple):
+        return tuple(rebind(x, new, path + (i,)) for i, x in enumerate(obj))
+    return obj
+
+
+class Bound:
+    """The tensors of a validated call as views of the call's arguments: ``bind(args)`` gives the same
+    call over other arguments with the same signature."""
+
+    __slots__ = ("call", "paths", "views")
+
+    def __init__(self, call, paths: tuple, views: tuple):
+        self.call, self.paths, self.views = call, paths, views
+
+    def bind(self, args: tuple):
+        return rebind(self.call, {p: v.tensor(args) for p, v in zip(self.paths, self.views)})
+
+
+class Prepared:
+    """A kernel call planned for one signature: its static configuration, its kernel operands as views of
+    the call's tensors (arguments, outputs, scratch), and the validated call for the CPU execution path.
+    ``extras``: tensors of the call that are views of no argument; the arguments must be extended with
+    them (``(*args, *extras)``), and a plan with extras serves only the call that made it."""
+
+    __slots__ = ("static", "views", "bound", "execution", "extras")
+
+    def __init__(self, call, static, ops: tuple, args: tuple, execution: str):
+        found = leaves(call)
+        views, self.extras = views_of([*ops, *(t for _, t in found)], args)
+        self.static, self.execution = static, execution
+        self.views = views[:len(ops)]
+        self.bound = Bound(call, tuple(p for p, _ in found), views[len(ops):])
+
+    def operands(self, args: tuple) -> tuple:
+        """The kernel operands over ``args``: addresses for compiled kernels, views otherwise."""
+        if self.execution == "compiled":
+            return operands(self.views, args)
+        return tuple(None if v is None else v.tensor(args) for v in self.views)
+
+
+# Signatures
+
+def meta(t) -> Optional[tuple]:
+    """What a signature holds of a tensor argument: shape, strides, dtype, device index."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        return (type(t),)        # validation rejects it; the key only has to differ from a tensor's
+    return (t.shape, t.stride(), t.dtype, t.get_device())
+
+
+class Cache:
+    """Plans by signature, the oldest dropped past ``MAX_PLANS``; emptied by ``caches.release()``."""
+
+    def __init__(self):
+        self.plans: dict = {}
+        caches.register(self.plans.clear)
+
+    def get(self, key):
+        try:
+            return self.plans.get(key)
+        except TypeError:         # an unhashable argument (e.g. a SymInt while tracing)
+            return None
+
+    def put(self, key, plan) -> None:
+        try:
+            hash(key)
+        except TypeError:
+            return
+        if len(self.plans) >= MAX_PLANS:
+            del self.plans[next(iter(self.plans))]
+        self.plans[key] = plan
