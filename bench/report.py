@@ -1,10 +1,16 @@
 """``python -m bench report``: the static kernel report, on any machine (no GPU needed).
 
-Compiles every kernel variant that ``npu_kernels.aot.all_variants()`` lists, ahead of time for sm_80
-and sm_90, in a subprocess where Triton is in compiled mode (``NPUK_COMPILE_ONLY=1``, ``TRITON_INTERPRET``
-unset: interpret mode replaces the jitted functions the compiler needs). Tabulates registers, spills,
-shared memory, tensor-core instructions (mma / wgmma) and compile time; spills and variants that fail to
-compile are flagged. Exit status 1 when a variant fails to compile.
+Compiles every kernel variant that ``npu_kernels.aot.all_variants()`` lists exactly as the launcher
+would (``aot.compile_launch``: the launch's own specialisation, constexprs and options), for sm_80 and
+sm_90, in a subprocess where Triton is in compiled mode (``NPUK_COMPILE_ONLY=1``, ``TRITON_INTERPRET``
+unset: interpret mode replaces the jitted functions the compiler needs) with an empty Triton cache.
+Tabulates, per launched kernel and arch: registers, spills, shared memory, tensor-core instructions
+(wgmma / mma), the main loop's load kinds (TMA / cp.async / ldg) and barriers, and its SASS
+instructions per warp per 32 keys (``npu_kernels.kernels.sass``). Spills and variants that fail to
+compile are flagged; a binary identical to an earlier row's (same cubin hash) is marked. Exit status 1
+when a variant fails to compile.
+
+Instruction counts are static: what the binary issues per loop iteration, not a measured speed.
 """
 
 from __future__ import annotations
@@ -21,33 +27,24 @@ from . import results
 
 ARCHS = (80, 90)
 TIMEOUT_PER_COMPILE_S = 300
-MAX_VARIANTS = 64                # bounds the worker's total time when no names are given
+MAX_COMPILES = 160               # bounds the worker's total time when no names are given
 
 
 def worker(archs: Sequence[int], names: Sequence[str]) -> None:
-    """In the compile-only subprocess: one JSON line per (variant, arch)."""
+    """In the compile-only subprocess: one JSON line per (variant, launched kernel, arch)."""
     from npu_kernels import aot
 
     known = aot.all_variants()
     variants = [v for v in known if not names or v.name in names]
     unknown = sorted(set(names) - {v.name for v in known})
-    print(json.dumps({"variants": len(variants) + len(unknown)}), flush=True)
+    compiles = (sum(len(v.launches) for v in variants) + len(unknown)) * len(archs)
+    print(json.dumps({"compiles": compiles}), flush=True)
     for name in unknown:
         for arch in archs:
             print(json.dumps({"kernel": "?", "variant": name, "arch": arch,
                               "error": f"unknown variant (known: {', '.join(v.name for v in known)})"}), flush=True)
-    for v in variants:
-        blocks = " ".join(f"{k[6:]}={val}" for k, val in v.constexprs.items() if k.startswith("BLOCK_"))
-        for arch in archs:
-            row = {"kernel": v.kernel, "variant": v.name, "arch": arch, "num_warps": v.num_warps,
-                   "num_stages": v.num_stages, "blocks": blocks}
-            try:
-                c = aot.compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages, v.fp_fusion)
-                row.update(registers=c.registers, spill_bytes=c.spill_bytes, shared_bytes=c.shared_bytes,
-                           tensor_cores=c.tensor_cores, compile_s=round(c.compile_s, 2), error=None)
-            except Exception as exc:  # reported, not raised: a failing variant is a row of the report
-                row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
-            print(json.dumps(row), flush=True)
+    for row in aot.rows(variants, archs):
+        print(json.dumps(row), flush=True)
 
 
 def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list[dict]:
@@ -64,7 +61,7 @@ def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list
         env["TRITON_CACHE_DIR"] = cache           # cold compiles: the compile time is not a cache hit
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            out, err = proc.communicate(timeout=TIMEOUT_PER_COMPILE_S * (len(names) or MAX_VARIANTS) * len(archs))
+            out, err = proc.communicate(timeout=TIMEOUT_PER_COMPILE_S * (2 * len(names) * len(archs) or MAX_COMPILES))
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -73,8 +70,8 @@ def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list
         if not line.startswith("{"):
             continue
         data = json.loads(line)
-        if "variants" in data:
-            expected = data["variants"] * len(archs)
+        if "compiles" in data:
+            expected = data["compiles"]
         else:
             rows.append(data)
     if proc.returncode != 0 or expected is None or len(rows) < (expected or 0):
@@ -84,29 +81,40 @@ def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list
     return rows
 
 
-CACHE_HIT_S = 0.05       # the worker's Triton cache starts empty: a faster compile is an identical binary
-
-
 def status(row: dict) -> str:
     if row.get("error"):
         return "FAILED"
     return "SPILLS" if row.get("spill_bytes") else "ok"
 
 
+def _loop(r: dict) -> tuple[str, str, str]:
+    """(instructions per 32 keys, load kinds, barriers) of the main loop; dashes without one."""
+    if not r.get("loop_keys"):
+        return "-", "-", "-"
+    loads = " ".join(f"{k}:{v}" for k, v in r["loop_loads"].items() if v) or "none"
+    return f"{r['per_32_keys']:g} ({r['loop_instructions']} per {r['loop_keys']})", loads, str(r["loop_barriers"])
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| kernel | variant | arch | blocks | warps/stages | registers | spill bytes | shared KiB "
-            "| tensor cores | compile s | status |")
-    lines = [head, "|" + "---|" * 11]
+            "| tensor cores | main loop: instr/warp per 32 keys | loop loads | loop barriers | status |")
+    lines = [head, "|" + "---|" * 13]
+    first: dict[str, str] = {}
     for r in rows:
+        where = f"{r['kernel']}:{r['variant']}@sm_{r['arch']}"
         if r.get("error"):
-            lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | | | | | | | | "
+            lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | | | | | | | | | | "
                          f"**FAILED**: {r['error'].splitlines()[0][:160]} |")
             continue
+        same = first.setdefault(r["cubin_sha256"], where)
+        note = f" (same binary as {same})" if same != where else ""
         spill = f"**{r['spill_bytes']}**" if r["spill_bytes"] else "0"
-        same = " (same binary as an earlier variant)" if r["compile_s"] < CACHE_HIT_S else ""
-        lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {r.get('blocks', '')} | {r['num_warps']}/{r['num_stages']} "
-                     f"| {r['registers']} | {spill} | {r['shared_bytes'] / 1024:.1f} | {r['tensor_cores'] or 'none'} "
-                     f"| {r['compile_s']:.1f} | {'**SPILLS**' if r['spill_bytes'] else 'ok'}{same} |")
+        cores = f"{r['tensor_cores']} ×{r['mma']}" if r["tensor_cores"] else "none"
+        loop, loads, bars = _loop(r)
+        lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {r.get('blocks', '')} "
+                     f"| {r['num_warps']}/{r['num_stages']} | {r['registers']} | {spill} "
+                     f"| {r['shared_bytes'] / 1024:.1f} | {cores} | {loop} | {loads} | {bars} "
+                     f"| {'**SPILLS**' if r['spill_bytes'] else 'ok'}{note} |")
     return "\n".join(lines)
 
 

@@ -1,37 +1,181 @@
-"""Ahead-of-time compilation of kernel variants for a GPU target, on any machine (no GPU needed).
+"""Ahead-of-time compilation of kernel launches for a GPU target, on any machine (no GPU needed).
+
+A variant is a launch planned the way the operators plan it for a GPU; ``record`` captures what that
+launch passes to ``launcher.run`` (kernel, grid, positional arguments, options), and ``compile_launch``
+builds the very binary Triton's launcher would build for ``sm_<arch>``: it runs the kernel's own
+``warmup`` (the launch path without the launch) against a compile-only driver, so the arguments get
+the launcher's specialisation (integers equal to 1 become constants; integers divisible by 16 and
+16-byte aligned pointers get divisibility hints), with the same constexprs, num_warps, num_stages and
+fp fusion. Registers, spills, shared memory and the SASS counts of ``kernels.sass`` are read from that
+binary.
 
 Runs only in a process where Triton is in compiled mode: set ``NPUK_COMPILE_ONLY=1`` before importing
-``npu_kernels`` (``python -m npu_kernels.aot`` does). Resources come from the PTX assembler's report.
+``npu_kernels`` (``python -m npu_kernels.aot`` does).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
+from . import launcher
+from .kernels import sass
+
 _PTR_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int8: "*i8",
               torch.uint8: "*u8", torch.int32: "*i32", torch.int64: "*i64", torch.bool: "*i1"}
+ARCHS = (80, 90)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One call of ``launcher.run``."""
+
+    kernel: object              # the triton.jit function
+    grid: tuple
+    args: tuple                 # positional, signature order (constexprs included)
+    options: dict               # num_warps, num_stages, enable_fp_fusion
+
+    @property
+    def family(self) -> str:
+        """Kernel family from the function name: ``_decode_split_kernel`` → ``decode_split``."""
+        return self.kernel.fn.__name__.strip("_").removesuffix("_kernel")
+
+    def by_name(self) -> dict:
+        return dict(zip(self.kernel.arg_names, self.args))
+
+    def constexprs(self) -> dict:
+        return {p.name: a for p, a in zip(self.kernel.params, self.args) if p.is_constexpr}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    launches: tuple[Launch, ...]
 
 
 @dataclass(frozen=True)
 class Compiled:
     arch: int
     registers: int
-    spill_bytes: int            # spill stores + loads
+    spill_bytes: int            # local-memory stores + loads (STL/LDL bytes)
     shared_bytes: int
     tensor_cores: str           # "wgmma", "mma" or "" (none)
-    compile_s: float
+    mma: int                    # tensor-core instructions in the kernel
+    loop_keys: int              # keys per main-loop iteration (BLOCK_N); 0 without a main loop
+    loop_instructions: int      # instructions per warp on the main loop's shortest path
+    per_32_keys: float          # loop_instructions per 32 keys
+    loop_loads: dict = field(default_factory=dict)   # tma / cp.async / ldg instructions in the main loop
+    loop_barriers: int = 0      # BAR instructions in the main loop
+    cubin_sha256: str = ""
+    compile_s: float = 0.0
+
+
+def record(launch: Callable[[], None]) -> list[Launch]:
+    """The ``launcher.run`` calls that ``launch()`` makes, captured instead of launched."""
+    calls: list[Launch] = []
+    previous = launcher.set_recorder(lambda k, g, a, o: calls.append(Launch(k, tuple(g), tuple(a), dict(o))))
+    try:
+        launch()
+    finally:
+        launcher.set_recorder(previous)
+    return calls
+
+
+class _CompileOnlyDriver:
+    """Stands in for the GPU driver during a launch's warmup: the target is ``sm_<arch>``; the device key
+    differs per arch, since Triton caches its binder (and target) per device."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+    def get_current_device(self) -> str:
+        return f"compile-only-sm_{self.target.arch}"
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+
+@contextlib.contextmanager
+def compile_only_target(arch: int) -> Iterator[None]:
+    from triton.runtime import driver
+
+    previous = driver._active            # None until a real driver was first asked for
+    driver.set_active(_CompileOnlyDriver(arch))
+    try:
+        yield
+    finally:
+        driver.set_active(previous)
+
+
+def compile_launch(launch: Launch, arch: int):
+    """The ``triton.compiler.CompiledKernel`` a launch would build on ``sm_<arch>``."""
+    with compile_only_target(arch):
+        return launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.options)
+
+
+def _resources(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, SHARED ... of the cubin's kernel (``cuobjdump -res-usage``)."""
+    import tempfile
+
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([knobs.nvidia.cuobjdump.path, "-res-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", out.split("Function", 1)[-1])}
+
+
+def analyse(kernel, arch: int, block_n: int, compile_s: float = 0.0) -> Compiled:
+    """Resources and SASS counts of a compiled kernel; ``block_n``: keys per main-loop iteration."""
+    from triton import knobs
+
+    cubin = kernel.asm["cubin"]
+    instrs, labels = sass.parse(sass.disassemble(cubin, knobs.nvidia.nvdisasm.path))
+    mma = sum(i.base in sass.TENSOR_CORE for i in instrs)
+    wgmma = any(i.base in sass.WARPGROUP_MMA for i in instrs)
+    loop = sass.main_loop(instrs, labels)
+    keys = block_n if loop is not None else 0
+    return Compiled(
+        arch=arch, registers=_resources(cubin)["REG"], spill_bytes=sass.spill_bytes(instrs),
+        shared_bytes=int(kernel.metadata.shared), tensor_cores="wgmma" if wgmma else "mma" if mma else "", mma=mma,
+        loop_keys=keys, loop_instructions=loop.path if loop else 0,
+        per_32_keys=round(loop.path * 32 / keys, 1) if loop else 0.0,
+        loop_loads=sass.load_kinds(loop.counts) if loop else {}, loop_barriers=loop.counts["BAR"] if loop else 0,
+        cubin_sha256=hashlib.sha256(cubin).hexdigest(), compile_s=compile_s)
+
+
+def compile_and_analyse(launch: Launch, arch: int) -> Compiled:
+    start = time.perf_counter()
+    kernel = compile_launch(launch, arch)
+    return analyse(kernel, arch, int(launch.constexprs().get("BLOCK_N", 0)), time.perf_counter() - start)
+
+
+def compile_kernel(fn, args: dict, constexprs: dict, arch: int, num_warps: int, num_stages: int,
+                   fp_fusion: bool = True) -> Compiled:
+    """Compile ``fn`` launched with ``args`` and ``constexprs`` (by name) for ``sm_<arch>``."""
+    values = {**args, **constexprs}
+    launch = Launch(fn, (1,), tuple(values[n] for n in fn.arg_names),
+                    {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": fp_fusion})
+    return compile_and_analyse(launch, arch)
 
 
 def signature(fn, args: dict, constexprs: dict) -> dict[str, str]:
-    """Triton signature of ``fn`` for example launch ``args`` (tensors → pointer types, ints, floats)."""
+    """Triton signature of ``fn`` for ``args`` without the launcher's specialisation (tensors → pointer
+    types, ints, floats); for building a ``triton.compiler.ASTSource`` by hand."""
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -49,58 +193,55 @@ def signature(fn, args: dict, constexprs: dict) -> dict[str, str]:
     return sig
 
 
-def compile_kernel(fn, args: dict, constexprs: dict, arch: int, num_warps: int, num_stages: int,
-                   fp_fusion: bool = True) -> Compiled:
-    """Compile ``fn`` (a ``triton.jit`` function) for ``sm_<arch>`` and read its resources; ``fp_fusion``
-    as the launch's ``enable_fp_fusion``."""
-    src = triton.compiler.ASTSource(fn=fn, signature=signature(fn, args, constexprs), constexprs=constexprs)
-    start = time.perf_counter()
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": fp_fusion})
-    elapsed = time.perf_counter() - start
-    ptx = kernel.asm["ptx"]
-    regs, spills = _ptxas_report(ptx, arch)
-    cores = "wgmma" if "wgmma" in ptx else ("mma" if re.search(r"\bmma\.sync", ptx) else "")
-    return Compiled(arch, regs, spills, int(kernel.metadata.shared), cores, elapsed)
+def rows(variants: Sequence[Variant], archs: Sequence[int] = ARCHS) -> Iterator[dict]:
+    """One report row per (variant, launched kernel, arch); a failing compile is a row with its error."""
+    for v in variants:
+        for launch in v.launches:
+            blocks = " ".join(f"{k[6:]}={val}" for k, val in launch.constexprs().items() if k.startswith("BLOCK_"))
+            for arch in archs:
+                row = {"kernel": launch.family, "variant": v.name, "arch": arch, "blocks": blocks,
+                       "num_warps": launch.options["num_warps"], "num_stages": launch.options["num_stages"]}
+                try:
+                    row.update(compile_and_analyse(launch, arch).__dict__, error=None)
+                except Exception as exc:  # reported, not raised: a failing variant is a row of the report
+                    row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+                yield row
 
 
-def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
-    """(registers, spill bytes) from ``ptxas -v`` on the kernel's PTX."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    try:
-        ptxas = get_ptxas(arch).path
-    except TypeError:                                    # triton < 3.7: get_ptxas() takes no arch
-        ptxas = get_ptxas().path
-    gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-        f.write(ptx)
-        f.flush()
-        out = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", f.name, "-o", "/dev/null"],
-                             capture_output=True, text=True, check=True).stderr
-    regs = int(re.search(r"Used (\d+) registers", out).group(1))
-    spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", out))
-    return regs, spills
-
-
-def _planned_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict) -> tuple[dict, object]:
-    """(kernel args, static config) of a prompt call planned for a GPU."""
+def _prefill_variant(name: str, call, out: torch.Tensor, lse, tensors: tuple) -> tuple[Variant, object]:
+    """(variant, static config) of a prefill-kernel call planned for a GPU; ``tensors``: Q, K, V, O, LSE,
+    MASK, PSE as ``ops.prompt.submit`` passes them (the parameter block is appended)."""
+    from . import tasks
     from .kernels import prefill
+    from .ops import prompt
+
+    p = prompt.plan(call, out, lse, on_gpu=True)
+    block = tasks.device_block(p.params, out.device)
+    launches = record(lambda: prefill.launch(p.static, *tensors, block, scales=call.quant.kernel_scales(),
+                                             sources=call.sources.tensors()))
+    return Variant(name, tuple(launches)), p.static
+
+
+def _planned_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict) -> tuple[Variant, object]:
+    """A prompt call with its dummies and views as ``ops.prompt.submit`` makes them."""
     from .ops import prompt
 
     call = prompt.validate(q, k, v, **kw)
     o = prompt.output(call)
-    p = prompt.plan(call, o, None, on_gpu=True)
-    mask = call.mask.view(torch.uint8) if call.mask is not None else q
-    tensors = (call.heads.q, call.heads.k, call.heads.v, o, q, mask, call.pse if call.pse is not None else q,
-               p.params.to(torch.int32))
-    return prefill.kernel_args(p.static, tensors, call.quant.kernel_scales()), p.static
+    o4 = prompt.out_view(call, o)
+    mask = call.mask.view(torch.uint8) if call.mask is not None and call.mask.dtype == torch.bool else call.mask
+    h = call.heads
+    tensors = (h.q, h.k, h.v, o4, h.q, h.q if mask is None else mask, h.q if call.pse is None else call.pse)
+    return _prefill_variant(name, call, o, None, tensors)
 
 
-def prefill_variants() -> list[tuple[str, dict, object]]:
-    """Representative prefill variants: (name, kernel args, static config), planned for a GPU."""
+def prefill_variants() -> list[Variant]:
+    """Representative prefill variants, planned for a GPU."""
     cases = [
         ("fp16-d128", torch.float16, 128, 128, {}),
+        ("bf16-d128-causal", torch.bfloat16, 128, 128, {"sparse_mode": 3, "atten_mask": "compressed"}),
+        ("fp16-d128-causal", torch.float16, 128, 128, {"sparse_mode": 3, "atten_mask": "compressed"}),
+        ("bf16-d128", torch.bfloat16, 128, 128, {}),
         ("bf16-d64-causal", torch.bfloat16, 64, 64, {"sparse_mode": 3, "atten_mask": "compressed"}),
         ("fp16-d128-mask-pse", torch.float16, 128, 128, {"atten_mask": "full", "pse_shift": True}),
         ("bf16-d192-dv128", torch.bfloat16, 192, 128, {}),
@@ -123,15 +264,14 @@ def prefill_variants() -> list[tuple[str, dict, object]]:
             kw["atten_mask"] = torch.zeros(s, s, dtype=torch.bool)
         if extra.get("pse_shift"):
             kw["pse_shift"] = torch.zeros(1, n, s, s, dtype=dtype)
-        out.append((name, *_planned_prefill(q, k, v, kw)))
+        out.append(_planned_prefill(name, q, k, v, kw)[0])
     return out
 
 
-def fused_variants() -> list[tuple[str, dict, object]]:
+def fused_variants() -> list[Variant]:
     """Prefill-kernel variants that only the fused operator reaches (token-major rows, paged caches,
     shared prefix, rope, left padding, anti-quantised K/V, lse), planned for a GPU."""
-    from .kernels import prefill
-    from .ops import fused, prompt
+    from .ops import fused
 
     tri = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
     n, kv_n, d = 8, 1, 128
@@ -159,36 +299,40 @@ def fused_variants() -> list[tuple[str, dict, object]]:
         ("bnsd-decode-int8-token", torch.zeros(2, n, 1, d, dtype=torch.bfloat16), torch.zeros(2, kv_n, 256, d, dtype=torch.int8),
          torch.zeros(2, kv_n, 256, d, dtype=torch.int8),
          dict(input_layout="BNSD", antiquant_scale=torch.ones(2, 2, 256), antiquant_mode=1, softmax_lse_flag=True)),
+        ("bsnd-fp16-hp-d128", torch.zeros(1, 64, n, d, dtype=torch.float16), torch.zeros(1, 64, n, d, dtype=torch.float16),
+         torch.zeros(1, 64, n, d, dtype=torch.float16), dict(input_layout="BSND", num_key_value_heads=n)),
     ]
     out = []
     for name, q, k, v, kw in cases:
-        fc = fused.validate(q, k, v, **fused.with_defaults({"num_heads": n, "num_key_value_heads": kv_n, **kw}))
+        kw = {"num_heads": n, "num_key_value_heads": kv_n, **kw}
+        fc = fused.validate(q, k, v, **fused.with_defaults(kw))
         call = fc.prompt
         o, lse = fused.outputs(fc)
         lse_k = fc.lse_view(lse) if fc.lse_flag else None
-        p = prompt.plan(call, o, lse_k, on_gpu=True)
         mask = call.mask.view(torch.uint8) if call.mask is not None and call.mask.dtype == torch.bool else call.mask
-        tensors = (call.heads.q, call.heads.k, call.heads.v, o, q if lse_k is None else lse_k,
-                   q if mask is None else mask, q if call.pse is None else call.pse, p.params)
-        args = prefill.kernel_args(p.static, tensors, call.quant.kernel_scales(), call.sources.tensors())
-        out.append((name, args, p.static))
+        h = call.heads
+        from .ops import prompt
+
+        tensors = (h.q, h.k, h.v, prompt.out_view(call, o), h.q if lse_k is None else lse_k,
+                   h.q if mask is None else mask, h.q if call.pse is None else call.pse)
+        out.append(_prefill_variant(name, call, o, lse_k, tensors)[0])
     return out
 
 
-def prefill_int8_variants() -> list[tuple[str, dict, object]]:
-    """Int8 prefill variants (spec ops §2.4): (name, kernel args, static config), planned for a GPU.
-    Paths (a) int8 → int8, (b) int8 → fp16, (c) fp16/bf16 → int8, per-tensor and per-channel."""
-    # name, input dtype, D, path, extra
-    cases = [
-        ("int8-d128-a-tensor", torch.int8, 128, "a", {}),
-        ("int8-d128-a-channel-causal-words", torch.int8, 128, "a", {"per_channel": True, "sparse_mode": 3,
-                                                                   "words": True}),
-        ("int8-d128-b-mask-pse-gqa", torch.int8, 128, "b", {"mask": True, "pse": True, "num_key_value_heads": 1}),
-        ("fp16-d128-c-channel", torch.float16, 128, "c", {"per_channel": True}),
-        ("bf16-d128-c-tensor-band", torch.bfloat16, 128, "c", {"sparse_mode": 4}),
-    ]
+_INT8_CASES = [   # name, input dtype, D, path, extra
+    ("int8-d128-a-tensor", torch.int8, 128, "a", {}),
+    ("int8-d128-a-channel-causal-words", torch.int8, 128, "a", {"per_channel": True, "sparse_mode": 3, "words": True}),
+    ("int8-d128-b-mask-pse-gqa", torch.int8, 128, "b", {"mask": True, "pse": True, "num_key_value_heads": 1}),
+    ("fp16-d128-c-channel", torch.float16, 128, "c", {"per_channel": True}),
+    ("bf16-d128-c-tensor-band", torch.bfloat16, 128, "c", {"sparse_mode": 4}),
+]
+
+
+def _int8_prefill() -> list[tuple[Variant, object]]:
+    """Int8 prefill variants (spec ops §2.4): paths (a) int8 → int8, (b) int8 → fp16, (c) fp16/bf16 → int8,
+    per-tensor and per-channel; (variant, static config) pairs."""
     out = []
-    for name, dtype, d, path, extra in cases:
+    for name, dtype, d, path, extra in _INT8_CASES:
         b, n, s = 1, 2, 64
         kv_n = extra.get("num_key_value_heads") or n
         q = torch.zeros(b, n, s, d, dtype=dtype)
@@ -207,13 +351,18 @@ def prefill_int8_variants() -> list[tuple[str, dict, object]]:
             kw["atten_mask"] = torch.zeros(s, s, dtype=torch.bool)
         if extra.get("pse"):
             kw["pse_shift"] = torch.zeros(1, n, s, s, dtype=torch.float16)
-        out.append((name, *_planned_prefill(q, k, k, kw)))
+        out.append(_planned_prefill(name, q, k, k, kw))
     return out
 
 
-def decode_variants() -> list[tuple[str, dict, dict, object]]:
-    """Representative decode variants: (name, split kernel args, combine kernel args, static config),
-    planned for a GPU."""
+def prefill_int8_variants() -> list[tuple[str, dict, object]]:
+    """(name, kernel arguments by name, static config) of each int8 prefill variant."""
+    return [(v.name, v.launches[0].by_name(), cfg) for v, cfg in _int8_prefill()]
+
+
+def decode_variants() -> list[Variant]:
+    """Representative decode variants (split and combine launches), planned for a GPU."""
+    from . import tasks
     from .kernels import decode
     from .ops import incre
 
@@ -221,8 +370,10 @@ def decode_variants() -> list[tuple[str, dict, dict, object]]:
     # mask/pse/pad
     cases = [
         ("bf16-d128-gqa8", torch.bfloat16, 128, 8, 1, {}),
+        ("fp16-d128-gqa8", torch.float16, 128, 8, 1, {}),
         ("fp16-d128-paged-bsh", torch.float16, 128, 8, 2, {"paged": "3d"}),
         ("bf16-d128-gqa8-int8-paged", torch.bfloat16, 128, 8, 1, {"paged": "4d", "int8": "channel"}),
+        ("fp16-d128-gqa8-int8", torch.float16, 128, 8, 1, {"int8": "channel"}),
         ("fp16-d128-int8-tensor", torch.float16, 128, 4, 4, {"int8": "tensor"}),
         ("fp16-d64-mask-pse-pad", torch.float16, 64, 4, 2, {"mask": True, "pse": True, "pad": True}),
         ("bf16-d128-quant-tensor", torch.bfloat16, 128, 8, 1, {"quant": "tensor"}),
@@ -261,62 +412,24 @@ def decode_variants() -> list[tuple[str, dict, dict, object]]:
         p = incre.plan(call, o, None, on_gpu=True)
         n_acc, n_ml = p.static.workspace
         ws = torch.zeros(n_acc + n_ml, dtype=torch.float32)
-        split, combine = incre.kernel_tensors(call, o, None, ws[:n_acc], ws[n_acc:], p.params)
-        out.append((name, decode.split_args(p.static, split), decode.combine_args(p.static, combine), p.static))
+        block = tasks.device_block(p.params, o.device)
+        split, combine = incre.kernel_tensors(call, o, None, ws[:n_acc], ws[n_acc:], block)
+        out.append(Variant(name, tuple(record(lambda: decode.launch(p.static, split, combine)))))
     return out
-
-
-@dataclass(frozen=True)
-class Variant:
-    kernel: str                 # kernel family, e.g. "prefill"
-    name: str
-    fn: object                  # the triton.jit function
-    args: dict
-    constexprs: dict
-    num_warps: int
-    num_stages: int
-    fp_fusion: bool = True      # the launch's enable_fp_fusion
 
 
 def all_variants() -> list[Variant]:
     """Every kernel variant of every family, for the AOT check and the static report (``bench report``).
     A new family's variant list joins here."""
-    from .kernels import decode, prefill
-
-    return [Variant("prefill", name, prefill._prefill_kernel, args, dict(cfg.meta), cfg.num_warps, cfg.num_stages,
-                    prefill.fp_fusion(cfg.meta))
-            for name, args, cfg in prefill_variants() + prefill_int8_variants() + fused_variants()] \
-        + decode_kernel_variants(decode)
-
-
-def decode_kernel_variants(decode) -> list[Variant]:
-    """The split and combine kernels of every decode variant. Integer arguments equal to 1 (unit strides)
-    are compiled as constants, as Triton's launcher specialises them."""
-    def constants(args: dict, meta) -> dict:
-        ones = {k: 1 for k, v in args.items() if k.startswith("stride_") and type(v) is int and v == 1}
-        return {**ones, **dict(meta)}
-
-    out = []
-    for name, split, combine, cfg in decode_variants():
-        out.append(Variant("decode_split", name, decode._decode_split_kernel, split,
-                           constants(split, cfg.split_meta), cfg.num_warps, cfg.num_stages))
-        out.append(Variant("decode_combine", name, decode._decode_combine_kernel, combine,
-                           constants(combine, cfg.combine_meta), 4, 1))
-    return out
+    return prefill_variants() + [v for v, _ in _int8_prefill()] + fused_variants() + decode_variants()
 
 
 def main() -> None:
     """Compile every representative variant for sm_80 and sm_90; print one JSON line each."""
     import json
 
-    for v in all_variants():
-        for arch in (80, 90):
-            try:
-                c = compile_kernel(v.fn, v.args, v.constexprs, arch, v.num_warps, v.num_stages, v.fp_fusion)
-                row = {"kernel": v.kernel, "variant": v.name, **c.__dict__, "error": None}
-            except Exception as exc:  # reported, not raised: the caller tabulates failures
-                row = {"kernel": v.kernel, "variant": v.name, "arch": arch, "error": f"{type(exc).__name__}: {exc}"}
-            print(json.dumps(row), flush=True)
+    for row in rows(all_variants()):
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
