@@ -16,8 +16,15 @@ from . import reference  # noqa: E402  (kernels must be defined after the interp
 from .library import (  # noqa: E402
     _npu_fused_infer_attention_score_get_max_workspace, _npu_fused_infer_attention_score_infer_output,
     npu_fused_infer_attention_score, npu_incre_flash_attention, npu_prompt_flash_attention)
+from .library_cache import (  # noqa: E402
+    _npu_reshape_and_cache, _npu_reshape_and_cache_siso, npu_attention_update, npu_gather_pa_kv_cache,
+    npu_gather_pa_kv_cache_functional, npu_scatter_nd_update, npu_scatter_nd_update_, npu_scatter_pa_kv_cache,
+    npu_scatter_pa_kv_cache_functional)
 from .quant import npu_trans_quant_param  # noqa: E402
 
 __all__ = ["_npu_fused_infer_attention_score_get_max_workspace", "_npu_fused_infer_attention_score_infer_output",
-           "npu_device", "npu_fused_infer_attention_score", "npu_incre_flash_attention",
-           "npu_prompt_flash_attention", "npu_trans_quant_param", "reference"]
+           "_npu_reshape_and_cache", "_npu_reshape_and_cache_siso", "npu_attention_update", "npu_device",
+           "npu_fused_infer_attention_score", "npu_gather_pa_kv_cache", "npu_gather_pa_kv_cache_functional",
+           "npu_incre_flash_attention", "npu_prompt_flash_attention", "npu_scatter_nd_update",
+           "npu_scatter_nd_update_", "npu_scatter_pa_kv_cache", "npu_scatter_pa_kv_cache_functional",
+           "npu_trans_quant_param", "reference"]
