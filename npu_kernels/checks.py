@@ -104,9 +104,13 @@ def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layou
 
 def lengths(name: str, values: Optional[Sequence[int]], batch: int, upper: int) -> Optional[list[int]]:
     """Per-batch lengths: one value broadcast, or >= batch values of which the first batch are used.
-    Symbolic values (tracing) stay symbolic, so a traced call is not specialised to its lengths."""
+    Symbolic values (tracing) stay symbolic, so a traced call is not specialised to their values."""
     if values is None:
         return None
+    if type(values) in (list, tuple) and all(type(v) is int for v in values):      # the common case, fast
+        out = [values[0]] * batch if len(values) == 1 else list(values[:batch]) if len(values) >= batch else None
+        if out is not None and all(0 <= v <= upper for v in out):
+            return out
     require(isinstance(values, (list, tuple)) and all(isinstance(v, (int, torch.SymInt)) for v in values), name,
             values, "must be a list of ints")
     require(len(values) == 1 or len(values) >= batch, name, values,
@@ -118,9 +122,9 @@ def lengths(name: str, values: Optional[Sequence[int]], batch: int, upper: int) 
 
 
 def int_list(values) -> Optional[list[int]]:
-    """A list/tuple of ints (or SymInts while tracing) as a list; other values are returned for
+    """A list/tuple of ints (or SymInts while tracing) as a sequence of ints; other values are returned for
     ``lengths`` to reject."""
-    if values is None or not isinstance(values, (list, tuple)):
+    if values is None or not isinstance(values, (list, tuple)) or all(type(v) is int for v in values):
         return values
     return [v if isinstance(v, torch.SymInt) else int(v) for v in values] \
         if all(isinstance(v, (int, torch.SymInt)) for v in values) else values

@@ -9,6 +9,7 @@ mode; ``use_interpreter`` then rebinds every loaded ``triton.language`` JIT func
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -29,10 +30,26 @@ def npu_device() -> torch.device:
     return torch.device("cpu")
 
 
+_forced: list[str] = []
+
+
+@contextlib.contextmanager
+def forced_execution(how: str):
+    """Plans made inside take ``how`` whatever the device (``python -m bench host`` measures the compiled
+    launch path on any machine, with the launch replaced by a recorder)."""
+    _forced.append(how)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
 def execution(device: torch.device) -> str:
     """How operators run on ``device``: ``compiled`` (Triton kernels on a GPU), ``native`` (vectorised
     PyTorch on the CPU, ``npu_kernels.reference.execute``) or ``interpret`` (the Triton kernels in
     Triton's interpreter, ``NPUK_CPU_KERNELS=triton``)."""
+    if _forced:
+        return _forced[-1]
     if device.type == "cuda":
         return "compiled"
     return "native" if cpu_kernels() == "native" else "interpret"

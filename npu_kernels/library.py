@@ -9,6 +9,8 @@ operators as they are (``transparent_modes``: the runtime's backends add theirs)
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .ops import fused, incre, prompt
@@ -51,9 +53,8 @@ def _direct(query) -> int:
     return 2
 
 
-def _run(direct: int, impl, *args, **kwargs):
-    if direct == 1:
-        return impl(*args, **kwargs)
+def _run(impl, *args, **kwargs):
+    """``impl`` with python dispatch disabled (a transparent mode is on the stack)."""
     with torch._C._DisableTorchDispatch():
         return impl(*args, **kwargs)
 
@@ -62,8 +63,10 @@ def public(name: str, impl, doc: str):
     """The Python entry point of ``torch.ops.npu.<name>`` (keyword arguments as torch_npu's)."""
     def call(query, *args, **kwargs):
         direct = _direct(query)
+        if direct == 1:
+            return impl(query, *args, **kwargs)
         if direct:
-            return _run(direct, impl, query, *args, **kwargs)
+            return _run(impl, query, *args, **kwargs)
         return getattr(torch.ops.npu, name)(query, *args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
@@ -153,16 +156,20 @@ class FusedInferAttentionScore:
 
     def __call__(self, query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         direct = _direct(query)
+        if direct == 1:
+            return fused.npu_fused_infer_attention_score(query, key, value, **kwargs)
         if direct:
-            return _run(direct, fused.npu_fused_infer_attention_score, query, key, value, **kwargs)
+            return _run(fused.npu_fused_infer_attention_score, query, key, value, **kwargs)
         return torch.ops.npu.npu_fused_infer_attention_score(query, key, value, **kwargs)
 
     def out(self, query, key, value, *, out, workspace=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         attention_out, softmax_lse = out
         direct = _direct(query)
         if direct:
-            return _run(direct, fused.npu_fused_infer_attention_score_out, query, key, value, workspace=workspace,
-                        attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
+            impl = fused.npu_fused_infer_attention_score_out if direct == 1 else \
+                functools.partial(_run, fused.npu_fused_infer_attention_score_out)
+            return impl(query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse,
+                        **kwargs)
         return torch.ops.npu.npu_fused_infer_attention_score.out(
             query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
 

@@ -9,7 +9,8 @@ Coordinates are "left-up": row i in [0, qlen), column j in [0, kvtot) of the bat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,8 +28,7 @@ SPARSE_MODES = (0, 1, 2, 3, 4)
 COMPRESSED_MASK = 2048         # side of the triu(ones, 1) mask that sparse modes 2-4 require
 
 
-@dataclass(frozen=True)
-class Band:
+class Band(NamedTuple):
     """Per-batch limits: key j is in the band of row i iff ``i - pre <= j <= i + next``."""
 
     pre: int
@@ -41,7 +41,16 @@ class Band:
 
 def prefill_band(sparse_mode: int, pre_tokens: int, next_tokens: int, qlen: int, kvtot: int,
                  has_mask: bool, left_padding: bool) -> Band:
-    """Band of one batch on the prefill path (spec ops §1.5); ``sparse_mode`` already in 0..4."""
+    """Band of one batch on the prefill path (spec ops §1.5); ``sparse_mode`` already in 0..4. Cached:
+    it runs for every batch of every call (symbolic lengths while tracing are not hashable)."""
+    try:
+        return _cached_band(sparse_mode, pre_tokens, next_tokens, qlen, kvtot, has_mask, left_padding)
+    except TypeError:
+        return _band(sparse_mode, pre_tokens, next_tokens, qlen, kvtot, has_mask, left_padding)
+
+
+def _band(sparse_mode: int, pre_tokens: int, next_tokens: int, qlen: int, kvtot: int, has_mask: bool,
+          left_padding: bool) -> Band:
     if sparse_mode == 0:
         if not has_mask or left_padding:
             return Band(INT_MAX, INT_MAX, has_mask)
@@ -55,6 +64,9 @@ def prefill_band(sparse_mode: int, pre_tokens: int, next_tokens: int, qlen: int,
     if sparse_mode == 4:
         return Band(pre_tokens - kvtot + qlen, next_tokens + kvtot - qlen, False)
     raise ValueError(f"sparse_mode={sparse_mode}: expected one of {SPARSE_MODES}")
+
+
+_cached_band = functools.lru_cache(maxsize=4096)(_band)
 
 
 def fp16_value(x: float) -> float:

@@ -25,6 +25,8 @@ PREFIX = tl.constexpr(8)   # shared-prefix keys in front of the batch's own keys
 
 
 def pack(rows: list[tuple[int, ...]]) -> torch.Tensor:
-    """[B * FIELDS] int32 CPU tensor from one tuple per batch (fields past its end are 0)."""
-    words = array("i", itertools.chain.from_iterable(tuple(r) + (0,) * (FIELDS - len(r)) for r in rows))
+    """[B * FIELDS] int32 CPU tensor from one tuple of FIELDS values per batch."""
+    words = array("i", itertools.chain.from_iterable(rows))
+    if len(words) != FIELDS * len(rows):
+        raise ValueError(f"parameter block: every row needs {FIELDS} fields")
     return torch.frombuffer(words, dtype=torch.int32) if words else torch.empty(0, dtype=torch.int32)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import caches
+from . import caches, launcher
 
 MAX_PLANS = 4096
 
@@ -101,10 +101,6 @@ def views_of(tensors, args: tuple) -> tuple[tuple, tuple]:
     return tuple(views), tuple(extras)
 
 
-def operands(views: tuple, args: tuple) -> tuple:
-    return tuple(None if v is None else v.operand(args) for v in views)
-
-
 # The tensors inside a validated call (frozen dataclasses, tuples and tensors), as (path, tensor) leaves.
 
 def leaves(obj, path: tuple = ()) -> list:
@@ -143,26 +139,126 @@ class Bound:
         return rebind(self.call, {p: v.tensor(args) for p, v in zip(self.paths, self.views)})
 
 
+class _Slot:
+    """Stands for operand ``index`` while a launch is traced; forwards attribute reads to the operand."""
+
+    __slots__ = ("index", "operand")
+
+    def __init__(self, index: int, operand):
+        self.index, self.operand = index, operand
+
+    def __getattr__(self, name):
+        return getattr(self.operand, name)
+
+
+class Traced:
+    """The kernel launches of a call, traced once: each kernel's arguments with the places where a call's
+    tensors go, so that a call fills them in and launches (``launcher.run``) without rebuilding the
+    arguments. Operands that are their argument itself are taken from the call's arguments directly."""
+
+    __slots__ = ("launches",)
+
+    def __init__(self, launch, operands: tuple, views: tuple):
+        """``launch(operands, block)`` issues the launches through ``launcher.run`` (traced, not run);
+        ``views``: the operands as views of the call's arguments."""
+        slots = [None if t is None else _Slot(i, t) for i, t in enumerate(operands)]
+        block = _Slot(len(operands), operands[0])
+        recorded = []
+        previous = launcher.set_recorder(lambda kernel, grid, args, options: recorded.append((kernel, grid, args, options)))
+        try:
+            launch(tuple(slots), block)
+        finally:
+            launcher.set_recorder(previous)
+        self.launches = []
+        for kernel, grid, args, options in recorded:
+            if any(hasattr(a, "data_ptr") and not isinstance(a, _Slot) for a in args):
+                raise RuntimeError(f"{kernel}: a launch argument is built from a tensor; it cannot be traced")
+            direct, computed, blocks = [], [], []
+            for pos, a in enumerate(args):
+                if a is block:
+                    blocks.append(pos)
+                elif isinstance(a, _Slot):
+                    view = views[a.index]
+                    if view.same:
+                        direct.append((pos, view.arg))
+                    else:
+                        computed.append((pos, view))
+            self.launches.append((kernel, grid, list(args), direct, computed, blocks, options))
+
+    def __call__(self, args: tuple, block) -> None:
+        for kernel, grid, template, direct, computed, blocks, options in self.launches:
+            values = template.copy()
+            for pos, i in direct:
+                values[pos] = args[i]
+            for pos, view in computed:
+                values[pos] = view.operand(args)
+            for pos in blocks:
+                values[pos] = block
+            launcher.run(kernel, grid, tuple(values), **options)
+
+
 class Prepared:
     """A kernel call planned for one signature: its static configuration, its kernel operands as views of
     the call's tensors (arguments, outputs, scratch), and the validated call for the CPU execution path.
     ``extras``: tensors of the call that are views of no argument; the arguments must be extended with
     them (``(*args, *extras)``), and a plan with extras serves only the call that made it."""
 
-    __slots__ = ("static", "views", "bound", "execution", "extras")
+    __slots__ = ("static", "views", "bound", "execution", "extras", "launch")
 
-    def __init__(self, call, static, ops: tuple, args: tuple, execution: str):
+    def __init__(self, call, static, ops: tuple, args: tuple, execution: str, launch):
+        """``launch(operands, block)``: the call's kernel launches (traced once for compiled kernels)."""
         found = leaves(call)
         views, self.extras = views_of([*ops, *(t for _, t in found)], args)
         self.static, self.execution = static, execution
         self.views = views[:len(ops)]
         self.bound = Bound(call, tuple(p for p, _ in found), views[len(ops):])
+        self.launch = Traced(launch, ops, self.views) if execution == "compiled" else launch
 
-    def operands(self, args: tuple) -> tuple:
-        """The kernel operands over ``args``: addresses for compiled kernels, views otherwise."""
+    def run(self, block, args: tuple) -> None:
+        """Enqueue the call's work over ``args`` (``tasks.Task.run``)."""
         if self.execution == "compiled":
-            return operands(self.views, args)
-        return tuple(None if v is None else v.tensor(args) for v in self.views)
+            self.launch(args, block)
+            return
+        ops = tuple(None if v is None else v.tensor(args) for v in self.views)
+        if self.execution == "native":
+            self.native(ops, block, args)
+        else:
+            self.launch(ops, block)
+
+    def native(self, ops: tuple, block, args: tuple) -> None:
+        """The call on the CPU execution path (``npu_kernels.reference.execute``)."""
+        raise NotImplementedError
+
+
+class Recent:
+    """The last per-call integers a plan saw and their parameter block: the layers of one step call an
+    operator with the same values, and the validated block is a function of them (ints compared with
+    their types, so that a value that would fail validation never matches)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self):
+        self.last = (None, None)
+
+    def block(self, values: tuple, make):
+        """``make()`` (validates ``values`` and packs the block) unless ``values`` are the last ones."""
+        last_values, last_block = self.last
+        if values == last_values and _plain(values):
+            return last_block
+        block = make()
+        self.last = (tuple(list(v) if type(v) is list else v for v in values), block)
+        return block
+
+
+def _plain(values: tuple) -> bool:
+    """Every value is None, an int, or a list/tuple of ints (no bool, float or SymInt)."""
+    for v in values:
+        if type(v) in (list, tuple):
+            if not all(type(x) is int for x in v):
+                return False
+        elif v is not None and type(v) is not int:
+            return False
+    return True
 
 
 # Signatures
@@ -174,6 +270,13 @@ def meta(t) -> Optional[tuple]:
     if not isinstance(t, torch.Tensor):
         return (type(t),)        # validation rejects it; the key only has to differ from a tensor's
     return (t.shape, t.stride(), t.dtype, t.get_device())
+
+
+def signature(tensors: tuple, scalars: tuple) -> tuple:
+    """A call's signature: ``meta`` of each tensor argument, then the scalars and their types (1, 1.0
+    and True are equal keys but not equally valid)."""
+    return (*[None if t is None else (t.shape, t.stride(), t.dtype, t.get_device()) if type(t) is torch.Tensor
+              else meta(t) for t in tensors], *scalars, *map(type, scalars))
 
 
 class Cache:

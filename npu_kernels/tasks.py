@@ -15,7 +15,6 @@ mode it writes the new block into the captured task's block on the update stream
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Hashable, Optional
 
 import torch
@@ -23,34 +22,34 @@ import torch
 INPUT, OUTPUT, OWN = "i", "o", "s"   # roles of a task's tensors
 
 
-@dataclass(frozen=True, eq=False)
 class Task:
     """One operator call's device work. Give either ``launch`` (a closure over the call's tensors; its
-    ``inputs`` and ``outputs`` listed for task update) or ``run`` with ``args`` and ``roles``."""
+    ``inputs`` and ``outputs`` listed for task update) or ``run`` with ``args`` and ``roles``.
 
-    op: str                                   # operator name, e.g. "npu_prompt_flash_attention"
-    static: Hashable                          # static plan; equal ⇔ same kernels, same grid
-    params: torch.Tensor                      # [P] int32, CPU: the parameter block's content
-    device: torch.device
-    launch: Optional[Callable[[torch.Tensor], None]] = None   # launch(block)
-    inputs: tuple = ()                        # tensors ``launch`` reads
-    outputs: tuple = ()                       # tensors the caller passed for ``launch`` to write
-    # [P] int32 on the device to hold the block in eager calls (carved from a caller's workspace), so
-    # that the call allocates nothing on the device; None: a fresh block per call
-    block_buffer: Optional[torch.Tensor] = None
-    run: Optional[Callable[[torch.Tensor, tuple], None]] = None   # run(block, args) enqueues the work
-    args: tuple = ()                          # the tensors ``run`` uses (None where absent)
-    # per element of ``args``: INPUT (read), OUTPUT (passed by the caller to be written: ``.out``
-    # overloads) or OWN (allocated by the operator: its functional outputs and scratch; a functional
-    # call in update mode returns such unwritten tensors, the results land in the captured ones)
-    roles: str = ""
+    - ``op``: operator name, e.g. "npu_prompt_flash_attention"
+    - ``static``: the static plan; equal ⇔ same kernels, same grid
+    - ``params``: [P] int32 on the CPU, the parameter block's content
+    - ``launch(block)``, ``inputs`` (tensors it reads), ``outputs`` (tensors the caller passed for it to write)
+    - ``block_buffer``: [P] int32 on the device to hold the block in eager calls (carved from a caller's
+      workspace), so that the call allocates nothing on the device; None: a fresh block per call
+    - ``run(block, args)`` enqueues the work on ``args`` (None where absent); ``roles``, per element of
+      ``args``: INPUT (read), OUTPUT (passed by the caller to be written: ``.out`` overloads) or OWN
+      (allocated by the operator: its functional outputs and scratch; a functional call in update mode
+      returns such unwritten tensors, the results land in the captured ones)
+    """
 
-    def __post_init__(self):
-        if self.run is None:
-            launch = self.launch
-            object.__setattr__(self, "run", lambda block, args: launch(block))
-            object.__setattr__(self, "args", (*self.inputs, *self.outputs))
-            object.__setattr__(self, "roles", INPUT * len(self.inputs) + OUTPUT * len(self.outputs))
+    __slots__ = ("op", "static", "params", "device", "launch", "block_buffer", "run", "args", "roles")
+
+    def __init__(self, op: str, static: Hashable, params: torch.Tensor, device: torch.device,
+                 launch: Optional[Callable[[torch.Tensor], None]] = None, inputs: tuple = (), outputs: tuple = (),
+                 block_buffer: Optional[torch.Tensor] = None, run: Optional[Callable[[torch.Tensor, tuple], None]] = None,
+                 args: tuple = (), roles: str = ""):
+        self.op, self.static, self.params, self.device = op, static, params, device
+        self.launch, self.block_buffer = launch, block_buffer
+        if run is None:
+            run = lambda block, args: launch(block)  # noqa: E731
+            args, roles = (*inputs, *outputs), INPUT * len(inputs) + OUTPUT * len(outputs)
+        self.run, self.args, self.roles = run, args, roles
 
     def tensors(self, role: str) -> tuple[torch.Tensor, ...]:
         return tuple(t for t, r in zip(self.args, self.roles) if r == role and t is not None)
@@ -67,7 +66,7 @@ def device_block(params: torch.Tensor, device: torch.device, into: Optional[torc
     """A device copy of a parameter block (into ``into`` when given), enqueued on the current stream
     (capturable on CUDA)."""
     if device.type != "cuda":
-        return params.clone() if into is None else into.copy_(params)
+        return params if into is None else into.copy_(params)      # ``params`` is the call's own
     staged = params.pin_memory()
     if torch.cuda.is_current_stream_capturing():
         _captured_staging.append(staged)

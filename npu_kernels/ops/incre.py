@@ -12,6 +12,8 @@ device (element 0, as the NPU does), so neither validation nor the run path read
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
@@ -291,7 +293,7 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
 
 def pack(kvlens: list[int]) -> torch.Tensor:
     """The parameter block of a decode call: one query row and the kv length per batch."""
-    return params.pack([(1, kv, 0, 0, 0, 0, BAND_INF, BAND_INF) for kv in kvlens])
+    return params.pack([(1, kv, 0, 0, 0, 0, BAND_INF, BAND_INF, 0) for kv in kvlens])
 
 
 def operands(call: IncreCall, o4: torch.Tensor, lse: Optional[torch.Tensor], ws_acc: torch.Tensor,
@@ -334,17 +336,13 @@ class Prepared(plans.Prepared):
     def __init__(self, call: IncreCall, static: decode.DecodeConfig, ops: tuple, has_lse: bool, args: tuple,
                  execution: str):
         """``ops``: the call's ``operands``."""
-        super().__init__(call, static, ops, args, execution)
+        super().__init__(call, static, ops, args, execution, functools.partial(launch, static))
         self.has_lse = has_lse
 
-    def run(self, block: torch.Tensor, args: tuple) -> None:
-        ops = self.operands(args)
-        if self.execution == "native":
-            from ..reference import execute
+    def native(self, ops: tuple, block: torch.Tensor, args: tuple) -> None:
+        from ..reference import execute
 
-            execute.decode(self.bound.bind(args), block, ops[11], ops[12] if self.has_lse else None)
-            return
-        launch(self.static, ops, block)
+        execute.decode(self.bound.bind(args), block, ops[11], ops[12] if self.has_lse else None)
 
 
 def output(call: IncreCall) -> torch.Tensor:
@@ -354,6 +352,8 @@ def output(call: IncreCall) -> torch.Tensor:
 
 
 _plans = plans.Cache()
+_tensor_args = operator.itemgetter(*TENSOR_ARGS[3:])
+_static_args = operator.itemgetter(*STATIC_ARGS)
 
 
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
@@ -362,9 +362,9 @@ def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     kw = {**DEFAULTS, **kwargs}
     if len(kw) != len(DEFAULTS):
         validate(query, key, value, **kwargs)                  # raises for the unknown keyword
-    args = (query, key, value, *(kw[k] for k in TENSOR_ARGS[3:]))
+    args = (query, key, value, *_tensor_args(kw))
     lengths = kw["actual_seq_lengths"]
-    key_ = (*map(plans.meta, args), *((type(kw[k]), kw[k]) for k in STATIC_ARGS), lengths is None)
+    key_ = plans.signature(args, (*_static_args(kw), lengths is None))
     hit = _plans.get(key_)
     if hit is None:
         call = validate(query, key, value, **kwargs)
@@ -373,13 +373,13 @@ def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
         ws = alloc.empty((sum(pl.static.workspace),), torch.float32, out.device)
         ops = operands(call, as_bnsd(out, call.layout.out, call.heads.N), None, *scratch(pl.static, ws))
         p = Prepared(call, pl.static, ops, False, (*args, out, ws), execution(out.device))
-        _plans.put(key_, (p, call))                            # IFA's tensors are all views of its arguments
+        _plans.put(key_, (p, call, plans.Recent()))            # IFA's tensors are all views of its arguments
         block = pl.params
     else:
-        p, call = hit
+        p, call, recent = hit
         out = output(call)
         ws = alloc.empty((sum(p.static.workspace),), torch.float32, out.device)
-        block = pack(per_batch(call, lengths))
+        block = recent.block((lengths,), lambda: pack(per_batch(call, lengths)))
     if out.numel():
         tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, ws), roles=_ROLES))
     return out

@@ -11,6 +11,8 @@ tensors reach the kernel as device pointers (dequant scales as their raw bits), 
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
@@ -195,7 +197,7 @@ class Plan:
 def pack(qlens: list[int], kvlens: list[int], bands: list[Band], offsets: Optional[tuple] = None) -> torch.Tensor:
     """The parameter block of a prefill-kernel call (``offsets`` per batch, zeros when None)."""
     if offsets is None:
-        return params.pack([(q, kv, 0, 0, 0, 0, *band.clamped()) for q, kv, band in zip(qlens, kvlens, bands)])
+        return params.pack([(q, kv, 0, 0, 0, 0, *band.clamped(), 0) for q, kv, band in zip(qlens, kvlens, bands)])
     return params.pack([(q, kv, *off[:4], *band.clamped(), off[4])
                         for q, kv, band, off in zip(qlens, kvlens, bands, offsets)])
 
@@ -259,24 +261,26 @@ class Prepared(plans.Prepared):
 
     def __init__(self, call: PromptCall, static, o4: torch.Tensor, lse: Optional[torch.Tensor], args: tuple,
                  execution: str):
-        super().__init__(call, static, operands(call, o4, lse), args, execution)
+        super().__init__(call, static, operands(call, o4, lse), args, execution, functools.partial(launch, static))
         self.has_lse = lse is not None
 
-    def run(self, block: torch.Tensor, args: tuple) -> None:
-        ops = self.operands(args)
-        if self.execution == "native":
-            from ..reference import execute
+    def native(self, ops: tuple, block: torch.Tensor, args: tuple) -> None:
+        from ..reference import execute
 
-            execute.prefill(self.bound.bind(args), block, ops[3], ops[4] if self.has_lse else None)
-            return
-        prefill.launch(self.static, *ops[:7], block, scales=ops[7:12], sources=ops[12:])
+        execute.prefill(self.bound.bind(args), block, ops[3], ops[4] if self.has_lse else None)
+
+
+def launch(static: prefill.PrefillConfig, ops: tuple, block: torch.Tensor) -> None:
+    """The prefill kernel on the tensors of ``operands``."""
+    prefill.launch(static, *ops[:7], block, scales=ops[7:12], sources=ops[12:])
 
 
 _plans = plans.Cache()
 
 
-def _signature(args: tuple, kw: dict) -> tuple:
-    return (*map(plans.meta, args), *((type(kw[k]), kw[k]) for k in STATIC_ARGS))
+_tensor_args = operator.itemgetter(*TENSOR_ARGS[3:])
+_static_args = operator.itemgetter(*STATIC_ARGS)
+_dynamic_args = operator.itemgetter(*DYNAMIC_ARGS)
 
 
 def output(call: PromptCall) -> torch.Tensor:
@@ -290,20 +294,21 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     kw = {**DEFAULTS, **kwargs}
     if len(kw) != len(DEFAULTS):
         validate(query, key, value, **kwargs)                  # raises for the unknown keyword
-    args = (query, key, value, *(kw[k] for k in TENSOR_ARGS[3:]))
-    key_ = _signature(args, kw)
+    args = (query, key, value, *_tensor_args(kw))
+    key_ = plans.signature(args, _static_args(kw))
     p = _plans.get(key_)
     if p is None:
         call = validate(query, key, value, **kwargs)
         out = output(call)
         pl = plan(call, out, None)
         p = Prepared(call, pl.static, out_view(call, out), None, (*args, out), execution(out.device))
-        _plans.put(key_, (p, call, out.shape, out.dtype))      # PFA's tensors are all views of its arguments
+        _plans.put(key_, (p, call, out.shape, out.dtype, plans.Recent()))   # PFA's tensors are views of its arguments
         block = pl.params
     else:
-        p, call, shape, dtype = p
+        p, call, shape, dtype, recent = p
         out = alloc.empty(shape, dtype, query.device)
-        block = pack(*per_batch(call, *(kw[k] for k in DYNAMIC_ARGS)))
+        dynamic = _dynamic_args(kw)
+        block = recent.block(dynamic, lambda: pack(*per_batch(call, *dynamic)))
     if out.numel():
         tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out), roles=_ROLES))
     return out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import replace
 from typing import Optional
 
@@ -22,13 +23,16 @@ class Planned:
     """A fused call planned for its signature: the validated call without batches, the kernel call
     prepared for it, and the float32 words of split-KV scratch it needs (0 on the prefill kernel)."""
 
-    __slots__ = ("call", "prepared", "scratch")
+    __slots__ = ("call", "prepared", "scratch", "recent")
 
     def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int):
         self.call, self.prepared, self.scratch = call, prepared, scratch
+        self.recent = plans.Recent()
 
 
 _plans = plans.Cache()
+_tensor_args = operator.itemgetter(*TENSOR_ARGS)
+_static_args = operator.itemgetter(*STATIC_ARGS)
 
 
 def _signature(args: tuple, kw: dict) -> tuple:
@@ -39,8 +43,7 @@ def _signature(args: tuple, kw: dict) -> tuple:
     if isinstance(layout, str) and layout.partition("_")[0] in TOKEN_LAYOUTS and isinstance(q_lens, (list, tuple)) \
             and isinstance(query, torch.Tensor) and query.dim() == 3:
         rows = token_rows(query.shape[0] if layout.startswith("T") else query.shape[1], len(q_lens))
-    return (*map(plans.meta, args), *((type(kw[k]), kw[k]) for k in STATIC_ARGS),
-            *(kw[k] is None for k in LIST_ARGS), window_opens(kw), rows)
+    return plans.signature(args, (*_static_args(kw), *(kw[k] is None for k in LIST_ARGS), window_opens(kw), rows))
 
 
 def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,18 +76,20 @@ def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor,
     return prompt.Prepared(call.prompt, pl.static, prompt.out_view(call.prompt, out), lse_k, args, how), pl.params
 
 
+_dynamic_args = operator.itemgetter(*LIST_ARGS, "pre_tokens", "next_tokens")
+
+
 def _block(planned: Planned, kw: dict) -> torch.Tensor:
     """The parameter block of this call's per-call integers, validated."""
-    if planned.call.incre is not None:
-        return incre.pack(*per_batch(planned.call, kw))
-    return prompt.pack(*per_batch(planned.call, kw))
+    pack = incre.pack if planned.call.incre is not None else prompt.pack
+    return planned.recent.block(_dynamic_args(kw), lambda: pack(*per_batch(planned.call, kw)))
 
 
 def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
     caller's workspace ``ws`` (``.out``; else scratch of its own). Returns (attention_out, softmax_lse)."""
     kw = with_defaults(kwargs)
-    args = (query, key, value, *(kw[k] for k in TENSOR_ARGS))
+    args = (query, key, value, *_tensor_args(kw))
     key_ = _signature(args, kw)
     if outs is not None:
         key_ = (*key_, *map(plans.meta, (*outs, ws)))
