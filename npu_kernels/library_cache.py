@@ -5,14 +5,15 @@ Arguments a call writes are declared ``(a!)``; the fake implementations validate
 as an eager one does) and return nothing or new tensors. torch_npu keeps ``_npu_reshape_and_cache(_siso)``
 in namespace ``atb``; here every operator is ``torch.ops.npu.<name>``. ``npu_scatter_nd_update_``
 returns ``self``: it is a composite of ``_npu_scatter_nd_update_into`` (which returns nothing), so
-torch.compile can functionalise it, as ``npu_fused_infer_attention_score.out`` does.
+torch.compile can functionalise it, as ``npu_fused_infer_attention_score.out`` does. The Python entry
+points are ``library.public``'s: the implementation directly where nothing needs the dispatcher.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .library import LIB, define
+from .library import LIB, define, public
 from .ops import attention_update, kv_cache
 
 SCATTER_KW = "Tensor? compress_lens=None, Tensor? compress_seq_offsets=None, Tensor? seq_lens=None, " \
@@ -80,14 +81,24 @@ def _scatter_nd_update_(self, indices, updates):
 LIB.define("npu_scatter_nd_update_(Tensor(a!) self, Tensor indices, Tensor updates) -> Tensor(a!)")
 LIB.impl("npu_scatter_nd_update_", _scatter_nd_update_, "CompositeImplicitAutograd")
 
-_npu_reshape_and_cache = torch.ops.npu._npu_reshape_and_cache
-_npu_reshape_and_cache_siso = torch.ops.npu._npu_reshape_and_cache_siso
-npu_scatter_pa_kv_cache = torch.ops.npu.npu_scatter_pa_kv_cache
-npu_scatter_pa_kv_cache_functional = torch.ops.npu.npu_scatter_pa_kv_cache_functional
-npu_gather_pa_kv_cache = torch.ops.npu.npu_gather_pa_kv_cache
-npu_gather_pa_kv_cache_functional = torch.ops.npu.npu_gather_pa_kv_cache_functional
-npu_scatter_nd_update_ = torch.ops.npu.npu_scatter_nd_update_
-npu_scatter_nd_update = torch.ops.npu.npu_scatter_nd_update
+_npu_reshape_and_cache = public("_npu_reshape_and_cache", kv_cache._npu_reshape_and_cache,
+                                "torch_npu._npu_reshape_and_cache (spec vllm-ascend-ops §2.1).")
+_npu_reshape_and_cache_siso = public("_npu_reshape_and_cache_siso", kv_cache._npu_reshape_and_cache_siso,
+                                     "torch_npu._npu_reshape_and_cache_siso (spec vllm-ascend-ops §2.2).")
+npu_scatter_pa_kv_cache = public("npu_scatter_pa_kv_cache", kv_cache.npu_scatter_pa_kv_cache,
+                                 "torch_npu.npu_scatter_pa_kv_cache (spec vllm-ascend-ops §2.3).")
+npu_scatter_pa_kv_cache_functional = public(
+    "npu_scatter_pa_kv_cache_functional", kv_cache.npu_scatter_pa_kv_cache_functional,
+    "torch_npu.npu_scatter_pa_kv_cache_functional (spec vllm-ascend-ops §2.3).")
+npu_gather_pa_kv_cache = public("npu_gather_pa_kv_cache", kv_cache.npu_gather_pa_kv_cache,
+                                "torch_npu.npu_gather_pa_kv_cache (spec vllm-ascend-ops §2.4).")
+npu_gather_pa_kv_cache_functional = public(
+    "npu_gather_pa_kv_cache_functional", kv_cache.npu_gather_pa_kv_cache_functional,
+    "torch_npu.npu_gather_pa_kv_cache_functional (spec vllm-ascend-ops §2.4).")
+npu_scatter_nd_update_ = public("npu_scatter_nd_update_", _scatter_nd_update_,
+                                "torch_npu.npu_scatter_nd_update_ (spec vllm-ascend-ops §2.5): returns self.")
+npu_scatter_nd_update = public("npu_scatter_nd_update", kv_cache.npu_scatter_nd_update,
+                               "torch_npu.npu_scatter_nd_update (spec vllm-ascend-ops §2.5).")
 
 
 def npu_attention_update(lse, local_out, update_type: int):
