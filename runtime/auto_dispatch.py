@@ -6,6 +6,10 @@ to the ``.out`` overload with a maximal workspace), brackets the call in a task 
 (event, handle, call). ``NPUGraph.update(cpu_update_input)`` takes one dict per record in capture order
 (a one-element list applies to all), replaces the named arguments, re-issues each call in task-update
 mode on the update stream shared by all graphs, then records the record's event there.
+
+Handlers are looked up by ``func.__name__`` (``"op.overload"``), then by the packet name (``"op"``).
+As in torch_npu, a key of an update dict that names no argument of a record is left out for that record
+(one dict may serve records of different operators); a key that no record of the update uses is an error.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ _handlers: dict = {}  # op name ("pkg_op" or "pkg_op.overload") -> handler class
 class NpuGraphOpHandler:
     """How an operator is captured for update and how update inputs map onto its arguments.
 
-    ``UPDATE_SPECS`` maps an op name to ``[("arg", index, key) | ("kwarg", name, key), ...]``: the
-    update dict's ``key`` goes to that positional or keyword argument. Keys that name a keyword argument
-    of the captured call replace it without a spec.
+    ``UPDATE_SPECS`` maps an op name (``"op.overload"`` or ``"op"``) to ``[("arg", index, key) |
+    ("kwarg", name, key), ...]``: the update dict's ``key`` goes to that positional or keyword argument.
+    Keys that name a keyword argument of the captured call replace it without a spec. Hooks are class
+    methods with torch_npu's signatures.
     """
 
     UPDATE_SPECS: dict = {}
@@ -42,44 +47,72 @@ class NpuGraphOpHandler:
         return result
 
     @classmethod
-    def update_args(cls, record: "CaptureRecord", update_input: dict):
-        args, kwargs = list(record.args), dict(record.kwargs)
-        specs = cls.UPDATE_SPECS.get(record.func.__name__.split(".")[0], [])
-        targets = {key: (kind, where) for kind, where, key in specs}
-        for key, value in update_input.items():
-            kind, where = targets.get(key, ("kwarg", key))
-            if kind == "arg":
-                args[where] = value
-            elif where in kwargs:
-                kwargs[where] = value
-            else:
-                raise RuntimeError(f"NPUGraph.update: {record.func} has no argument {key!r} to update")
-        return tuple(args), kwargs
+    def get_update_specs(cls, op_name: str) -> list:
+        """The update specs of ``op_name`` (``"op.overload"`` or ``"op"``); empty when it has none."""
+        return cls.UPDATE_SPECS.get(op_name, [])
+
+    @classmethod
+    def update_args(cls, record: "CaptureRecord", update_input: dict) -> None:
+        """Apply ``update_input`` to the record in place, as torch_npu: keys that name a keyword argument
+        of the captured call replace it, then the op's ``UPDATE_SPECS`` place their keys."""
+        for key in update_input.keys() & record.kwargs.keys():
+            record.kwargs[key] = update_input[key]
+        for kind, where, key in specs_of(cls, record):
+            if key in update_input:
+                if kind == "arg":
+                    record.args[where] = update_input[key]
+                else:
+                    record.kwargs[where] = update_input[key]
+
+
+def specs_of(handler, record: "CaptureRecord") -> list:
+    """The record's update specs under its overload name, else its packet name; "arg" slots past the
+    captured positional arguments are left out (those arguments were passed by keyword)."""
+    name = record.func.__name__
+    specs = handler.get_update_specs(name) or handler.get_update_specs(name.split(".")[0])
+    return [(kind, where, key) for kind, where, key in specs if kind == "kwarg" or where < len(record.args)]
+
+
+def updatable_keys(record: "CaptureRecord") -> set:
+    """The update keys the record's call takes."""
+    return set(record.kwargs) | {key for _, _, key in specs_of(record.handler, record)}
 
 
 def register_npu_graph_handler(op_names):
-    """Class decorator: use the handler for the operators named (``func.__name__`` or the packet name)."""
+    """Class decorator: use the handler for the operators named by ``op_names``, one name or a list of
+    names (``func.__name__`` such as ``"op.default"``, or the packet name ``"op"``)."""
+    names = [op_names] if isinstance(op_names, str) else op_names
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"register_npu_graph_handler: op_names={op_names!r}: expected a str or a list of str")
 
     def register(handler):
-        for name in op_names:
+        for name in names:
             _handlers[name] = handler
         return handler
 
     return register
 
 
-def _handler(func):
+def handler_of(func):
+    """The handler registered for ``func`` (an OpOverload), or None."""
     return _handlers.get(func.__name__) or _handlers.get(func.__name__.split(".")[0])
 
 
 @dataclass(eq=False)
 class CaptureRecord:
+    """One auto-dispatched call; ``update`` changes ``args`` and ``kwargs`` in place."""
+
     func: object
-    args: tuple
+    args: list
     kwargs: dict
     handler: type
     event: object
     handle: object
+
+    @property
+    def op_cache_entry(self):
+        """The captured overload (torch_npu's name for ``func``)."""
+        return self.func
 
 
 def _keep(value):
@@ -88,15 +121,22 @@ def _keep(value):
 
 
 class GraphDispatchMode(TorchDispatchMode):
+    """The capture side of auto dispatch for ``npu_graph`` (torch_npu's ``NPUGraph.graph_dispatch_mode``)."""
+
     def __init__(self, npu_graph):
         super().__init__()
         self.npu_graph = npu_graph
+
+    @property
+    def update_stream(self):
+        """The stream every graph's ``update`` runs on (one per process and backend)."""
+        return update_stream()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         from . import ExternalEvent, current_stream, graph_task_group_begin, graph_task_group_end
 
         kwargs = kwargs or {}
-        handler = _handler(func)
+        handler = handler_of(func)
         if handler is None or not handler.should_handle(func, args, kwargs):
             return func(*args, **kwargs)
         stream = current_stream()
@@ -108,13 +148,18 @@ class GraphDispatchMode(TorchDispatchMode):
         result = func(*args, **kwargs)
         handle = graph_task_group_end(stream)
         args, kwargs = [_keep(a) for a in args], {k: _keep(v) for k, v in kwargs.items()}
-        self.npu_graph._records.append(CaptureRecord(func, tuple(args), kwargs, handler, event, handle))
+        self.npu_graph._records.append(CaptureRecord(func, args, kwargs, handler, event, handle))
         return handler.postprocess_result(result, kwargs)
+
+
+def update_stream():
+    from .streams import shared_stream
+
+    return shared_stream("NPUGraph.update")
 
 
 def update(npu_graph, cpu_update_input: list) -> None:
     from . import graph_task_update_begin, graph_task_update_end, stream
-    from .streams import shared_stream
 
     if not npu_graph.auto_dispatch_capture:
         raise RuntimeError(
@@ -130,12 +175,16 @@ def update(npu_graph, cpu_update_input: list) -> None:
             f"NPUGraph.update: cpu_update_input has {len(cpu_update_input)} entries; expected 1 or one "
             f"per captured updatable call ({len(records)})"
         )
-    u = shared_stream("NPUGraph.update")
+    unused = {key for update_input in inputs for key in update_input}.difference(*map(updatable_keys, records))
+    if unused:
+        raise RuntimeError(f"NPUGraph.update: no captured call has an argument named {sorted(unused)}; the "
+                           f"updatable calls are {', '.join(str(r.func) for r in records)}")
+    u = update_stream()
     with stream(u):
         for record, update_input in zip(records, inputs):
-            args, kwargs = record.handler.update_args(record, update_input)
+            record.handler.update_args(record, update_input)
             graph_task_update_begin(u, record.handle)
-            record.func(*args, **kwargs)
+            record.func(*record.args, **record.kwargs)
             graph_task_update_end(u)
             record.event.record(u)
 
@@ -144,15 +193,28 @@ _FUSED_OUTPUT_ARGS = ("input_layout", "quant_scale2", "block_table", "num_heads"
                       "softmax_lse_flag", "query_rope")
 
 
-@register_npu_graph_handler(["npu_fused_infer_attention_score", "_npu_fused_infer_attention_score_into"])
-class FusedInferAttentionScoreHandler(NpuGraphOpHandler):
-    """FIA v1: a functional call is captured in its out form, with the maximal workspace and outputs
-    allocated at capture; updates replace ``actual_seq_lengths``, ``actual_seq_lengths_kv`` ... by name."""
+_FUSED_SPECS = [("arg", 5, "actual_seq_lengths"), ("arg", 6, "actual_seq_lengths_kv")]
+
+
+@register_npu_graph_handler(["npu_fused_infer_attention_score.out", "_npu_fused_infer_attention_score_into",
+                             "_npu_fused_infer_attention_score_into.default"])
+class FusedInferAttentionScoreOutHandler(NpuGraphOpHandler):
+    """FIA v1 ``.out`` (which runs as ``_npu_fused_infer_attention_score_into``, returning nothing): captured
+    as it is; updates replace ``actual_seq_lengths``, ``actual_seq_lengths_kv`` ... by name. The specs
+    are torch_npu's (positional slots 5 and 6); here those arguments are keywords and match by name."""
+
+    UPDATE_SPECS = {name: _FUSED_SPECS for name in (
+        "npu_fused_infer_attention_score", "npu_fused_infer_attention_score.default",
+        "npu_fused_infer_attention_score.out")}
+
+
+@register_npu_graph_handler(["npu_fused_infer_attention_score", "npu_fused_infer_attention_score.default"])
+class FusedInferAttentionScoreHandler(FusedInferAttentionScoreOutHandler):
+    """FIA v1, functional: captured in its out form, with the maximal workspace and the outputs allocated
+    at capture, which the call returns."""
 
     @classmethod
     def prepare_capture(cls, func, args, kwargs):
-        if func.__name__ != "npu_fused_infer_attention_score.default":
-            return func, args, kwargs
         ops = torch.ops.npu
         workspace = ops._npu_fused_infer_attention_score_get_max_workspace(*args, **kwargs)
         query, _, value = args
