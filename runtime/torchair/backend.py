@@ -1,11 +1,16 @@
 """``get_npu_backend``: the ``torch.compile`` backend of torchair's configurations.
 
-``max-autotune`` is the standard compiler (Inductor). ``reduce-overhead`` (and ``npugraph_ex``) run the
-FX graph Dynamo produced, after the event closure pass, through ``NPUGraph`` captures:
+``max-autotune`` is the standard compiler (Inductor). ``reduce-overhead`` (and ``npugraph_ex``) trace the
+graph Dynamo produced through AOTAutograd, as torchair does, and run the resulting aten graph, after the
+event closure pass, through ``NPUGraph`` captures:
+- with ``torch.compile(dynamic=True)`` symbolic sizes reach the graph as int inputs, and a Python float
+  as a 0-d tensor input that the aten graph reads with tensor operations (AOTAutograd removes Dynamo's
+  ``.item()``), so a replay reads the float from the captured input buffer instead of a host value
+  read at capture; on CUDA that buffer lives on the device;
 - one capture per input signature (shapes, dtypes, non-tensor values), after
-  ``aclgraph_config.num_warmup_iters`` eager runs; ``nn.Parameter`` inputs are captured as they are
-  (a new address means a recapture), other tensor inputs are copied into the captured buffers before
-  each replay (``debug.aclgraph.clone_input``);
+  ``aclgraph_config.num_warmup_iters`` eager runs; ``nn.Parameter`` inputs and inputs the graph mutates
+  (a KV cache) are captured as they are (a new address means a recapture), other tensor inputs are
+  copied into the captured buffers before each replay (``debug.aclgraph.clone_input``);
 - after ``debug.aclgraph.static_capture_size_limit`` captures the graph runs eagerly from then on;
 - outputs are the captured buffers, or clones of them (``debug.aclgraph.enable_output_clone``);
 - task update (§3.4 step 4): an ``npu`` operator call whose length lists (``actual_seq_lengths`` ...)
@@ -25,9 +30,9 @@ import torch
 from torch import fx
 from torch.utils import _pytree as pytree
 
-from .. import events, graphs, streams, tasks
+from .. import backends, events, graphs, streams, tasks
 from .config import CompilerConfig
-from .passes import apply_event_closure
+from .passes import apply_event_closure, drop_wait_tensors, stream_scopes
 
 UPDATE_KWARGS = ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len", "actual_seq_qlen",
                  "actual_seq_kvlen")
@@ -83,13 +88,28 @@ class _CaptureInterpreter(fx.Interpreter):
         return result
 
 
+def mutated_inputs(graph: fx.Graph) -> set:
+    """Indices of the placeholders the graph writes (AOTAutograd ends the graph with ``copy_`` into them)."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    written = {n.args[0] for n in graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.copy_.default}
+    return {i for i, p in enumerate(placeholders) if p in written}
+
+
+def _static_copy(a: torch.Tensor) -> torch.Tensor:
+    """The captured buffer of input ``a``: a copy, on the device for a 0-d CPU tensor (a Python scalar)."""
+    device = backends.backend().device if a.dim() == 0 and a.device.type == "cpu" else a.device
+    return a.to(device, copy=True)
+
+
 class _Capture:
     """One captured NPUGraph with its static inputs, outputs and updated calls."""
 
-    def __init__(self, gm: fx.GraphModule, updatable: dict, args: tuple, pool, config: CompilerConfig):
+    def __init__(self, gm: fx.GraphModule, updatable: dict, args: tuple, pool, config: CompilerConfig,
+                 kept: set):
         clone = config.debug.aclgraph.clone_input
-        self.cloned = [isinstance(a, torch.Tensor) and clone and not isinstance(a, torch.nn.Parameter) for a in args]
-        self.static = [a.clone() if c else a for a, c in zip(args, self.cloned)]
+        self.cloned = [isinstance(a, torch.Tensor) and clone and not isinstance(a, torch.nn.Parameter)
+                       and i not in kept for i, a in enumerate(args)]
+        self.static = [_static_copy(a) if c else a for a, c in zip(args, self.cloned)]
         self.addresses = [a.data_ptr() if isinstance(a, torch.Tensor) and not c else None
                           for a, c in zip(args, self.cloned)]   # inputs captured as they are
         self.graph = graphs.NPUGraph()
@@ -139,6 +159,7 @@ class GraphRunner:
         lengths = {x for node, names in self.updatable.items() for name in names for x in node.kwargs[name]}
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.update_inputs = {i for i, p in enumerate(placeholders) if p in lengths}
+        self.mutated = mutated_inputs(gm.graph)   # captured as they are
         self.captures: dict = {}     # input signature -> _Capture
         self.capture_count = 0
         self.eager = False           # the capture limit was reached
@@ -171,7 +192,7 @@ class GraphRunner:
             self.gm(*args)
         streams.synchronize()
         self.capture_count += 1
-        return _Capture(self.gm, self.updatable, args, self._pool(), self.config)
+        return _Capture(self.gm, self.updatable, args, self._pool(), self.config, self.mutated)
 
     def _pool(self):
         if self.config.aclgraph_config.use_custom_pool is not None:
@@ -189,13 +210,18 @@ def get_npu_backend(compiler_config: CompilerConfig | None = None, custom_decomp
     config.check()
 
     def backend(gm: fx.GraphModule, example_inputs):
+        stream_scopes(gm)
         if config.debug.run_eagerly:
             apply_event_closure(gm)
             return gm.forward
         if config.mode == "max-autotune":
             from torch._inductor.compile_fx import compile_fx
 
+            drop_wait_tensors(gm)
             return compile_fx(gm, example_inputs, decompositions=custom_decompositions)
-        return GraphRunner(gm, config)
+        from torch._functorch.aot_autograd import aot_module_simplified
+
+        return aot_module_simplified(gm, example_inputs, fw_compiler=lambda g, _: GraphRunner(g, config),
+                                     decompositions=custom_decompositions, keep_inference_input_mutations=True)
 
     return backend

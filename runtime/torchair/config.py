@@ -34,11 +34,24 @@ class AclGraphConfig(_Section):
         self.num_warmup_iters = 1               # eager runs before a capture (kernels compile there)
 
 
+class AclGraphExperimentalConfig(_Section):
+    """How the NPU compiles the kernels of a captured graph (static-shape aclnn kernels, super kernels):
+    accepted and without effect here, where kernels do not depend on them."""
+
+    def __init__(self):
+        self._aclnn_static_shape_kernel = False
+        self._aclnn_static_shape_kernel_build_dir = None
+        self._aclnn_static_shape_kernel_sym_value_range = None
+        self._super_kernel_optimize = False
+        self._super_kernel_optimize_options = None
+
+
 class ExperimentalConfig(_Section):
     def __init__(self):
         self.frozen_parameter = False
         self.remove_noop_ops = True
         self.pattern_fusion_pass = True
+        self.aclgraph = AclGraphExperimentalConfig()
 
 
 class CompilerConfig(_Section):

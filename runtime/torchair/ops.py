@@ -8,7 +8,11 @@ event tags), so Dynamo traces it on any torch version. Kernels:
 - ``record_tagged_stream`` marks the tensor as used by the tag's stream (``"default"``: the main stream).
 - ``tagged_event_*_on_stream`` / ``tagged_stream_wait_stream`` do the same on the stream named by its id;
   ``wait_tensor``, ``record`` and ``wait`` exist for the GE graph engine only and raise when run.
-One stream per tag, per backend, for the whole process, created at first use.
+- ``stream_in/stream_out`` (torchair before 2025: ``ops.NpuStreamSwitch``) raise when run, as torchair's;
+  the compile backend turns them into ``scope_enter/scope_exit`` of the tag's stream.
+``wait_tensor`` (``npu_wait_tensor``: the consumer of the result runs after ``dependency`` is produced)
+and the ``stream_in/out`` pair have fake kernels, so Dynamo traces them. One stream per tag, per
+backend, for the whole process, created at first use.
 """
 
 from __future__ import annotations
@@ -121,6 +125,11 @@ _define("tagged_stream_wait_stream(str stream_id, str device_index, str device_t
 _define("wait_tensor(Tensor self, Tensor dependency) -> Tensor", _graph_engine_only("wait_tensor"))
 _define("record(*, Device? device=None) -> Tensor", _graph_engine_only("record"))
 _define("wait(Tensor[] x) -> ()", _graph_engine_only("wait"))
+_define("stream_in(str stream_tag, int stream_priority=0) -> ()", _graph_engine_only("stream_in"))
+_define("stream_out(str stream_tag, int stream_priority=0) -> ()", _graph_engine_only("stream_out"))
+torch.library.register_fake("air::wait_tensor", lambda self, dependency: torch.empty_like(self), lib=_LIB)
+for _name in ("stream_in", "stream_out"):
+    torch.library.register_fake(f"air::{_name}", lambda stream_tag, stream_priority=0: None, lib=_LIB)
 
 
 def npu_create_tagged_event(tag: str) -> streams.Event:
@@ -146,3 +155,26 @@ def npu_tagged_event_wait(event) -> None:
 def npu_record_tagged_stream(input: torch.Tensor, tagged_stream: str) -> None:
     """Keep ``input``'s memory from reuse until the work queued so far on ``tagged_stream`` is done."""
     torch.ops.air.record_tagged_stream(input, tagged_stream)
+
+
+def npu_wait_tensor(self: torch.Tensor, dependency: torch.Tensor) -> torch.Tensor:
+    """``self``, ordered after ``dependency``. A graph-engine operation: it raises in eager code and in
+    reduce-overhead graphs, as torchair's; ``max-autotune`` graphs run on one stream, where it is ``self``."""
+    return torch.ops.air.wait_tensor(self, dependency)
+
+
+class NpuStreamSwitch:
+    """``torchair.ops.NpuStreamSwitch`` (torchair before 2025): ``air.stream_in/stream_out`` around a block,
+    which raise when run eagerly; in compiled graphs, ``scope.npu_stream_switch(stream_tag)``."""
+
+    def __init__(self, stream_tag: str, stream_priority: int = 0):
+        self.stream_tag = stream_tag
+        self.stream_priority = stream_priority
+
+    def __enter__(self):
+        torch.ops.air.stream_in(self.stream_tag, self.stream_priority)
+        return self
+
+    def __exit__(self, *exc):
+        torch.ops.air.stream_out(self.stream_tag, self.stream_priority)
+        return False

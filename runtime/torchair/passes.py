@@ -1,4 +1,12 @@
-"""FX passes of the reduce-overhead backend (torchair ``graph_pass.apply_event_closure_with_multi_stream``).
+"""FX passes of the compile backend.
+
+``stream_scopes``: the old ``air.stream_in/stream_out(tag, priority)`` pair becomes ``air.scope_enter``
+with the tag's stream label / ``air.scope_exit``, as ``scope.npu_stream_switch`` emits.
+
+``drop_wait_tensors`` (max-autotune, where the graph runs on one stream, so every dependency is already
+ordered): ``air.wait_tensor(x, dependency)`` becomes ``x``.
+
+The closure pass of the reduce-overhead backend (torchair ``graph_pass.apply_event_closure_with_multi_stream``):
 
 ``apply_event_closure``: every ``air.scope_enter/exit`` gets ``need_execute=True`` (their kernels then
 switch streams); an event recorded before the first operation (main stream) is waited right after each
@@ -15,7 +23,7 @@ import itertools
 import torch
 from torch import fx
 
-from .ops import STREAM_LABEL, _recorded, npu_create_tagged_event
+from .ops import STREAM_LABEL, STREAM_PRIORITY, _recorded, npu_create_tagged_event
 
 _graph_ids = itertools.count(1)
 
@@ -31,6 +39,29 @@ def _is_stream_scope(node: fx.Node) -> bool:
 
 def _set_kwarg(node: fx.Node, name: str, value) -> None:
     node.kwargs = {**node.kwargs, name: value}
+
+
+def stream_scopes(gm: fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        if _is(node, torch.ops.air.stream_in) or _is(node, torch.ops.air.stream_out):
+            with gm.graph.inserting_before(node):
+                if _is(node, torch.ops.air.stream_in):
+                    tag = node.args[0]
+                    priority = node.args[1] if len(node.args) > 1 else node.kwargs.get("stream_priority", 0)
+                    gm.graph.call_function(torch.ops.air.scope_enter.default,
+                                           ([STREAM_LABEL, STREAM_PRIORITY], [tag, str(priority)]))
+                else:
+                    gm.graph.call_function(torch.ops.air.scope_exit.default)
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def drop_wait_tensors(gm: fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        if _is(node, torch.ops.air.wait_tensor):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.recompile()
 
 
 def check_tagged_events(graph: fx.Graph) -> None:
