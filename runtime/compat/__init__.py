@@ -9,21 +9,25 @@
 
     python -m runtime.compat SCRIPT [ARGS...]
 
-``install()`` puts ``torch_npu``, ``torchair`` (with ``configs.compiler_config``, ``core.utils``,
-``scope``, ``ops``) and ``torch.npu`` into ``sys.modules``, sets ``torch.npu``, ``Tensor.npu()`` and
-``Tensor.is_npu``, and enters ``NpuDeviceMode`` (device strings ``"npu"`` / ``"npu:N"``, see
-``devices``). Nothing is patched before it; ``uninstall()`` restores every attribute and module entry.
+``install()`` puts ``torch_npu`` (with ``npu``, ``_C`` and ``testing`` submodules), ``torchair`` (with
+``configs.compiler_config``, ``core.utils``, ``scope``, ``ops``) and ``torch.npu`` into ``sys.modules``,
+sets ``torch.npu``, ``Tensor.npu()``, ``Tensor.is_npu``, ``Module.npu()`` and a ``torch.Generator`` that
+accepts ``device="npu"``, and enters ``NpuDeviceMode`` (device strings ``"npu"`` / ``"npu:N"``, pinned
+memory, see ``devices``). Nothing is patched before it; ``uninstall()`` restores every attribute and
+module entry. ``set_soc_version`` chooses the emulated A2/A3 part (``platform``).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import torch
 from torch.overrides import _get_current_function_mode_stack
 
-from . import devices, modules
+from . import devices, modules, rng
 from .modules import NotEmulatedError
+from .platform import set_soc_version
 
 _ABSENT = object()
 
@@ -33,7 +37,7 @@ class Installation:
     the exit of the outermost ``with install()`` unless ``install()`` was also called outside a block."""
 
     def __init__(self):
-        self.saved: list = []        # (namespace dict or object, name, previous value or _ABSENT)
+        self.saved: list = []        # (dict or object, name, previous value or _ABSENT)
         self.depth = 1               # install() calls not yet matched by a block exit
         self.names = devices.device_names()
         self.mode = devices.NpuDeviceMode(self.names)
@@ -43,17 +47,26 @@ class Installation:
         self.saved.append((obj, name, vars(obj).get(name, _ABSENT)))
         setattr(obj, name, value)
 
-    def set_module(self, name: str, module) -> None:
-        self.saved.append((sys.modules, name, sys.modules.get(name, _ABSENT)))
-        sys.modules[name] = module
+    def set_item(self, mapping: dict, name: str, value) -> None:
+        self.saved.append((mapping, name, mapping.get(name, _ABSENT)))
+        mapping[name] = value
 
     def apply(self) -> None:
+        # vLLM-Ascend puts empty modules in place of triton.experimental.gluon(.language) unless they are
+        # imported already; every Triton launch imports the real gluon.nvidia to specialise its arguments
+        importlib.import_module("triton.experimental.gluon.nvidia")
         built = modules.build()
         for name, module in built.items():
-            self.set_module(name, module)
+            self.set_item(sys.modules, name, module)
         self.set_attr(torch, "npu", built["torch.npu"])
+        self.set_attr(torch, "Generator", rng.generator_class(self.names))
+        # Dynamo snapshots Tensor's attributes when imported; the methods must be in it to be traced
+        dynamo_tensor = sys.modules.get("torch._dynamo.variables.tensor")
         for name, method in devices.tensor_methods(self.names).items():
             self.set_attr(torch.Tensor, name, method)
+            if dynamo_tensor is not None:
+                self.set_item(dynamo_tensor.all_tensor_attrs, name, method)
+        self.set_attr(torch.nn.Module, "npu", devices.module_npu)
         sys.meta_path.insert(0, self.finder)
         self.mode.__enter__()
 
@@ -66,11 +79,11 @@ class Installation:
         self.mode.__exit__(None, None, None)
         sys.meta_path.remove(self.finder)
         for obj, name, previous in reversed(self.saved):
-            if obj is sys.modules:
+            if isinstance(obj, dict):
                 if previous is _ABSENT:
-                    del sys.modules[name]
+                    del obj[name]
                 else:
-                    sys.modules[name] = previous
+                    obj[name] = previous
             elif previous is _ABSENT:
                 delattr(obj, name)
             else:
@@ -119,4 +132,4 @@ def installed() -> bool:
     return _current is not None
 
 
-__all__ = ["Installation", "NotEmulatedError", "install", "installed", "uninstall"]
+__all__ = ["Installation", "NotEmulatedError", "install", "installed", "set_soc_version", "uninstall"]

@@ -1,5 +1,5 @@
-"""The "npu" device: device strings mapped to the real device, ``Tensor.npu()`` and ``torch.npu``'s
-device functions.
+"""The "npu" device: device strings mapped to the real device, ``Tensor.npu()``, ``Module.npu()``, pinned
+memory, and ``torch.npu``'s device functions.
 
 torch has no "npu" device type here, and ``torch.utils.rename_privateuse1_backend`` cannot be undone, so
 ``NpuDeviceMode`` (a ``TorchFunctionMode``) rewrites ``"npu"`` / ``"npu:N"`` wherever a torch function
@@ -10,6 +10,10 @@ compiled graphs hold the real device and ``torch.compile(fullgraph=True)`` does 
 builds a ``torch.device(...)`` written inside a compiled function without the mode, so there
 ``torch.device("npu")`` fails (device strings work). The mode stack is per thread: the mapping
 applies to the thread that called ``install()``.
+
+Pinned host memory needs an accelerator: on a machine without one (the npu device is the CPU) the mode
+makes ``Tensor.pin_memory()`` a copy and drops ``pin_memory=True`` from factories, where torch would
+raise "Cannot access accelerator device".
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ def current_device() -> int:
     return torch.cuda.current_device() if npu_device().type == "cuda" else 0
 
 
-def _index(device) -> int:
-    """The NPU index of ``device`` (int, ``"npu"``, ``"npu:N"``, a ``torch.device`` of the real device),
-    checked against ``device_count()``."""
+def check_index(device=None) -> int:
+    """The NPU index of ``device`` (None: the current one; an int, ``"npu"``, ``"npu:N"``, a
+    ``torch.device`` of the real device), checked against ``device_count()``."""
+    if device is None:
+        return current_device()
     if isinstance(device, str):
         name, _, tail = device.partition(":")
         if name != "npu" or (tail and not tail.isdigit()):
@@ -55,7 +61,7 @@ def _index(device) -> int:
 
 def set_device(device) -> None:
     """``torch.npu.set_device``: on CUDA the current CUDA device; on the CPU only index 0 exists."""
-    index = _index(device)
+    index = check_index(device)
     if npu_device().type == "cuda":
         torch.cuda.set_device(index)
 
@@ -76,11 +82,13 @@ def lookup(names: dict, value: str) -> str:
 
 
 class NpuDeviceMode(TorchFunctionMode):
-    """Rewrites npu device strings in the arguments of every torch function to the real device."""
+    """Rewrites npu device strings in the arguments of every torch function to the real device, and
+    pinned memory where there is no accelerator."""
 
     def __init__(self, names: dict):
         super().__init__()
         self.names = names
+        self.unpinned = not torch.accelerator.is_available()
 
     def _mapped(self, value):
         if isinstance(value, str) and (value == "npu" or value.startswith("npu:")):
@@ -91,6 +99,11 @@ class NpuDeviceMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if "device" in kwargs:
             kwargs = dict(kwargs, device=self._mapped(kwargs["device"]))
+        if self.unpinned:
+            if func is torch.Tensor.pin_memory:
+                return args[0].clone()
+            if kwargs.get("pin_memory"):
+                kwargs = dict(kwargs, pin_memory=False)
         args = tuple(self._mapped(a) for a in args)
         return func(*args, **kwargs)
 
@@ -114,3 +127,8 @@ def tensor_methods(names: dict) -> dict:
         return self.device.type == real_type
 
     return {"npu": npu, "is_npu": property(is_npu)}
+
+
+def module_npu(self: torch.nn.Module, device=None) -> torch.nn.Module:
+    """``Module.npu()``: move the module's parameters and buffers to the npu device (as ``Module.cuda``)."""
+    return self._apply(lambda t: t.npu(device))

@@ -3,7 +3,8 @@ runtime.
 
 Each module holds only what is emulated; any other attribute raises ``NotEmulatedError`` (an
 ``AttributeError``, so ``hasattr`` feature checks still work) naming it, and importing a submodule
-that is not emulated raises ``ModuleNotFoundError`` naming it.
+that is not emulated raises ``ModuleNotFoundError`` naming it. Submodules of torch_npu hold the same
+objects as ``torch.npu`` under the names torch_npu's submodule of that name has.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import types
 
 import npu_kernels as nk
 
-from .. import (NPUGraph, Event, ExternalEvent, NpuGraphOpHandler, Stream, current_stream, default_stream, graph,
-                graph_pool_handle, graph_task_group_begin, graph_task_group_end, graph_task_update_begin,
-                graph_task_update_end, is_current_stream_capturing, make_graphed_callables,
-                register_npu_graph_handler, set_stream, stream, synchronize)
+from .. import (Event, ExternalEvent, NPUGraph, NpuGraphOpHandler, Stream, TaskGroupHandle, current_stream,
+                default_stream, graph, graph_pool_handle, graph_task_group_begin, graph_task_group_end,
+                graph_task_update_begin, graph_task_update_end, is_current_stream_capturing,
+                make_graphed_callables, register_npu_graph_handler, set_stream, stream, synchronize)
+from .. import auto_dispatch
 from .. import torchair as air
-from . import devices
+from . import devices, memory, platform, rng, testing
+from .graphs import npu_fused_infer_attention_score_out_graph
 
 ROOTS = ("torch_npu", "torchair")
 
@@ -45,20 +48,42 @@ def _namespace(name: str, doc: str, attrs: dict, package: bool = False) -> types
     return module
 
 
-def npu_module() -> types.ModuleType:
-    """``torch.npu``, the same object as ``torch_npu.npu``."""
-    return _namespace("torch.npu", "torch.npu on runtime (streams, events, NPUGraph, task update).", {
-        "set_device": devices.set_device, "current_device": devices.current_device,
-        "device_count": devices.device_count, "is_available": devices.is_available,
-        "synchronize": synchronize, "current_stream": current_stream, "default_stream": default_stream,
-        "set_stream": set_stream, "stream": stream, "Stream": Stream, "Event": Event,
-        "ExternalEvent": ExternalEvent, "NPUGraph": NPUGraph, "graph": graph,
-        "graph_pool_handle": graph_pool_handle, "is_current_stream_capturing": is_current_stream_capturing,
-        "make_graphed_callables": make_graphed_callables,
-        "graph_task_group_begin": graph_task_group_begin, "graph_task_group_end": graph_task_group_end,
-        "graph_task_update_begin": graph_task_update_begin, "graph_task_update_end": graph_task_update_end,
-        "NpuGraphOpHandler": NpuGraphOpHandler, "register_npu_graph_handler": register_npu_graph_handler,
-    })
+NPU_NAMES = {
+    "set_device": devices.set_device, "current_device": devices.current_device,
+    "device_count": devices.device_count, "is_available": devices.is_available,
+    "get_device_name": platform.get_device_name, "get_soc_version": platform.get_soc_version,
+    "set_compile_mode": platform.set_compile_mode, "is_jit_compile_false": platform.is_jit_compile_false,
+    "empty_cache": memory.empty_cache, "host_empty_cache": memory.host_empty_cache,
+    "mem_get_info": memory.mem_get_info, "manual_seed": rng.manual_seed, "manual_seed_all": rng.manual_seed_all,
+    "synchronize": synchronize, "current_stream": current_stream, "default_stream": default_stream,
+    "set_stream": set_stream, "stream": stream, "Stream": Stream, "Event": Event,
+    "ExternalEvent": ExternalEvent, "NPUGraph": NPUGraph, "graph": graph,
+    "graph_pool_handle": graph_pool_handle, "is_current_stream_capturing": is_current_stream_capturing,
+    "make_graphed_callables": make_graphed_callables,
+    "graph_task_group_begin": graph_task_group_begin, "graph_task_group_end": graph_task_group_end,
+    "graph_task_update_begin": graph_task_update_begin, "graph_task_update_end": graph_task_update_end,
+    "NpuGraphOpHandler": NpuGraphOpHandler, "register_npu_graph_handler": register_npu_graph_handler,
+}
+
+# torch_npu.npu submodule -> the names of torch.npu it holds
+NPU_SUBMODULES = {
+    "utils": ("synchronize", "set_device", "current_device", "stream", "set_stream", "current_stream",
+              "default_stream", "get_soc_version"),
+    "streams": ("Stream", "Event", "ExternalEvent"),
+    "graphs": ("NPUGraph", "graph", "graph_pool_handle", "is_current_stream_capturing", "make_graphed_callables",
+               "graph_task_group_begin", "graph_task_group_end", "graph_task_update_begin",
+               "graph_task_update_end"),
+    "memory": ("empty_cache", "host_empty_cache", "mem_get_info"),
+    "random": ("manual_seed", "manual_seed_all"),
+    "npu_config": ("set_compile_mode", "is_jit_compile_false"),
+}
+
+
+def operators() -> dict:
+    """The torch_npu operators of npu_kernels: the names of its ``__all__`` spelled as torch_npu's
+    (``npu_*``, ``_npu_*``), less its device helper ``npu_device``."""
+    return {name: getattr(nk, name) for name in nk.__all__
+            if name.startswith(("npu_", "_npu_")) and name != "npu_device"}
 
 
 class GraphDumpConfig:
@@ -77,24 +102,49 @@ class CompilerConfig(air.CompilerConfig):
         self.debug.graph_dump = GraphDumpConfig()
 
 
-def build() -> dict:
-    """Module name -> module object, for ``sys.modules``: torch_npu, torch.npu, torchair and submodules."""
-    npu = npu_module()
-    torch_npu = _namespace("torch_npu", "torch_npu on npu_kernels and runtime.", {
-        "npu": npu,
-        "npu_prompt_flash_attention": nk.npu_prompt_flash_attention,
-        "npu_incre_flash_attention": nk.npu_incre_flash_attention,
-        "npu_fused_infer_attention_score": nk.npu_fused_infer_attention_score,
-        "_npu_fused_infer_attention_score_get_max_workspace": nk._npu_fused_infer_attention_score_get_max_workspace,
-        "_npu_fused_infer_attention_score_infer_output": nk._npu_fused_infer_attention_score_infer_output,
-        "npu_trans_quant_param": nk.npu_trans_quant_param,
-    }, package=True)
+def _torch_npu() -> dict:
+    """torch_npu and its submodules, by module name."""
+    npu = _namespace("torch.npu", "torch.npu on runtime (streams, events, NPUGraph, task update).", NPU_NAMES,
+                     package=True)
+    handler_names = {"NpuGraphOpHandler": NpuGraphOpHandler, "register_npu_graph_handler": register_npu_graph_handler}
+    built = {
+        "torch_npu": _namespace("torch_npu", "torch_npu on npu_kernels and runtime.",
+                                {"__version__": platform.version(), **platform.CUSTOM_DTYPES, **operators()},
+                                package=True),
+        "torch_npu.npu": npu,
+        **{f"torch_npu.npu.{sub}": _namespace(f"torch_npu.npu.{sub}", f"torch_npu.npu.{sub}.",
+                                              {n: NPU_NAMES[n] for n in names})
+           for sub, names in NPU_SUBMODULES.items()},
+        "torch_npu.npu._npugraph_handlers": _namespace("torch_npu.npu._npugraph_handlers", "Graph handlers.",
+                                                       handler_names, package=True),
+        "torch_npu.npu._npugraph_handlers.npugraph_handler": _namespace(
+            "torch_npu.npu._npugraph_handlers.npugraph_handler", "The graph handler registry.",
+            {**handler_names, "_NPU_GRAPH_OP_HANDLERS": auto_dispatch._handlers}),
+        "torch_npu._C": _namespace("torch_npu._C", "torch_npu's extension names on the runtime.", {
+            "_NPUTaskGroupHandle": TaskGroupHandle, "_weak_ref_tensor": memory.weak_ref_tensor,
+            "_npu_fused_infer_attention_score_out_graph": npu_fused_infer_attention_score_out_graph}),
+        "torch_npu.testing": _namespace("torch_npu.testing", "torch_npu.testing.", {}, package=True),
+        "torch_npu.testing.testcase": _namespace("torch_npu.testing.testcase", "torch_npu's TestCase.", {
+            "TestCase": testing.TestCase, "run_tests": testing.run_tests}),
+        "torch_npu.testing.common_utils": _namespace("torch_npu.testing.common_utils", "Test decorators.", {
+            "SupportedDevices": testing.SupportedDevices, "get_npu_device": testing.get_npu_device,
+            "set_npu_device": testing.set_npu_device}),
+    }
+    for name, module in built.items():
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(built[parent], child, module)
+    return {"torch.npu": npu, **built}
+
+
+def _torchair() -> dict:
+    """torchair and its submodules, by module name."""
     scope = _namespace("torchair.scope", "torchair.scope on runtime.torchair.", {
-        "npu_stream_switch": air.scope.npu_stream_switch})
+        name: getattr(air.scope, name) for name in ("npu_stream_switch", "npu_wait_tensor", "super_kernel")})
     ops = _namespace("torchair.ops", "torchair.ops on runtime.torchair.", {
         name: getattr(air.ops, name) for name in (
             "npu_create_tagged_event", "npu_tagged_event_record", "npu_tagged_event_wait",
-            "npu_record_tagged_stream")})
+            "npu_record_tagged_stream", "npu_wait_tensor", "NpuStreamSwitch")})
     compiler_config = _namespace("torchair.configs.compiler_config", "CompilerConfig.",
                                  {"CompilerConfig": CompilerConfig})
     configs = _namespace("torchair.configs", "torchair.configs.", {"compiler_config": compiler_config},
@@ -104,10 +154,14 @@ def build() -> dict:
     torchair = _namespace("torchair", "torchair on runtime.torchair.", {
         "CompilerConfig": CompilerConfig, "get_npu_backend": air.get_npu_backend, "ops": ops, "scope": scope,
         "configs": configs, "core": core}, package=True)
-    return {"torch.npu": npu, "torch_npu": torch_npu, "torch_npu.npu": npu, "torchair": torchair,
-            "torchair.scope": scope, "torchair.ops": ops, "torchair.configs": configs,
+    return {"torchair": torchair, "torchair.scope": scope, "torchair.ops": ops, "torchair.configs": configs,
             "torchair.configs.compiler_config": compiler_config, "torchair.core": core,
             "torchair.core.utils": utils}
+
+
+def build() -> dict:
+    """Module name -> module object, for ``sys.modules``: torch_npu, torch.npu, torchair and submodules."""
+    return {**_torch_npu(), **_torchair()}
 
 
 class NotEmulatedFinder(importlib.abc.MetaPathFinder):

@@ -1,11 +1,13 @@
 """runtime.compat in this process: nothing patched before install(), uninstall() restores torch, the
-npu device strings, the module objects and the error for what is not emulated."""
+npu device strings, the module objects and the error for what is not emulated. Dynamo is imported
+before the layer is installed here (a fresh interpreter, where it is not, runs the seed scripts)."""
 
 import importlib.util
 import sys
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 import npu_kernels as nk
@@ -13,8 +15,7 @@ import runtime
 from runtime import compat
 from runtime.compat.devices import NpuDeviceMode
 
-NAMES = ("torch_npu", "torch_npu.npu", "torch.npu", "torchair", "torchair.scope", "torchair.ops",
-         "torchair.configs", "torchair.configs.compiler_config", "torchair.core", "torchair.core.utils")
+NAMES = tuple(compat.modules.build())
 
 
 @pytest.fixture
@@ -28,7 +29,8 @@ def installed():
 
 def snapshot() -> dict:
     """Everything install() may touch."""
-    return {"torch": dict(vars(torch)), "Tensor": dict(vars(torch.Tensor)),
+    return {"torch": dict(vars(torch)), "Tensor": dict(vars(torch.Tensor)), "Module": dict(vars(torch.nn.Module)),
+            "dynamo": dict(torch._dynamo.variables.tensor.all_tensor_attrs),
             "modules": {n: sys.modules.get(n) for n in NAMES}, "meta_path": list(sys.meta_path),
             "modes": list(_get_current_function_mode_stack())}
 
@@ -36,6 +38,7 @@ def snapshot() -> dict:
 def assert_pristine():
     assert not compat.installed()
     assert not hasattr(torch, "npu") and not hasattr(torch.Tensor, "npu") and not hasattr(torch.Tensor, "is_npu")
+    assert not hasattr(torch.nn.Module, "npu") and torch.Generator is torch._C.Generator
     assert not any(n in sys.modules for n in NAMES)
     assert not any(isinstance(m, NpuDeviceMode) for m in _get_current_function_mode_stack())
     with pytest.raises(RuntimeError, match="npu"):
@@ -207,9 +210,11 @@ def test_torchair_modules(installed):
 
 
 @pytest.mark.parametrize("module, attr, named", [
-    ("torch_npu", "npu_moe_gating_top_k", "torch_npu"), ("torch.npu", "empty_cache", "torch.npu"),
+    ("torch_npu", "npu_moe_gating_top_k", "torch_npu"), ("torch.npu", "memory_stats", "torch.npu"),
     ("torch_npu.npu", "super_kernel_scope_begin", "torch.npu"), ("torchair", "ge", "torchair"),
-    ("torchair.ops", "npu_wait_tensor", "torchair.ops"), ("torchair.scope", "super_kernel", "torchair.scope")])
+    ("torchair.ops", "npu_print", "torchair.ops"), ("torchair.scope", "limit_core_num", "torchair.scope"),
+    ("torch_npu._C", "_npu_getDeviceName", "torch_npu._C"), ("torch_npu.npu.streams", "ExternalStream",
+                                                              "torch_npu.npu.streams")])
 def test_unknown_attribute_names_what_is_not_emulated(installed, module, attr, named):
     obj = sys.modules[module]
     with pytest.raises(AttributeError, match=rf"^{named}\.{attr} is not emulated by runtime\.compat") as info:
