@@ -64,9 +64,22 @@ def environment() -> dict:
         "git_sha": git_sha(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": platform.python_version(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "load_avg_1min": round(os.getloadavg()[0], 2),     # other work on the host skews host timings
     }
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def slug(text: str) -> str:

@@ -6,7 +6,7 @@ after a GPU-side sleep that outlasts the host's validate + plan + launch, so the
 work only (host time is measured on its own: ``bench host`` and the graph suite).
 ``graph_ms`` captures ``calls`` (one per rotating input set, so that the sets together exceed the L2)
 in one CUDA graph and replays it; the time per call is the replay time divided by the number of calls.
-``host_us`` is wall time on the host (median and best round), for code that launches nothing.
+``host_us`` is CPU time of the host thread (median and best round), for code that launches nothing.
 """
 
 from __future__ import annotations
@@ -86,14 +86,16 @@ def rotations(nbytes: int, l2_bytes: int, limit: int = 32) -> int:
 
 
 def host_us(fn: Callable[[], object], warmup: int = 50, rounds: int = 15, per_round: int = 200) -> tuple[float, float]:
-    """(median, best) over ``rounds`` of the mean wall time of ``fn()``, in microseconds. The best round
-    is the one least disturbed by other processes on the machine."""
+    """(median, best) over ``rounds`` of the mean time of ``fn()`` in microseconds, as CPU time of the
+    calling thread: for host work that launches nothing (or only on the host) it equals the wall time on
+    an idle machine, and other processes sharing the cores do not inflate it. The best round is the one
+    least disturbed (caches, frequency)."""
     for _ in range(warmup):
         fn()
     means = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(per_round):
             fn()
-        means.append((time.perf_counter() - t0) / per_round * 1e6)
+        means.append((time.thread_time() - t0) / per_round * 1e6)
     return statistics.median(means), min(means)

@@ -192,6 +192,8 @@ def _tensors(where: str, cap: Task, task: Task) -> tuple[tuple, list]:
     the captured ones."""
     if len(task.args) != len(cap.args) or task.roles != cap.roles:
         raise RuntimeError(f"{where}: {len(task.args)} tensors, captured {len(cap.args)}")
+    if all(c is n or r == _tasks.OWN for c, n, r in zip(cap.args, task.args, cap.roles)):
+        return cap.args, []                                      # the usual update: the same tensors
     args, copies = [], []
     for i, (c, n, role) in enumerate(zip(cap.args, task.args, cap.roles)):
         if role == _tasks.OWN or n is c:
