@@ -75,9 +75,10 @@ class TestCase(unittest.TestCase):
         if isinstance(prec, str) and not message:
             prec, message = None, prec
         prec = self.precision if prec is None else prec
-        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        tensors = isinstance(x, torch.Tensor), isinstance(y, torch.Tensor)
+        if all(tensors):
             self._assert_tensors_close(x, y, prec, message, allow_inf, exact_dtype)
-        elif isinstance(x, Number) and isinstance(y, torch.Tensor) or isinstance(x, torch.Tensor) and isinstance(y, Number):
+        elif any(tensors) and isinstance(y if tensors[0] else x, Number):      # a one-element tensor
             self.assertEqual(float(x), float(y), prec, message)
         elif isinstance(x, Number) and isinstance(y, Number) and not isinstance(x, bool):
             self.assertLessEqual(abs(x - y), prec, message)
