@@ -20,6 +20,7 @@ module entry. ``set_soc_version`` chooses the emulated A2/A3 part (``platform``)
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import torch
@@ -53,8 +54,9 @@ class Installation:
 
     def apply(self) -> None:
         # vLLM-Ascend puts empty modules in place of triton.experimental.gluon(.language) unless they are
-        # imported already; every Triton launch imports the real gluon.nvidia to specialise its arguments
-        importlib.import_module("triton.experimental.gluon.nvidia")
+        # imported already; Triton versions that have gluon import gluon.nvidia at every launch
+        if importlib.util.find_spec("triton.experimental.gluon") is not None:
+            importlib.import_module("triton.experimental.gluon.nvidia")
         built = modules.build()
         for name, module in built.items():
             self.set_item(sys.modules, name, module)

@@ -228,3 +228,10 @@ def test_unknown_submodule_names_what_is_not_emulated(installed):
         import torchair.ge_concrete_graph  # noqa: F401
     with pytest.raises(ModuleNotFoundError, match=r"^torch_npu\.contrib is not emulated"):
         from torch_npu import contrib  # noqa: F401
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton.experimental.gluon") is None, reason="this triton has no gluon")
+def test_triton_gluon_is_imported_before_vllm_ascend_can_replace_it(installed):
+    """vLLM-Ascend installs empty triton.experimental.gluon modules unless they are imported; every Triton
+    launch imports the real gluon.nvidia."""
+    assert "triton.experimental.gluon.nvidia" in sys.modules
