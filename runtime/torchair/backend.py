@@ -32,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from .. import backends, events, graphs, streams, tasks
 from .config import CompilerConfig
-from .passes import apply_event_closure, drop_wait_tensors, stream_scopes
+from .passes import apply_event_closure, drop_wait_tensors, run_in_place, stream_scopes
 
 UPDATE_KWARGS = ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len", "actual_seq_qlen",
                  "actual_seq_kvlen")
@@ -154,6 +154,7 @@ class GraphRunner:
     def __init__(self, gm: fx.GraphModule, config: CompilerConfig):
         self.gm = gm
         self.config = config
+        run_in_place(gm, reinplace=not config.debug.aclgraph.disable_reinplace_inplaceable_ops_pass)
         self.stream_scopes = apply_event_closure(gm)
         self.updatable = updatable_nodes(gm.graph)
         lengths = {x for node, names in self.updatable.items() for name in names for x in node.kwargs[name]}

@@ -6,6 +6,12 @@ with the tag's stream label / ``air.scope_exit``, as ``scope.npu_stream_switch``
 ``drop_wait_tensors`` (max-autotune, where the graph runs on one stream, so every dependency is already
 ordered): ``air.wait_tensor(x, dependency)`` becomes ``x``.
 
+``run_in_place`` (reduce-overhead, after AOTAutograd made the graph functional): mutating operators run
+in place again, as torchair's reinplace passes do (Inductor's reinplacing, unless
+``debug.aclgraph.disable_reinplace_inplaceable_ops_pass``, then its decomposition of
+``auto_functionalized`` into the mutating call on the tensors or their clones). A fused operator's
+``.out`` then writes the caller's outputs and is a call that task update can re-issue.
+
 The closure pass of the reduce-overhead backend (torchair ``graph_pass.apply_event_closure_with_multi_stream``):
 
 ``apply_event_closure``: every ``air.scope_enter/exit`` gets ``need_execute=True`` (their kernels then
@@ -61,6 +67,17 @@ def drop_wait_tensors(gm: fx.GraphModule) -> None:
         if _is(node, torch.ops.air.wait_tensor):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def run_in_place(gm: fx.GraphModule, reinplace: bool) -> None:
+    from torch._inductor.fx_passes.post_grad import decompose_auto_functionalized
+    from torch._inductor.fx_passes.reinplace import reinplace_inplaceable_ops_core
+
+    if reinplace:
+        reinplace_inplaceable_ops_core(gm.graph)
+    decompose_auto_functionalized(gm.graph)
+    gm.graph.lint()
     gm.recompile()
 
 

@@ -470,3 +470,27 @@ def test_static_kernel_options_are_accepted(rt, device):
                   experimental_config__aclgraph___aclnn_static_shape_kernel_sym_value_range=[1, 2, 4])
     a = torch.randn(4, device=device)
     torch.testing.assert_close(cm(a), a * 3)
+
+
+def test_out_form_writes_the_callers_outputs_and_is_task_updated(rt, device, runners):
+    """A fused operator's ``.out`` in a compiled function: the functional graph is run in place again, so
+    the call writes the caller's ``out`` and its symbolic lengths are task-updated without a recapture."""
+    kw = dict(num_heads=2, input_layout="BNSD", scale=0.25)
+    q = torch.randn(2, 2, 1, 16, device=device).half()
+    k = torch.randn(2, 2, 64, 16, device=device).half()
+    workspace = nk._npu_fused_infer_attention_score_get_max_workspace(q, k, k, actual_seq_lengths_kv=[64, 64], **kw)
+
+    def decode(q, k, out, lse, n0, n1):
+        nk.npu_fused_infer_attention_score.out(q, k, k, workspace=workspace, out=[out, lse],
+                                               actual_seq_lengths_kv=[n0, n1], **kw)
+        return out * 2
+
+    cm = compiled(decode, dynamic=True)
+    out, lse = torch.empty(2, 2, 1, 16, device=device).half(), torch.empty(1, device=device).half()
+    for lengths in ([5, 6], [64, 3], [10, 20]):
+        got = cm(q, k, out, lse, *lengths)
+        want = nk.reference.npu_fused_infer_attention_score(q, k, k, actual_seq_lengths_kv=lengths, **kw)[0]
+        torch.testing.assert_close(out.float(), want.float(), atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(got.float(), 2 * want.float(), atol=4e-3, rtol=2e-3)
+    (runner,) = runners
+    assert runner.capture_count == 1 and len(runner.updatable) == 1
