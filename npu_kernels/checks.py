@@ -65,14 +65,21 @@ def head_counts(num_heads: int, num_key_value_heads: int) -> int:
     return kv_n
 
 
-def head_dim(name: str, t: torch.Tensor, dim: int) -> None:
+def head_dim(name: str, t: torch.Tensor, dim: int, aligned: Optional[torch.dtype] = None) -> None:
+    """D in [1, 512]; ``aligned`` (the prefill path, given the query's dtype): a multiple of 16 for a
+    float16/bfloat16 query, 32 for an int8 one; else a D that is not a multiple of 16 is supported up to 128."""
     require(0 < dim <= MAX_D, name, t, f"head dim {dim} must be in [1, {MAX_D}]")
+    if aligned is not None:
+        unit = 32 if aligned == torch.int8 else 16
+        require(dim % unit == 0, name, t, f"head dim {dim} must be a multiple of {unit} with a {aligned} query "
+                "on the prefill path")
     require(dim % 16 == 0 or dim <= 128, name, t, f"head dim {dim} not a multiple of 16 is supported only up to 128")
 
 
 def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: Layout,
-              num_heads: int, num_key_value_heads: int) -> Heads:
-    """Reads B, N, KV_N, S1, S2, D, Dv per the layout and checks the GQA rules (spec ops §1.2)."""
+              num_heads: int, num_key_value_heads: int, aligned: bool = False) -> Heads:
+    """Reads B, N, KV_N, S1, S2, D, Dv per the layout and checks the GQA rules (spec ops §1.2); ``aligned``:
+    head dims as the prefill path needs them (``head_dim``)."""
     ndim = 3 if layout.inp == "BSH" else 4
     for name, t in (("query", query), ("key", key), ("value", value)):
         require(t.dim() == ndim, name, t, f"layout {layout.inp} needs {ndim} dimensions")
@@ -94,8 +101,8 @@ def qkv_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layou
     require(kd == d, "key", key, f"key head dim ({kd}) must equal the query head dim ({d})")
     require(b <= MAX_B, "query", query, f"batch must be <= {MAX_B}")
     require(s1 <= MAX_S and s2 <= MAX_S, "query", query, f"seq lengths must be <= {MAX_S}")
-    head_dim("query", query, d)
-    head_dim("value", value, dv)
+    head_dim("query", query, d, query.dtype if aligned else None)
+    head_dim("value", value, dv, query.dtype if aligned else None)
     if layout.inp in ("BSH", "BSND"):
         require(n * d < 65535, "query", query, f"N*D = {n * d} must be < 65535 in layout {layout.inp}")
     return Heads(as_bnsd(query, layout.inp, num_heads), as_bnsd(key, layout.inp, kv_n),

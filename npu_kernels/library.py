@@ -74,8 +74,7 @@ def public(name: str, impl, doc: str):
     return call
 
 
-define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention,
-       lambda query, key, value, **kw: prompt.output(prompt.validate(query, key, value, **kw)))
+define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention, prompt.fake)
 npu_prompt_flash_attention = public("npu_prompt_flash_attention", prompt.npu_prompt_flash_attention,
                                     "torch_npu.npu_prompt_flash_attention (spec ops §2).")
 

@@ -53,7 +53,10 @@ class FCase:
 
     @property
     def page(self) -> int:
-        """Paged-attention block size: int8 caches need a multiple of 32."""
+        """Paged-attention block size: a prefill call with a batch layout needs a multiple of 128, int8
+        caches a multiple of 32."""
+        if self.S1 > 1 and self.layout not in TOKEN:
+            return 128
         return 32 if self.antiquant else 16
 
 
@@ -196,6 +199,8 @@ def fcases(draw) -> FCase:
     if antiquant not in (None, "tensor", "channel", "head") and prefix:
         antiquant = "channel"
     rope = not (prefix or antiquant) and draw(st.integers(0, 4)) == 0
+    if rope:
+        D = 128                                                      # rope: query D 128 (or 512, MLA)
     Dv = D if rope or antiquant in ("channel", "mixed") else draw(st.sampled_from((D, 16)))
     if token:
         qlens = tuple(draw(st.lists(st.integers(0, 6), min_size=B, max_size=B)))

@@ -36,7 +36,7 @@ def check(case: FCase, device) -> None:
 @given(case=fcases())
 @example(case=FCase(layout="TND", B=2, qlens=(5, 3), kvlens=(7, 0), S2=7, sparse_mode=3))
 @example(case=FCase(layout="BSH_NBSD", B=2, S1=1, S2=20, kvlens=(20, 0), kv_pad=2))
-@example(case=FCase(layout="BNSD", B=2, S1=6, S2=30, paged="4d", kvlens=(30, 17), rope=True))
+@example(case=FCase(layout="BNSD", B=2, S1=6, S2=30, D=128, Dv=128, paged="4d", kvlens=(30, 17), rope=True))
 @example(case=FCase(layout="BSND", B=2, S1=5, S2=9, prefix=3, mask_p=0.3, inner_precise=2))
 @example(case=FCase(layout="BNSD", S1=1, S2=12, antiquant="token", separated=True))
 @example(case=FCase(layout="BSH", B=2, S1=1, S2=40, paged="3d", kvlens=(40, 7), antiquant="page_head", separated=True))

@@ -94,8 +94,8 @@ def test_rejected(device, change, fragment):
         q, k, v = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)
         change["input_layout"] = "TND"
     if change.pop("block_table_without_lengths", None):
-        change.update(block_table=torch.zeros(1, 1, dtype=torch.int32, device=device), block_size=16)
-        k = v = torch.zeros(2, 1, 16, 16, dtype=q.dtype, device=device)
+        change.update(block_table=torch.zeros(1, 1, dtype=torch.int32, device=device), block_size=128)
+        k = v = torch.zeros(2, 1, 128, 16, dtype=q.dtype, device=device)
     kw.update(change)
     if kw.pop("unknown_kwarg", None):
         with pytest.raises(TypeError, match="unexpected keyword"):

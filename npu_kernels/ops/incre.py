@@ -147,9 +147,9 @@ def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, ps
                     antiquant_offset=None, block_table=None, dequant_scale1=None, quant_scale1=None,
                     dequant_scale2=None, quant_scale2=None, quant_offset2=None, kv_padding_size=None, num_heads=1,
                     scale_value=1.0, input_layout="BSH", num_key_value_heads=0, block_size=0, inner_precise=1,
-                    lengths_given: bool = False) -> IncreCall:
+                    lengths_given: bool = False, lengths_name: str = "actual_seq_lengths") -> IncreCall:
     """Everything but the kv lengths: an ``IncreCall`` without them (``lengths_given``: whether the call
-    has ``actual_seq_lengths``)."""
+    has them, as the argument ``lengths_name``)."""
     query = checks.tensor("query", query)
     key = checks.tensor("key", key)
     value = checks.tensor("value", value)
@@ -184,7 +184,7 @@ def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, ps
         require(heads.B <= checks.MAX_B, "query", query, f"batch must be <= {checks.MAX_B}")
     require(heads.S1 == 1, "query", query, f"the query seq length must be 1, got {heads.S1}")
     require(heads.Dv == heads.D, "value", value, f"value head dim ({heads.Dv}) must equal the query's ({heads.D})")
-    require(paged is None or lengths_given, "actual_seq_lengths", None, "required with block_table (PagedAttention)")
+    require(paged is None or lengths_given, lengths_name, None, "required with block_table (PagedAttention)")
 
     kv_pad = None
     if kv_padding_size is not None:
@@ -210,10 +210,10 @@ def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, ps
                      quant=qa)
 
 
-def per_batch(call: IncreCall, actual_seq_lengths) -> list[int]:
-    """The kv length of each batch, validated."""
+def per_batch(call: IncreCall, actual_seq_lengths, name: str = "actual_seq_lengths") -> list[int]:
+    """The kv length of each batch (the argument ``name``), validated."""
     h = call.heads
-    lens = checks.lengths("actual_seq_lengths", checks.int_list(actual_seq_lengths), h.B, min(h.S2, MAX_S2))
+    lens = checks.lengths(name, checks.int_list(actual_seq_lengths), h.B, min(h.S2, MAX_S2))
     return lens if lens is not None else [h.S2] * h.B
 
 

@@ -24,6 +24,7 @@ from ..errors import require
 from ..kernels import prefill
 from ..layouts import PROMPT_LAYOUTS, Layout, as_bnsd, out_shape
 from ..masks import Band
+from . import prompt_tnd
 from .sources import Sources
 
 OP = "npu_prompt_flash_attention"
@@ -111,7 +112,7 @@ def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, ps
     require(key.dtype == query.dtype and value.dtype == query.dtype, "key", key,
             f"query, key and value must share one dtype (query is {query.dtype})", TypeError)
     layout = Layout.parse(input_layout, PROMPT_LAYOUTS)
-    heads = checks.qkv_heads(query, key, value, layout, num_heads, num_key_value_heads)
+    heads = checks.qkv_heads(query, key, value, layout, num_heads, num_key_value_heads, aligned=True)
     qa = quant.full_quant_args(query.dtype, heads.N, heads.Dv, deq_scale1, quant_scale1, deq_scale2,
                                quant_scale2, quant_offset2)
     require(isinstance(scale_value, (int, float)) and abs(float(scale_value)) < float("inf"), "scale_value",
@@ -288,12 +289,27 @@ def output(call: PromptCall) -> torch.Tensor:
     return alloc.empty(out_shape(call.layout.out, h.B, h.N, h.S1, h.Dv), call.out_dtype, h.q.device)
 
 
+def fake(query, key, value, **kwargs) -> torch.Tensor:
+    """The output of a call, validated (the fake implementation used while tracing)."""
+    if kwargs.get("input_layout") == "TND":
+        from . import fused
+
+        call = fused.validate(query, key, value, **prompt_tnd.fused_arguments(query, key, value, kwargs))
+        return fused.outputs(call)[0]
+    return output(validate(query, key, value, **kwargs))
+
+
 def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention`` (keyword arguments and
     defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers."""
     kw = {**DEFAULTS, **kwargs}
     if len(kw) != len(DEFAULTS):
         validate(query, key, value, **kwargs)                  # raises for the unknown keyword
+    if kw["input_layout"] == "TND":
+        from . import fused
+
+        return fused.npu_fused_infer_attention_score(query, key, value, **prompt_tnd.fused_arguments(
+            query, key, value, kwargs))[0]
     args = (query, key, value, *_tensor_args(kw))
     key_ = plans.signature(args, _static_args(kw))
     p = _plans.get(key_)

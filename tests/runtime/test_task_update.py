@@ -76,7 +76,7 @@ PROMPT = UpdatableCase(
     captured=[29],
     updated=[32],
     random_lengths=lambda rng: [rng.randint(1, 32)],
-    reshaped=lambda st: {n: t[..., :8] for n, t in st.items() if n != "out"},
+    reshaped=lambda st: {n: t.new_zeros(*t.shape[:-1], 32) for n, t in st.items() if n != "out"},
     input_key="k",
     out_form=False,
     host_steps=2,

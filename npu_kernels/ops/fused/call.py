@@ -127,6 +127,8 @@ def validate_static(query, key, value, kw) -> FusedCall:
         require(query.shape[-1] % num_heads == 0, "query", query, f"hidden size must be divisible by num_heads={num_heads}")
     _, n, q_s, d = bnsd_shape(query, layout.inp, num_heads)
     require(n == num_heads, "num_heads", num_heads, f"must equal the query's head axis ({n})")
+    require(layout.name != "BNSD_NBSD" or q_s <= 16, "input_layout", layout.name,
+            f"BNSD_NBSD supports a query length of at most 16, got {q_s}")
     scale = kw["scale"]
     require(isinstance(scale, (int, float)) and abs(float(scale)) < float("inf"), "scale", scale, "must be a finite float")
     require(kw["inner_precise"] in (0, 1, 2, 3), "inner_precise", kw["inner_precise"], "must be 0, 1, 2 or 3")
@@ -157,7 +159,7 @@ def per_batch(call: FusedCall, kw) -> tuple:
     """The per-call integers of ``call``'s path, validated: the decode kernels' kv lengths, or the prefill
     kernel's (query lengths, kv lengths with the shared prefix, bands, offsets) per parameter-block row."""
     if call.incre is not None:
-        return (incre.per_batch(call.incre, kw["actual_seq_lengths_kv"]),)
+        return (incre.per_batch(call.incre, kw["actual_seq_lengths_kv"], "actual_seq_lengths_kv"),)
     return prefill_path.per_batch(call, kw)
 
 

@@ -43,6 +43,7 @@ def incre_call(query, key, value, layout: Layout, kv_n: int, kw) -> incre.IncreC
                                  scale_value=float(kw["scale"]), input_layout=layout.inp,
                                  num_key_value_heads=kw["num_key_value_heads"], block_size=kw["block_size"],
                                  inner_precise=kw["inner_precise"],
-                                 lengths_given=kw["actual_seq_lengths_kv"] is not None)
+                                 lengths_given=kw["actual_seq_lengths_kv"] is not None,
+                                 lengths_name="actual_seq_lengths_kv")
     return replace(call, layout=layout)
 

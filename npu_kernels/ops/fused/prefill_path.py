@@ -21,6 +21,7 @@ from . import antiquant
 
 MAX_TOKEN_BATCH = 4096
 ROPE_DIM = 64
+MLA_DIM = 512
 
 
 def token_rows(tokens: int, batches: int) -> int:
@@ -68,8 +69,8 @@ def prompt_call(query, key, value, layout: Layout, kv_n: int, decode: bool, wind
             f"key/value head axes are ({k4.shape[1]}, {v4.shape[1]}), expected {kv_n}")
     require(k4.shape[3] == d, "key", key, f"key head dim ({k4.shape[3]}) must equal the query head dim ({d})")
     require(v4.shape[2] == k4.shape[2], "value", value, "value seq length must equal the key's")
-    checks.head_dim("query", query, d)
-    checks.head_dim("value", value, v4.shape[3])
+    checks.head_dim("query", query, d, None if decode else query.dtype)
+    checks.head_dim("value", value, v4.shape[3], None if decode else query.dtype)
     qa = quant.full_quant_args(query.dtype, n, v4.shape[3], kw["dequant_scale1"], kw["quant_scale1"],
                                kw["dequant_scale2"], kw["quant_scale2"], kw["quant_offset2"])
 
@@ -78,8 +79,12 @@ def prompt_call(query, key, value, layout: Layout, kv_n: int, decode: bool, wind
     if table is not None:
         checks.tensor("block_table", table, ndim=(2,), dtypes=(torch.int32,))
         page = kw["block_size"]
-        require(0 < page <= 1024 and page % 16 == 0, "block_size", page,
-                "must be a multiple of 16 in [16, 1024] with block_table")
+        if decode or token or d == MLA_DIM:
+            require(0 < page <= 1024 and page % 16 == 0, "block_size", page,
+                    "must be a multiple of 16 in [16, 1024] with block_table")
+        else:
+            require(128 <= page <= 512 and page % 128 == 0, "block_size", page,
+                    "a paged prefill call needs a multiple of 128 in [128, 512]")
         require(kv_given, "actual_seq_lengths_kv", None, "required with block_table (PagedAttention)")
     if token:
         _cumulative("actual_seq_lengths", kw["actual_seq_lengths"], s1)
@@ -127,6 +132,9 @@ def prompt_call(query, key, value, layout: Layout, kv_n: int, decode: bool, wind
                 "must have the key's batch (or blocks), heads and seq length")
         require(prefix is None and key.dtype != torch.int8, "query_rope", qr,
                 "rope cannot be combined with a shared prefix or int8 key/value")
+        require(d in (MLA_DIM, 128), "query", query, f"with query_rope the query head dim must be {MLA_DIM} or 128, got {d}")
+        if d == MLA_DIM:
+            _mla_rules(n, kv_n, kw)
         if token:
             qr4 = qr4.expand(B, *qr4.shape[1:])
             kr4 = kr4.expand(B, *kr4.shape[1:]) if table is None else kr4
@@ -147,8 +155,11 @@ def prompt_call(query, key, value, layout: Layout, kv_n: int, decode: bool, wind
     if kw["kv_padding_size"] is not None and kv_given and not token:
         kv_pad = checks.tensor("kv_padding_size", kw["kv_padding_size"], dtypes=(torch.int64,)).reshape(-1)[:1]
     if q_pad is not None or kv_pad is not None:
-        require(table is None and prefix is None, "kv_padding_size", kw["kv_padding_size"],
+        name = "kv_padding_size" if kv_pad is not None else "query_padding_size"
+        require(table is None and prefix is None, name, kw[name],
                 "left padding cannot be combined with PagedAttention or a shared prefix")
+        require(not qa.per_channel, "quant_scale2", kw["quant_scale2"],
+                f"per-channel output quantisation cannot be combined with left padding ({name})")
 
     mode = kw["sparse_mode"]
     require(mode in masks.SPARSE_MODES, "sparse_mode", mode, "must be 0-4 for this operator")
@@ -184,6 +195,19 @@ def prompt_call(query, key, value, layout: Layout, kv_n: int, decode: bool, wind
                              lse_empty=masks.LSE_DECODE_EMPTY if decode else float("inf"),
                              fp16_path=bool(fp16_compute) and not qa.int8_in, mode=mode, decode=decode,
                              window=window)
+
+
+def _mla_rules(n: int, kv_n: int, kw) -> None:
+    """MLA (query D = 512 with rope, spec ops §4.4): one kv head, N a power of two up to 128, sparse 0/3/4,
+    no lse, pse or quantisation."""
+    require(kv_n == 1, "num_key_value_heads", kw["num_key_value_heads"], f"MLA (D={MLA_DIM} with rope) needs one kv head")
+    require(n <= 128 and n & (n - 1) == 0, "num_heads", n, f"MLA (D={MLA_DIM} with rope) needs N in 1, 2, 4, ..., 128")
+    require(kw["sparse_mode"] in (0, 3, 4), "sparse_mode", kw["sparse_mode"],
+            f"MLA (D={MLA_DIM} with rope) supports sparse modes 0, 3 and 4")
+    require(not kw["softmax_lse_flag"], "softmax_lse_flag", kw["softmax_lse_flag"],
+            f"softmax_lse is not supported with MLA (D={MLA_DIM} with rope)")
+    for name in ("pse_shift", "dequant_scale1", "quant_scale1", "dequant_scale2", "quant_scale2"):
+        require(kw[name] is None, name, kw[name], f"not supported with MLA (D={MLA_DIM} with rope)")
 
 
 def _ignores_band(decode: bool, s1: int, rope, token: bool) -> bool:
@@ -222,9 +246,12 @@ def per_batch(call, kw) -> tuple[list[int], list[int], list[masks.Band], tuple]:
     if src.prefix is not None:
         plen = checks.int_list(kw["actual_shared_prefix_len"])
         longest = src.prefix[0].shape[2]
+        if plen is not None:
+            require(isinstance(plen, (list, tuple)) and len(plen) == 1 and isinstance(plen[0], int),
+                    "actual_shared_prefix_len", plen, "must be one int (shape [1])")
         P = longest if plen is None else plen[0]
         require(0 <= P <= longest, "actual_shared_prefix_len", plen, f"must be in [0, {longest}]")
-    kvtots = [P + kv for kv in kvlens]
+    kvtots = [P + kv if kv else 0 for kv in kvlens]         # a batch without keys of its own outputs zeros
     longest_kv = max(kvlens, default=0) if table is not None else s2
     for aq in (src.key_quant, src.value_quant):
         antiquant.cover(aq, h.KV_N, B, longest_kv)
@@ -237,7 +264,8 @@ def per_batch(call, kw) -> tuple[list[int], list[int], list[masks.Band], tuple]:
     if _ignores_band(pc.decode, s1, src.rope, token):
         mode, pre, nxt = 0, masks.INT_MAX, masks.INT_MAX
     padding = src.q_pad is not None or src.kv_pad is not None
-    prompt.check_band_tokens(mode, pre, nxt, s1, qlens, kvtots, has_mask)
+    if not (padding and mode == 0):                    # left padding forces the band open (spec §1.10)
+        prompt.check_band_tokens(mode, pre, nxt, s1, qlens, kvtots, has_mask)
     if pc.window:                                      # row 0 keeps keys [kvlen - W, kvlen)
         bands = [masks.Band(kw["pre_tokens"] - kv, masks.INT_MAX, has_mask) for kv in kvtots]
     else:
