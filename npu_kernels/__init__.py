@@ -28,3 +28,6 @@ __all__ = ["_npu_fused_infer_attention_score_get_max_workspace", "_npu_fused_inf
            "npu_incre_flash_attention", "npu_prompt_flash_attention", "npu_scatter_nd_update",
            "npu_scatter_nd_update_", "npu_scatter_pa_kv_cache", "npu_scatter_pa_kv_cache_functional",
            "npu_trans_quant_param", "reference"]
+
+# The torch_npu operators the package provides (what ``runtime.compat`` exposes as ``torch_npu.<name>``).
+OPERATORS = tuple(name for name in __all__ if name not in ("npu_device", "reference"))

@@ -13,6 +13,8 @@
                      length) and raise an error naming the batch, the position and the id when it is
                      outside [0, number of blocks). Off by default: an invalid id then reads as a zero
                      key and value and never dereferences memory outside the cache.
+``NPUK_VLLM_ASCEND`` path of a vLLM-Ascend checkout: the tests that run its graph code unmodified
+                     through ``runtime.compat`` (skipped without it).
 ``NPUK_HYPOTHESIS``  hypothesis profile of the test suite: ``ci`` (default, derandomised) or ``thorough``.
 """
 
@@ -44,6 +46,10 @@ def cpu_kernels() -> str:
 
 def check_block_table() -> bool:
     return os.environ.get("NPUK_CHECK_BLOCK_TABLE", "0") == "1"
+
+
+def vllm_ascend_checkout() -> str:
+    return os.environ.get("NPUK_VLLM_ASCEND", "")
 
 
 def hypothesis_profile() -> str:

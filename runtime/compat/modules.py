@@ -80,10 +80,8 @@ NPU_SUBMODULES = {
 
 
 def operators() -> dict:
-    """The torch_npu operators of npu_kernels: the names of its ``__all__`` spelled as torch_npu's
-    (``npu_*``, ``_npu_*``), less its device helper ``npu_device``."""
-    return {name: getattr(nk, name) for name in nk.__all__
-            if name.startswith(("npu_", "_npu_")) and name != "npu_device"}
+    """The torch_npu operators of npu_kernels (``npu_kernels.OPERATORS``)."""
+    return {name: getattr(nk, name) for name in nk.OPERATORS}
 
 
 class GraphDumpConfig:

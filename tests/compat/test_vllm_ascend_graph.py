@@ -2,14 +2,15 @@
 (``vllm_ascend_full_graph.py``). They need a vLLM-Ascend checkout, whose path ``NPUK_VLLM_ASCEND`` names;
 vllm itself stays a stand-in (``vllm_stub``)."""
 
-import os
 from pathlib import Path
 
 import pytest
 
+from npu_kernels.env import vllm_ascend_checkout
+
 from .launch import run_compat
 
-CHECKOUT = os.environ.get("NPUK_VLLM_ASCEND", "")
+CHECKOUT = vllm_ascend_checkout()
 
 
 @pytest.mark.skipif(not CHECKOUT, reason="needs a vLLM-Ascend checkout: NPUK_VLLM_ASCEND=<path>")
