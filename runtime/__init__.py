@@ -5,8 +5,10 @@ Public names and argument orders are torch_npu's (``torch.npu.*``). Switches:
   present, else ``host``); objects belong to the backend they were made on.
 - ``set_external_event_semantics("consuming" | "reset")``: ExternalEvents made from then on wait as in
   torch_npu 26.x (default) or as in 7.x (see runtime/events.py).
-- ``backend().wait_timeout_s`` (CUDA, default 10 s): how long a device-side ExternalEvent wait spins
-  before it gives up and the next synchronize raises ``DeadlockError``.
+- ``backend().wait_timeout_s`` (default 10 s): how long a host synchronisation waits for another thread
+  to issue the record that releases parked work before it raises ``DeadlockError`` (at once when no
+  other thread is alive), and on CUDA how long a device-side ExternalEvent wait spins before it gives
+  up and the next synchronize raises.
 """
 
 from . import tasks as _tasks

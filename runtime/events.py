@@ -12,12 +12,16 @@ Two semantics, chosen per event when it is created (``set_external_event_semanti
     report where the device would hang.
 ``"reset"`` (torch_npu 7.x and earlier, ``ACL_EVENT_EXTERNAL``): a wait leaves the flag set, several
     streams may wait for one record, and the flag is cleared only by ``reset``.
+
+The flag itself is the backend's (``backend().new_flag``). Record, wait and reset are no kernel
+launches, so a stream with an open task group or in task-update mode refuses them with CANN's errors.
 """
 
 from __future__ import annotations
 
 import itertools
 
+from . import graphs
 from .backends import backend
 from .streams import current_stream
 
@@ -38,22 +42,22 @@ def set_external_event_semantics(name: str) -> str:
 class ExternalEvent:
     """Event synchronising with work outside a graph; ``stream`` defaults to the current stream."""
 
-    def __new__(cls):
-        return super().__new__(backend().ExternalEvent if cls is ExternalEvent else cls)
-
     def __init__(self):
         self.consuming = _semantics == "consuming"
         self.name = f"ExternalEvent#{next(_ids)}"
         self._waited = False  # a wait was issued and no record since (single-waiter check)
+        self._flag = backend().new_flag(self.name, self.consuming)
 
     def __repr__(self) -> str:
         return f"<{self.name} ({'consuming' if self.consuming else 'reset'} wait)>"
 
     def record(self, stream=None) -> None:
+        s, where = self._on(stream, "record")
         self._waited = False
-        self._record(current_stream() if stream is None else stream)
+        self._flag.record(s, where)
 
     def wait(self, stream=None) -> None:
+        s, where = self._on(stream, "wait")
         if self.consuming and self._waited:
             raise RuntimeError(
                 "External event: A single record operation cannot be associated with multiple wait "
@@ -61,7 +65,16 @@ class ExternalEvent:
                 "waits each record releases one wait)"
             )
         self._waited = True
-        self._wait(current_stream() if stream is None else stream)
+        self._flag.wait(s, where)
 
     def reset(self, stream=None) -> None:
-        self._reset(current_stream() if stream is None else stream)
+        s, where = self._on(stream, "reset")
+        self._flag.reset(s, where)
+
+    def _on(self, stream, op: str):
+        """The stream to issue ``op`` on, checked, and where it is issued (the capturing graph or eager)."""
+        be = backend()
+        s = current_stream() if stream is None else stream
+        be.check_stream(s, f"{self.name}.{op}()")
+        graph = graphs.capturing_graph() if be.is_capturing(s) else None
+        return s, "eager" if graph is None else graph.name

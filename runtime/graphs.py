@@ -3,8 +3,11 @@
 The semantics mirror ``torch.npu.NPUGraph`` (spec/runtime.md §1.3): capture on a non-default stream,
 one captured graph per instance until ``reset()``, capture ends on the stream it began on, replay on
 the current stream (any stream). One capture at a time per process
-(``NPUGraph.get_currently_capturing_graph``). A graph owns the parameter blocks of the operator calls
-it captured and writes their initial content when the capture ends.
+(``NPUGraph.get_currently_capturing_graph``): captures cannot nest. A graph owns the parameter blocks of
+the operator calls it captured and writes their initial content when the capture ends; the memory its
+capture allocated stays valid until ``reset()`` (the backend graph keeps it). ``graph_dispatch_mode``
+is the graph's auto-dispatch mode (spec/runtime.md §1.7), entered by ``graph(...,
+auto_dispatch_capture=True)``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ def capturing_graph():
     return _capturing
 
 
+def _refuse_nested(graph: "NPUGraph") -> None:
+    if _capturing is not None:
+        raise RuntimeError(
+            f"{graph.name} cannot begin a capture while {_capturing.name} is capturing: captures cannot "
+            "nest (one NPUGraph capture at a time per process); end the running capture first"
+        )
+
+
 class NPUGraph:
     """A captured sequence of device work, replayable on any stream."""
 
@@ -40,6 +51,7 @@ class NPUGraph:
         self._groups = []            # task groups captured in this graph
         self._records = []           # auto-dispatch records, in capture order
         self._debug = False          # keep what debug_dump needs (set before the capture)
+        self.graph_dispatch_mode = auto_dispatch.GraphDispatchMode(self)
 
     def __repr__(self) -> str:
         state = "capturing" if self.capturing else "captured" if self._captured else "empty"
@@ -73,8 +85,7 @@ class NPUGraph:
                 "NPU graphs must be captured on a non-default stream. (However, after capture, it's ok "
                 "to replay them on the default stream.)"
             )
-        if _capturing is not None:
-            raise RuntimeError(f"{_capturing.name} is capturing: one NPUGraph capture at a time")
+        _refuse_nested(self)
         self._impl = backend().new_graph(self.name, self._debug)
         self._impl.capture_begin(s, pool, capture_error_mode)
         self._stream = s
@@ -155,13 +166,16 @@ class graph:
         self.capture_error_mode = capture_error_mode
 
     def __enter__(self):
+        _refuse_nested(self.npu_graph)
         synchronize()
         if os.environ.get("TORCH_NPUGRAPH_GC") == "1":
             gc.collect()
-        backend().empty_cache()
+        be = backend()
+        be.empty_cache(release_caches=False)
+        be.host_empty_cache()
         self._stream_ctx = stream(self.capture_stream)
         self._stream_ctx.__enter__()
-        self._dispatch = auto_dispatch.GraphDispatchMode(self.npu_graph) if self.auto_dispatch_capture else None
+        self._dispatch = self.npu_graph.graph_dispatch_mode if self.auto_dispatch_capture else None
         try:
             if self._dispatch is not None:
                 self._dispatch.__enter__()

@@ -1,8 +1,11 @@
 """Streams and ordinary events (``torch_npu.npu.Stream`` / ``Event``), and the current stream.
 
-``Stream()`` and ``Event()`` build the active backend's subclass, so user code never names a backend.
-An ordinary event has snapshot semantics, as on the device: a wait binds to the last record issued
-before it and is a no-op when the event was never recorded.
+``Stream`` and ``Event`` are the classes of the backend interface (runtime/backends/interface.py): a
+backend makes streams itself (its default stream, the device's current stream), so the objects users
+hold are the backend's. ``Stream()`` and ``Event()`` make one of the active backend, so user code never
+names a backend. An ordinary event has snapshot semantics, as on the device: a wait binds to the last
+record issued before it and is a no-op when the event was never recorded. The current stream is per
+thread.
 """
 
 from __future__ import annotations
@@ -10,31 +13,10 @@ from __future__ import annotations
 import contextlib
 
 from .backends import backend
+from .backends.interface import Event, Stream
 
-
-class Stream:
-    """An ordered queue of device work. ``priority`` is kept for API parity."""
-
-    def __new__(cls, device=None, priority: int = 0):
-        return super().__new__(backend().Stream if cls is Stream else cls)
-
-    def wait_event(self, event: "Event") -> None:
-        event.wait(self)
-
-    def wait_stream(self, stream: "Stream") -> None:
-        self.wait_event(stream.record_event())
-
-    def record_event(self, event: "Event | None" = None) -> "Event":
-        event = Event() if event is None else event
-        event.record(self)
-        return event
-
-
-class Event:
-    """An ordinary event: ``record``, ``wait``, ``query``, ``synchronize``."""
-
-    def __new__(cls, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
-        return super().__new__(backend().Event if cls is Event else cls)
+__all__ = ["Event", "Stream", "by_id", "current_stream", "default_stream", "set_stream", "shared_stream", "stream",
+           "synchronize"]
 
 
 def current_stream(device=None) -> Stream:

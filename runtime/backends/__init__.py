@@ -1,7 +1,8 @@
 """Backend choice: ``cuda`` when the npu device is CUDA, else ``host`` (the CPU).
 
-``set_backend`` overrides the choice (the test suite runs every backend present). A backend is created
-once per process and keeps its state (streams, scheduler) when another one is selected for a while.
+Both implement ``interface.Backend``, the one interface the front-end calls. ``set_backend`` overrides
+the choice (the test suite runs every backend present). A backend is created once per process and
+keeps its state (streams, scheduler) when another one is selected for a while.
 """
 
 from __future__ import annotations

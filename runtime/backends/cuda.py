@@ -1,8 +1,8 @@
 """CUDA backend: NPUGraph over ``torch.cuda.CUDAGraph``, CUDA streams and events.
 
-``ExternalEvent`` is an int32 flag word in a slab allocated when the backend starts (so that an event
-created during a capture is not zeroed by a captured memset at every replay), driven by three tiny
-capturable Triton kernels, one program each:
+An ExternalEvent's flag (``CudaFlag``) is an int32 word in a slab allocated when the backend starts (so
+that an event created during a capture is not zeroed by a captured memset at every replay), driven by
+three tiny capturable Triton kernels, one program each:
 - record: swap in 1; with consuming semantics, finding 1 already there is a lost signal (flag merge);
 - wait: spin until the flag is 1, then (consuming) swap in 0; bounded by ``wait_timeout_s`` measured
   with the GPU's global timer;
@@ -15,11 +15,22 @@ Parameter blocks: allocated on the capture stream (in the graph's pool), written
 from pinned memory; an update copies the new block from a pinned staging buffer of the task with a
 ``non_blocking`` copy on the update stream, after the previous copy out of that buffer finished.
 While a task group or update is open, a dispatch mode refuses other device work on that stream.
+
+As on the host backend: each thread has its own current stream (CUDA's own rule); ``synchronize`` waits,
+at most ``wait_timeout_s``, for a record another live thread may still issue before it calls a consuming
+wait without a record a deadlock; memory allocated during a capture stays in the graph's private pool
+until the graph is reset. Host reads of device memory (``.item()``, ``tolist()``, printing) are copies
+to the host on the current stream, so CUDA itself makes them wait for a parked stream (the spinning
+wait gives up after ``wait_timeout_s`` and the next synchronize raises) and refuses them during a
+capture; there is nothing to intercept. Shape inference does not exist here (work runs or is captured
+by CUDA), so there is no inferred-shape cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 import weakref
 
 import torch
@@ -27,9 +38,9 @@ from npu_kernels.device import interpreted, use_interpreter
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode, _push_mode
 
-from .. import events, streams
 from ..errors import DeadlockError, FlagMergeError
 from ..opkinds import op_kind
+from . import interface
 
 if interpreted():
     use_interpreter()  # kernels must be defined after the switch (they never launch without a GPU)
@@ -74,7 +85,7 @@ def flag_reset_kernel(flags_ptr, slot):
     tl.atomic_xchg(flags_ptr + slot, 0)
 
 
-class CudaStream(streams.Stream):
+class CudaStream(interface.Stream):
     """A ``torch.cuda.Stream`` (``.cuda``); wrappers of the same CUDA stream compare equal, and
     ``current_stream()`` returns one wrapper per CUDA stream."""
 
@@ -114,15 +125,19 @@ class CudaStream(streams.Stream):
         _backend.raise_errors()
 
 
-class CudaEvent(streams.Event):
+class CudaEvent(interface.Event):
     def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
         self.cuda = torch.cuda.Event(enable_timing=enable_timing, blocking=blocking, interprocess=interprocess)
 
     def record(self, stream=None) -> None:
-        self.cuda.record(None if stream is None else stream.cuda)
+        s = _backend.current_stream() if stream is None else stream
+        _backend.check_stream(s, "Event.record()")
+        self.cuda.record(s.cuda)
 
     def wait(self, stream=None) -> None:
-        self.cuda.wait(None if stream is None else stream.cuda)
+        s = _backend.current_stream() if stream is None else stream
+        _backend.check_stream(s, "Event.wait()")
+        self.cuda.wait(s.cuda)
 
     def query(self) -> bool:
         return self.cuda.query()
@@ -135,56 +150,48 @@ class CudaEvent(streams.Event):
         return self.cuda.elapsed_time(end.cuda)
 
 
-class CudaExternalEvent(events.ExternalEvent):
-    def __init__(self):
-        super().__init__()
+class CudaFlag(interface.Flag):
+    def __init__(self, name: str, consuming: bool):
+        self.name, self.consuming = name, consuming
         self.slot = _backend.allocate_flag()
         self.waits = 0          # waits and records issued to the device (eager, and by replays)
         self.records = 0
         self.wait_places: set = set()
-        _backend.external_events.add(self)
+        _backend.flags_made.add(self)
 
     def _count(self, stream, kind: str) -> None:
         """Count an issued record or wait; captured ones count at each replay of their graph."""
-        from ..graphs import capturing_graph
+        graph = _backend.capturing if _backend.is_capturing(stream) else None
+        with _backend.lock:
+            if graph is None:
+                setattr(self, kind, getattr(self, kind) + 1)
+            else:
+                graph.counted.append((self, kind))
 
-        graph = capturing_graph() if _backend.is_capturing(stream) else None
-        if kind == "waits":
-            self.wait_places.add(graph.name if graph is not None else "eager")
-        if graph is None:
-            setattr(self, kind, getattr(self, kind) + 1)
-        else:
-            graph._impl.counted.append((self, kind))
-
-    def _where(self, stream) -> str:
-        from ..graphs import capturing_graph
-
-        graph = capturing_graph() if _backend.is_capturing(stream) else None
-        return graph.name if graph is not None else "eager"
-
-    def _record(self, stream) -> None:
+    def record(self, stream, where: str) -> None:
         site = _backend.site(
             FlagMergeError,
-            f"flag merge: {self.name} recorded ({self._where(stream)}) while an earlier record was not "
-            "yet consumed by a wait; the signal is lost and the next wait would block forever (device "
-            "hang). Order the steps, e.g. synchronize before each replay",
+            f"flag merge: {self.name} recorded ({where}) while an earlier record was not yet consumed by "
+            "a wait; the signal is lost and the next wait would block forever (device hang). Order the "
+            "steps, e.g. synchronize before each replay",
         )
         self._count(stream, "records")
         with torch.cuda.stream(stream.cuda):
             flag_record_kernel[(1,)](_backend.flags, self.slot, _backend.error, site, self.consuming, num_warps=1)
 
-    def _wait(self, stream) -> None:
+    def wait(self, stream, where: str) -> None:
         site = _backend.site(
             DeadlockError,
-            f"{self.name}.wait() in {self._where(stream)} timed out after {_backend.wait_timeout_s} s: no "
-            "record arrived (the device would hang here)",
+            f"{self.name}.wait() in {where} timed out after {_backend.wait_timeout_s} s: no record arrived "
+            "(the device would hang here)",
         )
+        self.wait_places.add(where)
         self._count(stream, "waits")
         with torch.cuda.stream(stream.cuda):
             flag_wait_kernel[(1,)](_backend.flags, self.slot, _backend.error, site,
                                    int(_backend.wait_timeout_s * 1e6), self.consuming, num_warps=1)
 
-    def _reset(self, stream) -> None:
+    def reset(self, stream, where: str) -> None:
         with torch.cuda.stream(stream.cuda):
             flag_reset_kernel[(1,)](_backend.flags, self.slot, num_warps=1)
 
@@ -194,31 +201,36 @@ class GuardMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not _backend.internal and op_kind(func) in ("device", "host_read"):
+        if not getattr(_backend.internal, "depth", 0) and op_kind(func) in ("device", "host_read"):
             tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
             if any(t.is_cuda for t in tensors):
-                _backend.check_device_op(_backend.current_stream(), func)
+                _backend.check_stream(_backend.current_stream(), func)
         return func(*args, **kwargs)
 
 
-class CudaGraph:
+class CudaGraph(interface.Graph):
+    """A ``torch.cuda.CUDAGraph``; its private memory pool keeps what the capture allocated."""
+
     def __init__(self, name: str, debug: bool):
         self.name = name
         self.graph = torch.cuda.CUDAGraph()
         if debug:
             self.graph.enable_debug_mode()
-        self.counted: list = []     # (ExternalEvent, "waits" | "records") captured in the graph
+        self.counted: list = []     # (CudaFlag, "waits" | "records") captured in the graph
 
     def capture_begin(self, stream, pool, capture_error_mode: str) -> None:
         self.graph.capture_begin(pool=pool, capture_error_mode=capture_error_mode)
+        _backend.capturing = self
 
     def capture_end(self, stream) -> None:
+        _backend.capturing = None
         self.graph.capture_end()
 
     def replay(self, stream) -> None:
         self.graph.replay()
-        for event, kind in self.counted:
-            setattr(event, kind, getattr(event, kind) + 1)
+        with _backend.lock:
+            for flag, kind in self.counted:
+                setattr(flag, kind, getattr(flag, kind) + 1)
 
     def pool(self):
         return self.graph.pool()
@@ -227,14 +239,14 @@ class CudaGraph:
         self.graph.debug_dump(path)
 
 
-class CudaBackend:
+class CudaBackend(interface.Backend):
     name = "cuda"
     Stream = CudaStream
     Event = CudaEvent
-    ExternalEvent = CudaExternalEvent
 
     def __init__(self):
         global _backend
+        super().__init__()
         _backend = self
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.flags = torch.zeros(FLAG_SLOTS, dtype=torch.int32, device=self.device)
@@ -244,11 +256,12 @@ class CudaBackend:
         self.next_slot = 1
         self.sites: list = [None]          # site number -> (error class, message)
         self.site_ids: dict = {}
-        self.wait_timeout_s = 10.0
-        self.internal = 0                  # > 0 while the runtime itself issues device work
+        self.lock = threading.RLock()      # slots, sites and the record/wait counts
+        self.internal = threading.local()  # .depth > 0 while the runtime itself issues device work
         self.guard = GuardMode()
-        self.external_events = weakref.WeakSet()
-        self.guarded = False
+        self.guarded = threading.local()   # .on: the guard mode is on this thread's stack
+        self.flags_made = weakref.WeakSet()
+        self.capturing = None              # the CudaGraph capturing now
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -262,17 +275,19 @@ class CudaBackend:
         self.error.zero_()
 
     def allocate_flag(self) -> int:
-        if self.next_slot >= FLAG_SLOTS:
-            raise RuntimeError(f"too many ExternalEvents (limit {FLAG_SLOTS - 1} per process); reuse them")
-        self.next_slot += 1
-        return self.next_slot - 1
+        with self.lock:
+            if self.next_slot >= FLAG_SLOTS:
+                raise RuntimeError(f"too many ExternalEvents (limit {FLAG_SLOTS - 1} per process); reuse them")
+            self.next_slot += 1
+            return self.next_slot - 1
 
     def site(self, error: type, message: str) -> int:
         key = (error, message)
-        if key not in self.site_ids:
-            self.site_ids[key] = len(self.sites)
-            self.sites.append(key)
-        return self.site_ids[key]
+        with self.lock:
+            if key not in self.site_ids:
+                self.site_ids[key] = len(self.sites)
+                self.sites.append(key)
+            return self.site_ids[key]
 
     def raise_errors(self) -> None:
         """Raise the error a flag kernel reported, if any (read on the private stream)."""
@@ -287,33 +302,34 @@ class CudaBackend:
             error, message = self.sites[site]
             raise error(message)
 
-    def clear_errors(self) -> None:
+    def discard_pending_work(self) -> None:
         """Wait for every stream (pending waits run into their timeout), forget reported errors and
         the waits that had no record."""
         torch.cuda.synchronize()
         self.error.zero_()
         torch.cuda.synchronize()
-        for event in self.external_events:
-            event.records = max(event.records, event.waits)
+        with self.lock:
+            for flag in self.flags_made:
+                flag.records = max(flag.records, flag.waits)
 
     @contextlib.contextmanager
     def direct(self):
-        self.internal += 1
+        depth = getattr(self.internal, "depth", 0)
+        self.internal.depth = depth + 1
         try:
             yield
         finally:
-            self.internal -= 1
+            self.internal.depth = depth
 
-    def guard_changed(self, active: bool, check) -> None:
-        """A task group or update opened or closed somewhere; ``check(stream, what)`` refuses device
-        work that does not belong on ``stream`` then."""
-        self.check_device_op = check
-        if active and not self.guarded:
+    def update_modes(self) -> None:
+        """The guard mode is on the calling thread's stack while a task group or update is open."""
+        on = getattr(self.guarded, "on", False)
+        if self.guarding and not on:
             _push_mode(self.guard)
-            self.guarded = True
-        elif not active and self.guarded and _get_current_dispatch_mode() is self.guard:
+            self.guarded.on = True
+        elif not self.guarding and on and _get_current_dispatch_mode() is self.guard:
             _pop_mode()
-            self.guarded = False
+            self.guarded.on = False
 
     def current_stream(self) -> CudaStream:
         return CudaStream.of(torch.cuda.current_stream())
@@ -325,17 +341,29 @@ class CudaBackend:
         if not isinstance(stream, CudaStream):
             raise TypeError(f"cuda backend: {stream!r} is not a CUDA stream")
         torch.cuda.set_stream(stream.cuda)
+        self.update_modes()
+
+    def _unrecorded(self) -> "CudaFlag | None":
+        with self.lock:
+            return next((f for f in self.flags_made if f.consuming and f.waits > f.records), None)
 
     def synchronize(self) -> None:
-        """Raise at once where a consuming wait has no record issued for it (instead of spinning
-        into the timeout), else wait for the device and raise what the flag kernels reported."""
-        for event in self.external_events:
-            if event.consuming and event.waits > event.records:
-                raise DeadlockError(
-                    f"synchronize() would hang: {event.name} has {event.waits} wait(s) issued (in "
-                    f"{', '.join(sorted(event.wait_places))}) and {event.records} record(s); each "
-                    "consuming wait needs its own record"
-                )
+        """Where a consuming wait has no record issued for it: raise at once if no other thread may
+        issue it, else wait for one at most ``wait_timeout_s`` (instead of spinning into the device
+        timeout). Then wait for the device and raise what the flag kernels reported."""
+        flag = self._unrecorded()
+        if flag is not None:
+            deadline = time.monotonic() + self.wait_timeout_s
+            with self.blocked():
+                while flag is not None and self.others_may_release() and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                    flag = self._unrecorded()
+        if flag is not None:
+            raise DeadlockError(
+                f"synchronize() would hang: {flag.name} has {flag.waits} wait(s) issued (in "
+                f"{', '.join(sorted(flag.wait_places))}) and {flag.records} record(s); each consuming "
+                "wait needs its own record"
+            )
         torch.cuda.synchronize()
         self.raise_errors()
 
@@ -351,8 +379,17 @@ class CudaBackend:
     def graph_pool_handle(self):
         return torch.cuda.graph_pool_handle()
 
-    def empty_cache(self) -> None:
+    def new_flag(self, name: str, consuming: bool) -> CudaFlag:
+        return CudaFlag(name, consuming)
+
+    def empty_cache(self, release_caches: bool = True) -> None:
+        super().empty_cache(release_caches)
         torch.cuda.empty_cache()
+
+    def host_empty_cache(self) -> None:
+        """Pinned memory cached by torch's host allocator (staging buffers of dropped task groups)."""
+        release = getattr(torch.accelerator, "empty_host_cache", None) or torch._C._host_emptyCache
+        release()
 
     def launch(self, stream, fn) -> None:
         with self.direct():

@@ -1,28 +1,36 @@
 """Host backend: the CPU plays the device.
 
-Streams are FIFO queues of thunks run by a cooperative scheduler in the host thread. After every host
-action the scheduler runs each stream as far as it can, so a stream holds queued work only while it is
-parked at a wait (an ExternalEvent not yet recorded, or an event of a parked stream). Host
-synchronisation points (``synchronize``, ``.item()``, ``torch.equal`` ...) run the scheduler and raise
-``DeadlockError``, naming the events and graphs, where the device would hang.
+Streams are FIFO queues of thunks run by a scheduler. After every host action the scheduler runs each
+stream as far as it can, so a stream holds queued work only while it is parked at a wait (an
+ExternalEvent not yet recorded, or an event of a parked stream). Host synchronisation points
+(``synchronize``, ``.item()``, ``torch.equal``, ``tolist()``, ``numpy()``, printing ...) run the
+scheduler and raise ``DeadlockError``, naming the events and graphs, where the device would hang.
 
 While a stream captures, a stream is parked, or a task group / task update is open, a
-``TorchDispatchMode`` sees every aten call:
-- capture: the call is recorded, not executed; its outputs are allocated from shape inference (meta
-  kernels) and filled with poison (NaN, or the dtype's maximum) until a replay computes them. Views are
-  applied at once (metadata only), so views of recorded outputs see replay results; in-place and
-  ``out=`` calls return the tensors they write, as on the device.
+``TorchDispatchMode`` sees every aten call of the threads that use the runtime:
+- capture: the call is recorded, not executed (``recording``); views are applied at once (metadata
+  only), so views of recorded outputs see replay results. Memory allocated during a capture belongs to
+  the graph until it is reset, as a private pool on the device.
 - a parked current stream: the call is queued the same way, so stream order holds.
 - operators of task namespaces (``npu``) run their Python implementation, which ends in
   ``tasks.submit``; the runtime's submitter records, queues or launches the task's launch closure.
+Reads of tensor memory that do not dispatch (``tolist``, ``numpy``, ``__array__``, printing) go through
+a ``TorchFunctionMode`` at the same times and are host reads like ``.item()``: they wait for the current
+stream, and raise where it captures or would hang.
 A replay enqueues the recorded program on the current stream; a capture that forked other streams
 replays them on streams the graph owns, with the captured event edges.
 
-Limits: one host thread. ``Tensor.numpy()``/``tolist()`` read memory without dispatching, so they do
-not wait for queued work (``.item()``, comparisons and printing do). CPU tensor work that is host-side
-planning on a real device is device work here: an operator must issue its device work from its
-``launch`` closure (``npu_kernels.tasks``), and code between a replay and the records that release it
-should not compute with tensors on the parked stream.
+Threads: each thread has its own current stream (the default stream at first), as on the device. The
+scheduler's state is guarded by one lock and thunks run under it, one at a time, in whichever thread
+runs the scheduler, so concurrent replays and records lose no work. A host synchronisation that finds
+nothing able to run raises at once when no other thread is alive (or all others wait too); otherwise it
+waits for another thread to release the work, at most ``wait_timeout_s`` seconds. The dispatch modes
+are per thread: a thread's tensor work is intercepted once it has called the runtime (a stream, event,
+graph or task call) since the backend had something to intercept.
+
+Limits: CPU tensor work that is host-side planning on a real device is device work here: an operator
+must issue its device work from its ``launch`` closure (``npu_kernels.tasks``), and code between a
+replay and the records that release it should not compute with tensors on the parked stream.
 """
 
 from __future__ import annotations
@@ -31,26 +39,50 @@ import collections
 import contextlib
 import itertools
 import json
+import threading
+import time
 
 import torch
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode, _push_mode
+from torch import overrides
+from torch.overrides import TorchFunctionMode
+from torch.utils import _python_dispatch as dispatch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from .. import events, streams
 from ..errors import DeadlockError, FlagMergeError
 from ..opkinds import op_kind
+from . import interface
+from .recording import inferred, poison_, record
 
 _stream_ids = itertools.count(0)
 _pool_ids = itertools.count(1)
 
 
-def poison_(t: torch.Tensor) -> None:
-    if t.dtype.is_floating_point or t.dtype.is_complex:
-        t.fill_(float("nan"))
-    elif t.dtype == torch.bool:
-        t.fill_(True)
-    else:
-        t.fill_(torch.iinfo(t.dtype).max)
+class _ThreadState(threading.local):
+    def __init__(self):
+        self.current = None       # the thread's current stream (None: the default stream)
+        self.executing = False    # a thunk runs in this thread: its aten calls execute directly
+        self.in_mode = 0          # inside a mode's handler: the mode stacks must not change
+
+
+_thread = _ThreadState()
+
+
+class _Switch:
+    """Keeps one mode on the calling thread's mode stack while it is wanted; pops it when it is not
+    wanted and on top (under a mode pushed later it stays, passing calls through, until then)."""
+
+    def __init__(self, mode, push, pop, top):
+        self.mode, self.push, self.pop, self.top = mode, push, pop, top
+        self.on = threading.local()
+
+    def set(self, want: bool) -> None:
+        on = getattr(self.on, "on", False)
+        if want and not on:
+            self.push(self.mode)
+            self.on.on = True
+        elif not want and on and self.top() is self.mode:
+            self.pop()
+            self.on.on = False
 
 
 class Wait:
@@ -67,22 +99,22 @@ class Wait:
 
 
 class FlagWait(Wait):
-    def __init__(self, event: "HostExternalEvent", where: str):
-        self.event, self.where = event, where
+    def __init__(self, flag: "HostFlag", where: str):
+        self.flag, self.where = flag, where
 
     def ready(self) -> bool:
-        return self.event.flag == 1
+        return self.flag.value == 1
 
     def __call__(self) -> None:
-        if self.event.consuming:
-            self.event.flag = 0
+        if self.flag.consuming:
+            self.flag.value = 0
 
     def describe(self) -> str:
-        return f"{self.event.name}.wait() in {self.where}, which no queued work records"
+        return f"{self.flag.name}.wait() in {self.where}, which no queued work records"
 
     @property
     def label(self) -> str:
-        return f"{self.event.name}.wait"
+        return f"{self.flag.name}.wait"
 
 
 class EventWait(Wait):
@@ -97,61 +129,89 @@ class EventWait(Wait):
 
 
 class Scheduler:
+    """Runs the streams' queues. ``lock`` guards the queues and stream positions; ``progress`` is
+    notified whenever the scheduler ran something, for threads waiting in ``drain``."""
+
     def __init__(self):
         self.busy: dict = {}       # streams with queued work, in the order they got it
-        self.executing = False     # a thunk runs: its aten calls execute directly
-        self.current = None        # current stream
+        self.lock = threading.RLock()
+        self.progress = threading.Condition(self.lock)
 
     def enqueue(self, stream: "HostStream", thunk) -> None:
-        stream.queue.append(thunk)
-        stream.issued += 1
-        self.busy[stream] = None
+        with self.lock:
+            stream.queue.append(thunk)
+            stream.issued += 1
+            self.busy[stream] = None
 
     def issue(self, stream: "HostStream", thunk) -> None:
         """Add ``thunk`` to the capture ``stream`` takes part in, or queue it and run what can run."""
-        if stream.lane is not None:
-            stream.lane.capture.add(stream.lane.index, thunk)
-            return
-        self.enqueue(stream, thunk)
-        self.pump()
+        with self.lock:
+            if stream.lane is not None:
+                stream.lane.capture.add(stream.lane.index, thunk)
+                return
+            self.enqueue(stream, thunk)
+            self.pump()
 
     @contextlib.contextmanager
     def direct(self):
-        """Aten calls inside run directly: thunks at their turn, and the runtime's own bookkeeping."""
-        previous, self.executing = self.executing, True
+        """Aten calls inside run directly: thunks at their turn, and the runtime's own bookkeeping (past
+        the torch function modes, which saw the calls when they were issued)."""
+        previous, _thread.executing = _thread.executing, True
         try:
-            yield
+            with torch._C.DisableTorchFunction():
+                yield
         finally:
-            self.executing = previous
+            _thread.executing = previous
 
     def pump(self) -> None:
         """Run every stream until it is empty or parked."""
-        progress = True
-        while progress and self.busy:
-            progress = False
-            for stream in list(self.busy):
-                queue = stream.queue
-                while queue:
-                    thunk = queue[0]
-                    if isinstance(thunk, Wait) and not thunk.ready():
-                        break
-                    queue.popleft()
-                    try:
-                        with self.direct():
-                            thunk()
-                    finally:
-                        stream.done += 1
-                    progress = True
-                if not queue:
-                    del self.busy[stream]
-        _backend.sync_mode()
+        with self.lock:
+            ran = False
+            progress = True
+            while progress and self.busy:
+                progress = False
+                for stream in list(self.busy):
+                    queue = stream.queue
+                    while queue:
+                        thunk = queue[0]
+                        if isinstance(thunk, Wait) and not thunk.ready():
+                            break
+                        queue.popleft()
+                        try:
+                            with self.direct():
+                                thunk()
+                        finally:
+                            stream.done += 1
+                        progress = ran = True
+                    if not queue:
+                        del self.busy[stream]
+            if ran:
+                self.progress.notify_all()
+        _backend.update_modes()
+
+    def parked(self) -> str:
+        return "; ".join(f"{s!r} is parked at {s.queue[0].describe()}" for s in self.busy if s.queue)
 
     def drain(self, finished, what: str) -> None:
-        """Run until ``finished()``; raise DeadlockError when nothing can make progress."""
-        self.pump()
-        if not finished():
-            parked = "; ".join(f"{s!r} is parked at {s.queue[0].describe()}" for s in self.busy)
-            raise DeadlockError(f"{what} would hang: {parked}")
+        """Run until ``finished()``. When nothing can run: raise ``DeadlockError`` at once if no other
+        thread may release the work, else wait for one, at most ``wait_timeout_s``."""
+        with self.lock:
+            self.pump()
+            if finished():
+                return
+            deadline = time.monotonic() + _backend.wait_timeout_s
+            with _backend.blocked():
+                while not finished():
+                    if not _backend.others_may_release():
+                        raise DeadlockError(f"{what} would hang: {self.parked()}")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DeadlockError(
+                            f"{what} would hang: {self.parked()}; no other thread released it within "
+                            f"{_backend.wait_timeout_s} s (runtime.backend().wait_timeout_s)"
+                        )
+                    self.progress.wait(remaining)
+                    self.pump()
 
 
 _sched = Scheduler()
@@ -178,7 +238,8 @@ class _WaitMark:
 
 class Capture:
     """The program of one capture: (lane, thunk or event mark) in issue order; lane 0 is the capture
-    stream, other lanes are streams that joined through an event recorded in the capture."""
+    stream, other lanes are streams that joined through an event recorded in the capture. ``buffers``:
+    the tensors allocated during the capture (the program holds the outputs it records)."""
 
     def __init__(self, name: str, stream: "HostStream"):
         self.name = name
@@ -186,6 +247,7 @@ class Capture:
         self.streams = []
         self.lengths: list[int] = []   # instructions per lane
         self.joined: list[int] = []    # per lane: how many of its instructions another lane waited for
+        self.buffers: list = []
         self.ended = False
         self._join(stream)
 
@@ -239,20 +301,21 @@ def _label(item) -> str:
 
 
 def _enqueue_program(program: list, lanes: list, where: str) -> None:
-    marks = {}
-    for lane, item in program:
-        stream = lanes[lane]
-        if type(item) is _RecordMark:
-            marks[item.event] = (stream, stream.issued)
-        elif type(item) is _WaitMark:
-            source, target = marks[item.event]
-            _sched.enqueue(stream, EventWait(source, target, where))
-        else:
-            _sched.enqueue(stream, item)
-    _sched.pump()
+    with _sched.lock:
+        marks = {}
+        for lane, item in program:
+            stream = lanes[lane]
+            if type(item) is _RecordMark:
+                marks[item.event] = (stream, stream.issued)
+            elif type(item) is _WaitMark:
+                source, target = marks[item.event]
+                _sched.enqueue(stream, EventWait(source, target, where))
+            else:
+                _sched.enqueue(stream, item)
+        _sched.pump()
 
 
-class HostStream(streams.Stream):
+class HostStream(interface.Stream):
     def __init__(self, device=None, priority: int = 0):
         self.priority = priority
         self.id = next(_stream_ids)
@@ -275,34 +338,38 @@ class HostStream(streams.Stream):
         _sched.drain(self.query, f"{self!r}.synchronize()")
 
 
-class HostEvent(streams.Event):
+class HostEvent(interface.Event):
     def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
         self.stream = None       # stream of the last record outside a capture
         self.target = 0          # that stream's position at the record
         self.captured = None     # (capture, lane, position) of a record inside a capture
 
     def record(self, stream=None) -> None:
-        s = _sched.current if stream is None else stream
-        if s.lane is not None:
-            s.lane.capture.record_event(self, s.lane.index)
-            return
-        self.captured = None
-        self.stream, self.target = s, s.issued
+        s = _backend.current_stream() if stream is None else stream
+        _backend.check_stream(s, "Event.record()")
+        with _sched.lock:
+            if s.lane is not None:
+                s.lane.capture.record_event(self, s.lane.index)
+                return
+            self.captured = None
+            self.stream, self.target = s, s.issued
 
     def wait(self, stream=None) -> None:
-        s = _sched.current if stream is None else stream
-        if self.captured is not None:
-            if self.captured[0].ended:
-                raise RuntimeError("Event.wait: the event was recorded in a capture that has ended")
-            self.captured[0].wait_event(self, s)
-            return
-        if s.lane is not None and self.stream is not None:
-            raise RuntimeError(
-                f"Event.wait on capturing {s!r}: the event was recorded outside the capture "
-                "(operation not permitted when stream is capturing); use an ExternalEvent"
-            )
-        if self.stream is not None and self.stream is not s:
-            _sched.issue(s, EventWait(self.stream, self.target, "eager"))
+        s = _backend.current_stream() if stream is None else stream
+        _backend.check_stream(s, "Event.wait()")
+        with _sched.lock:
+            if self.captured is not None:
+                if self.captured[0].ended:
+                    raise RuntimeError("Event.wait: the event was recorded in a capture that has ended")
+                self.captured[0].wait_event(self, s)
+                return
+            if s.lane is not None and self.stream is not None:
+                raise RuntimeError(
+                    f"Event.wait on capturing {s!r}: the event was recorded outside the capture "
+                    "(operation not permitted when stream is capturing); use an ExternalEvent"
+                )
+            if self.stream is not None and self.stream is not s:
+                _sched.issue(s, EventWait(self.stream, self.target, "eager"))
 
     def query(self) -> bool:
         return self.stream is None or self.stream.done >= self.target
@@ -311,177 +378,124 @@ class HostEvent(streams.Event):
         _sched.drain(self.query, "Event.synchronize()")
 
 
-class HostExternalEvent(events.ExternalEvent):
-    def __init__(self):
-        super().__init__()
-        self.flag = 0
-        self.waiters: list[str] = []   # where waits were issued (graph names), for error messages
+class HostFlag(interface.Flag):
+    def __init__(self, name: str, consuming: bool):
+        self.name, self.consuming = name, consuming
+        self.value = 0
+        self.wait_places: set = set()   # where waits were issued ("eager", graph names), for messages
 
-    def _where(self, stream) -> str:
-        return stream.lane.capture.name if stream.lane is not None else "eager"
-
-    def _record(self, stream) -> None:
-        where = self._where(stream)
-
+    def record(self, stream, where: str) -> None:
         def set_flag():
-            if self.consuming and self.flag == 1:
+            if self.consuming and self.value == 1:
                 raise FlagMergeError(
                     f"flag merge: {self.name} recorded ({where}) while an earlier record was not yet "
-                    f"consumed by a wait (waits in: {', '.join(self.waiters) or 'none'}); the signal is "
-                    "lost and the next wait would block forever (device hang). Order the steps, e.g. "
-                    "synchronize before each replay"
+                    f"consumed by a wait (waits in: {', '.join(sorted(self.wait_places)) or 'none'}); the "
+                    "signal is lost and the next wait would block forever (device hang). Order the "
+                    "steps, e.g. synchronize before each replay"
                 )
-            self.flag = 1
+            self.value = 1
 
         set_flag.label = f"{self.name}.record"
         _sched.issue(stream, set_flag)
 
-    def _wait(self, stream) -> None:
-        where = self._where(stream)
-        self.waiters.append(where)
+    def wait(self, stream, where: str) -> None:
+        self.wait_places.add(where)
         _sched.issue(stream, FlagWait(self, where))
 
-    def _reset(self, stream) -> None:
+    def reset(self, stream, where: str) -> None:
         def clear():
-            self.flag = 0
+            self.value = 0
 
         clear.label = f"{self.name}.reset"
         _sched.issue(stream, clear)
 
 
-def _signature(func, leaves: list):
-    """Cache key of a call's shape inference, and the distinct tensors among ``leaves`` in order."""
-    tensors: dict = {}
-    key = [func]
-    for x in leaves:
-        if isinstance(x, torch.Tensor):
-            index = tensors.setdefault(id(x), (len(tensors), x))[0]
-            key.append((index, x.shape, x.stride(), x.dtype))
-        elif isinstance(x, torch.device):
-            key.append("device")
-        else:
-            key.append((type(x), x))  # 1, 1.0 and True are equal keys but give other dtypes
-    return tuple(key), [x for _, x in tensors.values()]
-
-
-def _infer(func, leaves: list, spec, tensors: list):
-    """Output description: per output leaf ("arg", index of the tensor it is), ("new", shape, stride,
-    dtype) or ("value", v); from the meta kernels."""
-    metas = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in tensors]
-    index = {id(t): i for i, t in enumerate(tensors)}
-    meta_leaves = [metas[index[id(x)]] if isinstance(x, torch.Tensor)
-                   else torch.device("meta") if isinstance(x, torch.device) else x for x in leaves]
-    args, kwargs = pytree.tree_unflatten(meta_leaves, spec)
-    try:
-        out = func(*args, **kwargs)
-    except Exception as e:
-        raise RuntimeError(f"host backend cannot queue {func}: no shape inference for it on 'meta' ({e})") from e
-    arg_of = {id(m): i for i, m in enumerate(metas)}
-    out_leaves, out_spec = pytree.tree_flatten(out)
-    desc = tuple(("arg", arg_of[id(m)]) if isinstance(m, torch.Tensor) and id(m) in arg_of
-                 else ("new", m.shape, m.stride(), m.dtype) if isinstance(m, torch.Tensor)
-                 else ("value", m) for m in out_leaves)
-    return desc, out_spec
-
-
-_inferred: dict = {}  # call signature -> output description (shape inference is costly: Python refs)
-
-
-def record(func, args: tuple, kwargs: dict):
-    """Outputs of ``func`` from shape inference (poisoned, or the tensors it writes) and a thunk
-    computing them."""
-    leaves, spec = pytree.tree_flatten((args, kwargs))
-    key, tensors = _signature(func, leaves)
-    try:
-        desc, out_spec = _inferred[key]
-    except KeyError:
-        desc, out_spec = _inferred[key] = _infer(func, leaves, spec, tensors)
-    except TypeError:  # an unhashable argument
-        desc, out_spec = _infer(func, leaves, spec, tensors)
-    outs, fresh = [], []
-    for i, d in enumerate(desc):
-        if d[0] == "arg":
-            outs.append(tensors[d[1]])
-        elif d[0] == "new":
-            t = torch.empty_strided(d[1], d[2], dtype=d[3])
-            poison_(t)
-            outs.append(t)
-            fresh.append((i, t))
-        else:
-            outs.append(d[1])
-
-    def thunk():
-        results = pytree.tree_leaves(func(*args, **kwargs))
-        for i, t in fresh:
-            t.copy_(results[i])
-
-    thunk.label = str(func)
-    return pytree.tree_unflatten(outs, out_spec), thunk
-
-
 class HostMode(TorchDispatchMode):
     """Intercepts aten calls while the host backend captures, is parked or guards task groups."""
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """torch.compile may trace while the mode is on (it is off while compiling, on while the compiled
+        code runs), so a compiled function called in a capture is compiled and captured."""
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        _backend.in_dispatch += 1
+        _thread.in_mode += 1
         try:
-            return self._dispatch(func, args, kwargs or {})
+            with torch._C.DisableTorchFunction():  # the call went through the torch function modes
+                return self._dispatch(func, args, kwargs or {})
         finally:
-            _backend.in_dispatch -= 1
+            _thread.in_mode -= 1
 
     def _dispatch(self, func, args, kwargs):
         kind = op_kind(func)
-        if _sched.executing or kind in ("task", "view"):
+        if _thread.executing or kind in ("task", "view"):
             return func(*args, **kwargs)
-        stream = _sched.current
+        stream = _backend.current_stream()
         if kind == "alloc":
             out = func(*args, **kwargs)
             if stream.lane is not None:
                 poison_(out)
+                stream.lane.capture.buffers.append(out)
             return out
-        if _backend.guarding:
-            _backend.check_device_op(stream, func)
-        if stream.lane is not None:
-            if kind == "host_read":
-                raise RuntimeError(
-                    f"{func}: operation not permitted when stream is capturing (it reads device data "
-                    f"on the host while {stream.lane.capture.name} captures)"
-                )
-            out, thunk = record(func, args, kwargs)
-            stream.lane.capture.add(stream.lane.index, thunk)
-            return out
+        _backend.check_stream(stream, func)
         if kind == "host_read":
-            _sched.drain(stream.query, f"{func} on {stream!r}")
+            _backend.host_read(str(func))
             return func(*args, **kwargs)
-        if stream.queue:
+        if stream.lane is not None:
             out, thunk = record(func, args, kwargs)
-            _sched.enqueue(stream, thunk)
+            _sched.issue(stream, thunk)
             return out
+        with _sched.lock:
+            if stream.queue:
+                out, thunk = record(func, args, kwargs)
+                _sched.enqueue(stream, thunk)
+                return out
         return func(*args, **kwargs)
 
 
-class HostGraph:
+_READS = frozenset({torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__array__, torch.Tensor.__repr__,
+                    torch.Tensor.__format__})
+
+
+class HostReads(TorchFunctionMode):
+    """Tensor methods that read memory without an aten call are host reads, like ``.item()``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _READS and not _thread.executing and type(args[0]) in (torch.Tensor, torch.nn.Parameter):
+            _thread.in_mode += 1
+            try:
+                _backend.host_read(f"Tensor.{func.__name__}")
+            finally:
+                _thread.in_mode -= 1
+        return func(*args, **(kwargs or {}))
+
+
+class HostGraph(interface.Graph):
     def __init__(self, name: str):
         self.name = name
         self.capture = None
         self.program: list = []
         self.lanes: list = []      # streams the graph owns for forked lanes (lane 0 is the replay stream)
+        self.buffers: list = []    # tensors allocated during the capture
         self.pool_handle = None
 
     def capture_begin(self, stream, pool, capture_error_mode: str) -> None:
         self.pool_handle = pool if pool is not None else (0, next(_pool_ids))
-        self.capture = Capture(self.name, stream)
-        _backend.captures += 1
-        _backend.sync_mode()
+        with _sched.lock:
+            self.capture = Capture(self.name, stream)
+            _backend.captures += 1
+        _backend.update_modes()
 
     def capture_end(self, stream) -> None:
-        capture, self.capture = self.capture, None
-        _backend.captures -= 1
-        try:
-            capture.end()
-        finally:
-            _backend.sync_mode()
-        self.program = capture.program
+        with _sched.lock:
+            capture, self.capture = self.capture, None
+            _backend.captures -= 1
+            try:
+                capture.end()
+            finally:
+                _backend.update_modes()
+        self.program, self.buffers = capture.program, capture.buffers
         self.lanes = [HostStream() for _ in capture.streams[1:]]
 
     def replay(self, stream) -> None:
@@ -496,45 +510,45 @@ class HostGraph:
             json.dump({"graph": self.name, "lanes": 1 + len(self.lanes), "nodes": nodes}, f, indent=1)
 
 
-class HostBackend:
+class HostBackend(interface.Backend):
     name = "host"
     device = torch.device("cpu")
     Stream = HostStream
     Event = HostEvent
-    ExternalEvent = HostExternalEvent
 
     def __init__(self):
         global _backend
+        super().__init__()
         _backend = self
         self.default = HostStream()
-        _sched.current = self.default
-        self.mode = HostMode()
-        self.pushed = False
+        self.mode = _Switch(HostMode(), dispatch._push_mode, dispatch._pop_mode, dispatch._get_current_dispatch_mode)
+        self.reads = _Switch(HostReads(), overrides._push_mode, overrides._pop_mode,
+                             overrides._get_current_function_mode)
         self.captures = 0
-        self.guarding = False
-        self.check_device_op = None    # set with ``guarding`` (see guard_changed)
-        self.in_dispatch = 0
 
-    def sync_mode(self) -> None:
-        """Push the dispatch mode while there is something to intercept, pop it when idle."""
-        want = bool(_sched.busy or self.captures or self.guarding)
-        if want == self.pushed or self.in_dispatch:
+    def update_modes(self) -> None:
+        """On the calling thread (not from inside a mode's handler): ``HostMode`` while some stream
+        captures or is parked or a task group is open; ``HostReads`` while its current stream captures
+        or is parked (elsewhere a read waits for nothing)."""
+        if _thread.in_mode:
             return
-        if want:
-            _push_mode(self.mode)
-            self.pushed = True
-        elif _get_current_dispatch_mode() is self.mode:
-            _pop_mode()
-            self.pushed = False
+        stream = self.current_stream()
+        self.mode.set(bool(_sched.busy or self.captures or self.guarding))
+        self.reads.set(stream.lane is not None or bool(stream.queue))
 
-    def guard_changed(self, active: bool, check) -> None:
-        """A task group or update opened or closed somewhere; ``check(stream, what)`` refuses device
-        work that does not belong on ``stream`` then."""
-        self.guarding, self.check_device_op = active, check
-        self.sync_mode()
+    def host_read(self, what: str) -> None:
+        """Before the host reads device memory: raise while the current stream captures, else run the
+        current stream's queued work (``DeadlockError`` where it would hang)."""
+        stream = self.current_stream()
+        if stream.lane is not None:
+            raise RuntimeError(
+                f"{what}: operation not permitted when stream is capturing (it reads device data on the "
+                f"host while {stream.lane.capture.name} captures)"
+            )
+        _sched.drain(stream.query, f"{what} on {stream!r}")
 
     def current_stream(self) -> HostStream:
-        return _sched.current
+        return self.default if _thread.current is None else _thread.current
 
     def default_stream(self) -> HostStream:
         return self.default
@@ -542,7 +556,8 @@ class HostBackend:
     def set_current_stream(self, stream) -> None:
         if not isinstance(stream, HostStream):
             raise TypeError(f"host backend: {stream!r} is not a host stream")
-        _sched.current = stream
+        _thread.current = stream
+        self.update_modes()
 
     def synchronize(self) -> None:
         if self.captures:
@@ -550,12 +565,13 @@ class HostBackend:
         _sched.drain(lambda: not _sched.busy, "synchronize()")
 
     def discard_pending_work(self) -> None:
-        """Drop the queued work of every stream (after a DeadlockError, where the device would be hung)."""
-        for stream in _sched.busy:
-            stream.done += len(stream.queue)
-            stream.queue.clear()
-        _sched.busy.clear()
-        self.sync_mode()
+        with _sched.lock:
+            for stream in _sched.busy:
+                stream.done += len(stream.queue)
+                stream.queue.clear()
+            _sched.busy.clear()
+            _sched.progress.notify_all()
+        self.update_modes()
 
     def is_capturing(self, stream) -> bool:
         return stream.lane is not None
@@ -566,8 +582,17 @@ class HostBackend:
     def graph_pool_handle(self):
         return (0, next(_pool_ids))
 
-    def empty_cache(self) -> None:
-        pass
+    def new_flag(self, name: str, consuming: bool) -> HostFlag:
+        return HostFlag(name, consuming)
+
+    def empty_cache(self, release_caches: bool = True) -> None:
+        """The CPU allocator caches no memory; with ``release_caches``, the inferred output shapes too."""
+        super().empty_cache(release_caches)
+        if release_caches:
+            inferred.clear()
+
+    def host_empty_cache(self) -> None:
+        """Nothing to release: no pinned memory (host tensors are the device's)."""
 
     def launch(self, stream, fn) -> None:
         _sched.issue(stream, fn)

@@ -10,19 +10,16 @@ def active(name):
     """Generator: the runtime with backend ``name`` active; leaves no queued work or open mode behind."""
     previous = runtime.set_backend(name)
     runtime.set_stream(runtime.default_stream())
-    if name == "cuda":
-        runtime.backend().wait_timeout_s = 0.5   # a missing record fails fast
+    be = runtime.backend()
+    timeout, be.wait_timeout_s = be.wait_timeout_s, 0.5   # a missing record fails fast
     try:
         yield runtime
     finally:
-        be = runtime.backend()
         rt_tasks._open.clear()
         rt_tasks._updating.clear()
         rt_tasks._guard_changed()
-        if be.name == "host":
-            be.discard_pending_work()
-        else:
-            be.clear_errors()
+        be.discard_pending_work()
+        be.wait_timeout_s = timeout
         runtime.set_stream(runtime.default_stream())
         runtime.set_external_event_semantics("consuming")
         runtime.set_backend(previous)

@@ -242,3 +242,25 @@ def test_make_graphed_callables_is_inference_only(rt, device):
     x = randn(2, 4, device=device).requires_grad_()
     with pytest.raises(RuntimeError, match="inference only"):
         rt.make_graphed_callables(torch.nn.Linear(4, 4).to(device), (x,))
+
+
+def test_compiled_function_in_a_capture_and_behind_a_wait(rt, device):
+    """A torch.compile'd function runs in a capture (and on a parked stream) like its eager form, also
+    where the backend's interception changes the torch function mode stack (a recompilation)."""
+    f = torch.compile(lambda t: (t * 2).relu() + 1, backend="eager", fullgraph=True)
+    x = randn(4, device=device)
+    torch.testing.assert_close(f(x), (x * 2).relu() + 1)
+    g = rt.NPUGraph()
+    with rt.graph(g):
+        y = f(x)
+    x.fill_(0.5)
+    g.replay()
+    torch.testing.assert_close(y, torch.full_like(x, 2.0))
+    ev = rt.ExternalEvent()
+    s = rt.Stream()
+    ev.wait(s)
+    with rt.stream(s):
+        z = f(x)
+    ev.record(rt.Stream())
+    s.synchronize()
+    torch.testing.assert_close(z, torch.full_like(x, 2.0))
