@@ -15,33 +15,40 @@ ref = nk.reference.npu_prompt_flash_attention
 TRIU = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
 
 
+def pad16(t: torch.Tensor) -> torch.Tensor:
+    """fp16 copy with the head dim padded by zeros to 16 (the prefill path's alignment)."""
+    return torch.nn.functional.pad(t, (0, 16 - t.shape[-1])).half()
+
+
 def test_hand_computed_two_keys():
-    """One query, two keys: softmax([1, 0]) weights the values (1, 0) and (0, 1)."""
-    q = torch.tensor([[[[1.0, 0.0]]]]).half()                 # (1, 1, 1, 2) BNSD
-    k = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]).half()
-    v = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]).half()
+    """One query, two keys: softmax([1, 0]) weights the values (1, 0) and (0, 1) (zeros pad D to 16)."""
+    q = pad16(torch.tensor([[[[1.0, 0.0]]]]))                  # (1, 1, 1, 16) BNSD
+    k = pad16(torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]))
+    v = pad16(torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]))
     out = ref(q, k, v, num_heads=1, input_layout="BNSD", next_tokens=INT_MAX, compute_dtype=torch.float64)
     w = math.e / (math.e + 1)
-    torch.testing.assert_close(out.double(), torch.tensor([[[[w, 1 - w]]]], dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.double()[..., :2], torch.tensor([[[[w, 1 - w]]]], dtype=torch.float64), atol=1e-3,
+                               rtol=0)
+    assert (out[..., 2:] == 0).all()
 
 
 def test_hand_computed_mask_and_pse():
     """Mask removes key 0; pse is added after the scale: scores 2*[0, 1] + [0, 1] on key 1 only."""
-    q = torch.ones(1, 1, 1, 1).half()
-    k = torch.tensor([[[[5.0], [1.0], [1.0]]]]).half()
-    v = torch.tensor([[[[7.0], [1.0], [3.0]]]]).half()
+    q = pad16(torch.ones(1, 1, 1, 1))
+    k = pad16(torch.tensor([[[[5.0], [1.0], [1.0]]]]))
+    v = pad16(torch.tensor([[[[7.0], [1.0], [3.0]]]]))
     mask = torch.tensor([[1, 0, 0]], dtype=torch.uint8)
     pse = torch.tensor([[[[0.0, 0.0, math.log(3.0)]]]]).half()
     out = ref(q, k, v, num_heads=1, input_layout="BNSD", scale_value=2.0, atten_mask=mask, pse_shift=pse,
               next_tokens=INT_MAX, compute_dtype=torch.float64)
     # weights of keys 1 and 2: e^2 and 3 e^2 -> 1/4, 3/4
-    assert out.item() == pytest.approx(0.25 * 1 + 0.75 * 3, abs=2e-3)
+    assert out[0, 0, 0, 0].item() == pytest.approx(0.25 * 1 + 0.75 * 3, abs=2e-3)
 
 
 def test_fully_masked_row_is_mean_of_values():
-    q = torch.randn(1, 1, 2, 4).half()
-    k = torch.randn(1, 1, 3, 4).half()
-    v = torch.randn(1, 1, 3, 4).half()
+    q = torch.randn(1, 1, 2, 16).half()
+    k = torch.randn(1, 1, 3, 16).half()
+    v = torch.randn(1, 1, 3, 16).half()
     mask = torch.tensor([[1, 1, 1], [0, 1, 0]], dtype=torch.bool)
     out = ref(q, k, v, num_heads=1, input_layout="BNSD", atten_mask=mask, sparse_mode=1)
     torch.testing.assert_close(out[0, 0, 0].float(), v[0, 0].float().mean(0), atol=1e-3, rtol=1e-3)
@@ -49,8 +56,8 @@ def test_fully_masked_row_is_mean_of_values():
 
 def test_row_without_key_in_band_is_zero():
     """sparse 3 with more queries than keys: the first qlen - kvlen rows have no key."""
-    q = torch.randn(1, 1, 5, 4).half()
-    k = torch.randn(1, 1, 3, 4).half()
+    q = torch.randn(1, 1, 5, 16).half()
+    k = torch.randn(1, 1, 3, 16).half()
     out = ref(q, k, k, num_heads=1, input_layout="BNSD", sparse_mode=3, atten_mask=TRIU)
     assert (out[0, 0, :2] == 0).all() and (out[0, 0, 2:] != 0).any()
 
@@ -59,7 +66,7 @@ def test_row_without_key_in_band_is_zero():
 @pytest.mark.parametrize("mode", ["full", "causal", "gqa", "user_mask"])
 def test_matches_sdpa(layout, mode):
     g = torch.Generator().manual_seed(0)
-    B, N, S, D = 2, 4, 13, 8
+    B, N, S, D = 2, 4, 13, 16
     kv_n = 2 if mode == "gqa" else N
     q = torch.randn(B, N, S, D, generator=g, dtype=torch.float64)
     k = torch.randn(B, kv_n, S, D, generator=g, dtype=torch.float64)

@@ -1,46 +1,90 @@
-"""The attention core shared by the golden operators (spec ops §1.6-§1.7 and §9), one batch at a time.
+"""The attention core of the golden operators and of the CPU execution path (spec ops §1.6-§1.8, §2.4, §9).
 
-Written for clarity: scores of a whole batch as one (heads, rows, keys) tensor, masks as boolean
-matrices from the predicates of ``npu_kernels.masks``. The int8 full-quantisation path (spec ops §2.4)
-follows the NPU's discrete steps one by one (``Int8Steps``): fp16 roundings, P quantised per key block
-of an online softmax, int32 products computed exactly.
+``attend`` computes the valid rows of a group of batches that share one span (``spans.Span``), in chunks
+of rows so that memory stays O(rows × keys) per chunk, and hands each chunk to a sink. Per chunk:
+
+* keys: only ``Span.key_range`` of the chunk's rows (causal and band modes skip what no row reaches);
+* scores ``scale · q·kᵀ`` (+ pse after the scale); keys outside a row's band, and keys the user mask
+  marks (non-zero = masked out), score ``fill``;
+* softmax and P·V by one of three methods, each a reading of the same semantics:
+  - ``_exact``: the row softmax; P rounded to the values' dtype before P·V (as the kernels);
+  - ``_online``: flash attention's online softmax over key blocks of ``Numerics.block_n``, P against the
+    running maximum. With ``Numerics.fp16`` the NPU's fp16 high-performance path (spec ops §1.8): scores
+    rounded to fp16 after Q·Kᵀ and after the scale, P = fp16(exp(fp16(s - m))), each block's P·V rounded
+    to fp16, the accumulator kept in fp16, out = acc / fp16(l). With ``Numerics.int8`` the int8
+    pipeline (spec ops §2.4): FP19 dequant scales, fp16 scores, P quantised with ``quant_scale1`` per key
+    block, int8 P·V exact, dequantised to fp16, out = acc / fp16(l). Blocks start at key 0 of the batch;
+    a chunk starts at the block holding its first key: the blocks before hold only fill scores for its
+    rows, which leave the result unchanged (their weight is multiplied by exp(fill - m) = 0 once a real
+    score is seen);
+  - ``_sdpa``: torch's CPU flash attention (``aten._scaled_dot_product_flash_attention_for_cpu``) where
+    its semantics are those of ``_exact``: float32 math on fp16/bf16 inputs with D = Dv, P rounded to the
+    input dtype before P·V (against the running maximum of its key blocks, as the kernels), lse = m + log l.
+    Masked keys get -inf instead of ``fill``: identical for every row that keeps a key (exp(fill - m) is 0
+    unless a real score lies within 104 of ``fill``, which finite fp16/bf16 inputs cannot reach for
+    the fp32 fill); rows without a kept key are fixed up below.
+* rows without a key in their band: 0, lse +inf; rows whose every score is ``fill`` (all keys in the
+  band masked): the result of attending uniformly to all keys of the batch (the mean of the values,
+  computed by the same method, ``_Group.uniform``), lse = fill + ln(kvlen); 0 and +inf instead with
+  ``zero_masked_rows``.
+
+Query heads of a key/value head are folded into rows (GQA without repeating keys and values).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
-from einops import repeat
 
-from ..masks import Band, band_matrix
-from ..quant import ascend_quant
+from .. import quant
+from ..masks import in_band
+from .spans import Span
 
+# Score elements per chunk of rows (exact and SDPA methods) and per key tile (online method).
+CHUNK_ELEMENTS = 1 << 21
+TILE_ELEMENTS = 1 << 19
+TILE_KEYS = 256
+# Value columns per batched block product of the online method.
+PV_COLUMNS = 64
 
-@dataclass(frozen=True)
-class BatchSpan:
-    """Where batch b's valid rows and keys are, and its band."""
-
-    qlen: int
-    kvlen: int
-    q_off: int       # first row in the query/output seq axis
-    kv_off: int      # first key in the key/value seq axis
-    qm_off: int      # first row in the mask/pse row axis
-    kvm_off: int     # first column in the mask/pse column axis
-    band: Band
+Sink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
 class Int8Steps:
-    """Scales of the int8 pipeline (FP19 dequant scales already decoded, 0-d float32 tensors) and the key
-    block of its online softmax: P is quantised against the running maximum of each block, so the
-    result depends on the block size."""
+    """Scales of the int8 pipeline: FP19 dequant scales already decoded, 0-d float32 tensors."""
 
     deq_scale1: torch.Tensor
     quant_scale1: torch.Tensor
     deq_scale2: torch.Tensor
-    block_n: int
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How the softmax and P·V are computed. ``block_n``: online softmax over key blocks of that size
+    (needed by ``fp16`` and ``int8``); None: the exact row softmax in ``compute`` (float32 or float64)."""
+
+    compute: torch.dtype = torch.float32
+    block_n: Optional[int] = None
+    fp16: bool = False
+    int8: Optional[Int8Steps] = None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a call fixes for every batch. ``mask``: (B or 1, R, C), non-zero = masked out; ``pse``:
+    (B or 1, N, R, C); ``sdpa``: the results may come from torch's CPU flash attention (its output has the
+    query dtype, which the destination must tolerate: not before an int8 quantisation)."""
+
+    scale: float
+    fill: float
+    mask: Optional[torch.Tensor] = None
+    pse: Optional[torch.Tensor] = None
+    zero_masked_rows: bool = False
+    numerics: Numerics = Numerics()
+    sdpa: bool = False
 
 
 def fp16(x: torch.Tensor) -> torch.Tensor:
@@ -48,110 +92,265 @@ def fp16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).float()
 
 
-def int8_scores(q: torch.Tensor, k: torch.Tensor, scale: float, steps: Int8Steps) -> torch.Tensor:
-    """int8 q (N, rows, D) · k (N, keys, D)ᵀ as int32 (exact), dequant to fp16, times fp16 scale."""
-    a = torch.einsum("nid,njd->nij", q.double(), k.double()).float()          # int32 values, exact
-    s = fp16(a * steps.deq_scale1)
-    return fp16(s * scale)
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: Span, b0: int, setup: Setup, sink: Sink) -> None:
+    """Rows ``[0, span.qlen)`` of batches ``b0 .. b0 + G - 1``: q (G, N, qlen, D), k (G, KV_N, kvlen, D),
+    v (G, KV_N, kvlen, Dv), all with ``span.kvlen > 0``. Calls ``sink(i0, i1, out, lse)`` for consecutive
+    row chunks with out (G, N, i1 - i0, Dv) and lse (G, N, i1 - i0); rows not computed have lse +inf."""
+    grp = _Group(q, k, v, span, b0, setup)
+    if grp.sdpa and setup.mask is None and setup.pse is None and span.pre >= span.qlen - 1:
+        full, causal = span.nxt >= span.kvlen - 1, span.nxt == 0      # causal: torch's top-left diagonal
+        if full or causal:
+            sink(0, span.qlen, *_flash(q, k, v, None, setup.scale, not full))
+            return
+    rows = grp.rows_per_chunk()
+    for i0 in range(0, span.qlen, rows):
+        i1 = min(i0 + rows, span.qlen)
+        sink(i0, i1, *grp.chunk(i0, i1))
 
 
-def online_softmax_pv(s: torch.Tensor, v: torch.Tensor, block_n: int,
-                      int8: Optional[Int8Steps] = None, fp16_path: bool = False) -> tuple[torch.Tensor, ...]:
-    """Flash attention's online softmax over key blocks of ``block_n``, P unnormalised against the
-    running maximum: s (N, rows, keys), v (N, keys, Dv) → (out, l, m), each (N, rows, ·), fp32.
+def _flash(q, k, v, mask: Optional[torch.Tensor], scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=causal, attn_mask=mask,
+                                                                      scale=scale)
 
-    Float: P rounded to V's dtype for P·V, out = acc / l. int8 (spec ops §2.4): P = fp16(exp(fp16(s - m))),
-    quantised with quant_scale1, int8 P·V exact, dequantised with deq_scale2 to fp16, out = acc / fp16(l).
-    ``fp16_path`` (the NPU's fp16 high-performance path, spec ops §1.8): P = fp16(exp(fp16(s - m))), P·V
-    rounded to fp16, the accumulator kept in fp16, out = acc / fp16(l).
-    """
-    n, rows, keys = s.shape
-    m = torch.full((n, rows, 1), float("-inf"), device=s.device)
-    l = torch.zeros(n, rows, 1, device=s.device)
-    acc = torch.zeros(n, rows, v.shape[-1], device=s.device)
-    for j0 in range(0, keys, block_n):
-        sb, vb = s[..., j0:j0 + block_n].float(), v[:, j0:j0 + block_n]
-        m_new = torch.maximum(m, sb.amax(-1, keepdim=True))
-        alpha = torch.exp(m - m_new)
-        if fp16_path:
-            p = fp16(torch.exp(fp16(sb - m_new)))
-            pv = fp16(torch.einsum("nij,njd->nid", p, vb.float()))
-        elif int8 is None:
-            p = torch.exp(sb - m_new)
-            pv = torch.einsum("nij,njd->nid", p.to(v.dtype).float(), vb.float())
+
+class _Group:
+    """One group of batches sharing a span: its tensors, with keys/values folded to (G·KV_N, keys, ·)."""
+
+    def __init__(self, q, k, v, span: Span, b0: int, setup: Setup):
+        self.q, self.k, self.v, self.span, self.setup = q, k, v, span, setup
+        self.G, self.N, _, self.D = q.shape
+        self.H = k.shape[1]
+        self.g = self.N // self.H
+        num = setup.numerics
+        self.work = torch.float32 if num.fp16 or num.int8 is not None else num.compute
+        self.sdpa = (setup.sdpa and num.block_n is None and num.compute == torch.float32 and q.device.type == "cpu"
+                     and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype
+                     and k.shape[-1] == v.shape[-1])
+        self.mask = None if setup.mask is None else setup.mask[b0:b0 + self.G] if setup.mask.shape[0] > 1 \
+            else setup.mask[:1]
+        self.pse = None if setup.pse is None else setup.pse[b0:b0 + self.G] if setup.pse.shape[0] > 1 \
+            else setup.pse[:1]
+        self._kf = self._vf = self._uniform = None
+
+    # ---- sizes and operands ----
+
+    def rows_per_chunk(self) -> int:
+        sp = self.span
+        if self.setup.numerics.block_n is not None and not self.sdpa:
+            return max(1, TILE_ELEMENTS // (self.G * self.N * min(TILE_KEYS, sp.kvlen)))
+        width = max(1, min(sp.kvlen, sp.pre + sp.nxt + 1))        # keys one row's band reaches
+        rows = max(1, CHUNK_ELEMENTS // (self.G * self.N * width))
+        return max(1, CHUNK_ELEMENTS // (self.G * self.N * min(sp.kvlen, width + rows - 1)))
+
+    def kf(self) -> torch.Tensor:
+        """Keys (G·KV_N, kvlen, D) in the working dtype (int8 values are exact in float32)."""
+        if self._kf is None:
+            self._kf = self.k.to(self.work).flatten(0, 1)
+        return self._kf
+
+    def vf(self) -> torch.Tensor:
+        if self._vf is None:
+            self._vf = self.v.to(self.work).flatten(0, 1)
+        return self._vf
+
+    def qf(self, i0: int, i1: int) -> torch.Tensor:
+        """Query rows (G·KV_N, g·R, D) in the working dtype, the g query heads of a kv head folded into rows."""
+        q = self.q[:, :, i0:i1].to(self.work)
+        return q.reshape(self.G * self.H, self.g * (i1 - i0), self.D)
+
+    def unfold(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """(G·KV_N, g·R, ...) → (G, N, R, ...)."""
+        return x.reshape(self.G, self.N, rows, *x.shape[2:])
+
+    # ---- scores ----
+
+    def masked(self, i0: int, i1: int, j0: int, j1: int) -> Optional[torch.Tensor]:
+        """(G or 1, R, keys) bool: (i, j) outside the band or masked by the user mask; None when none is."""
+        sp = self.span
+        out = None
+        if j1 - 1 - i0 > sp.nxt or i1 - 1 - j0 > sp.pre:
+            i = torch.arange(i0, i1, device=self.q.device)[:, None]
+            j = torch.arange(j0, j1, device=self.q.device)[None, :]
+            out = ~in_band(i, j, sp.pre, sp.nxt)[None]
+        if self.mask is not None:
+            m = self.mask[:, sp.qm_off + i0:sp.qm_off + i1, sp.kvm_off + j0:sp.kvm_off + j1] != 0
+            out = m if out is None else out | m
+        return out
+
+    def pse_tile(self, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        """(G or 1, N, R, keys)."""
+        sp = self.span
+        return self.pse[:, :, sp.qm_off + i0:sp.qm_off + i1, sp.kvm_off + j0:sp.kvm_off + j1]
+
+    def scores(self, qf: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        """Scores of rows ``[i0, i1)`` against keys ``[j0, j1)``, (G·KV_N, g·R, keys), masked with ``fill``."""
+        setup, num = self.setup, self.setup.numerics
+        s = torch.bmm(qf, self.kf()[:, j0:j1].transpose(1, 2))
+        if num.int8 is not None:                         # int32 values, exact: dequant to fp16, fp16 scale
+            s = s.mul_(num.int8.deq_scale1).to(torch.float16).mul_(setup.scale)
+        elif num.fp16:                                   # fp16 arithmetic: each step rounded
+            s = s.to(torch.float16).mul_(setup.scale)
         else:
-            p = fp16(torch.exp(fp16(sb - m_new)))                              # unnormalised, in [0, 1]
-            pq = ascend_quant(p, int8.quant_scale1)                            # int8
-            pv = fp16(torch.einsum("nij,njd->nid", pq.double(), vb.double()).float() * int8.deq_scale2)
-        l = l * alpha + p.sum(-1, keepdim=True)
-        acc = acc * alpha + pv
-        if fp16_path:
-            acc = fp16(acc)
-        m = m_new
-    return acc / (l if int8 is None and not fp16_path else fp16(l)), l, m
+            s.mul_(setup.scale)
+        s5 = s.view(self.G, self.H, self.g, i1 - i0, j1 - j0)
+        if self.pse is not None:
+            s5.add_(self.pse_tile(i0, i1, j0, j1).to(s.dtype).unflatten(1, (self.H, self.g)))
+        masked = self.masked(i0, i1, j0, j1)
+        if masked is not None:
+            s5.masked_fill_(masked[:, None, None], setup.fill)
+        return s
 
+    # ---- one chunk of rows ----
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[BatchSpan], *, scale: float,
-              fill: float, mask: Optional[torch.Tensor] = None, pse: Optional[torch.Tensor] = None,
-              zero_masked_rows: bool = False, empty_lse: float = float("inf"),
-              compute_dtype: torch.dtype = torch.float32, int8: Optional[Int8Steps] = None,
-              block_n: Optional[int] = None, fp16_path: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B, N, S1, D), k (B, KV_N, S2, D), v (B, KV_N, S2, Dv) → out (B, N, S1, Dv), lse (B, N, S1).
-
-    ``mask`` (B or 1, R, C): non-zero = masked out, used only where ``band.use_user_mask``.
-    Rows without a key in the band are 0 with lse ``+inf``; a batch without keys gets ``empty_lse``.
-    ``block_n``: softmax and P·V block by block as a flash kernel does (``online_softmax_pv``; the
-    rounding of P then depends on the running maximum); None: the exact row softmax.
-    ``int8``: int8 q/k/v through the pipeline of spec ops §2.4 (pse added in fp16), with ``int8.block_n``.
-    ``fp16_path``: fp16 q/k/v through the NPU's fp16 high-performance path (scores rounded to fp16 after
-    Q·Kᵀ and after the scale, then ``online_softmax_pv`` with its fp16 steps; needs ``block_n``).
-    """
-    block_n = int8.block_n if int8 is not None else block_n
-    B, N, S1, _ = q.shape
-    group = N // k.shape[1]
-    out = torch.zeros(B, N, S1, v.shape[-1], dtype=compute_dtype, device=q.device)
-    lse = torch.full((B, N, S1), float("inf"), dtype=compute_dtype, device=q.device)
-    for b, sp in enumerate(spans):
-        if sp.kvlen == 0:
-            lse[b, :, sp.q_off:sp.q_off + sp.qlen] = empty_lse
-            continue
-        if sp.qlen == 0:
-            continue
-        rows = slice(sp.q_off, sp.q_off + sp.qlen)
-        keys = slice(sp.kv_off, sp.kv_off + sp.kvlen)
-        kb = repeat(k[b, :, keys], "g s d -> (g r) s d", r=group).to(compute_dtype)
-        vb = repeat(v[b, :, keys], "g s d -> (g r) s d", r=group)
-        if fp16_path:
-            s = fp16(fp16(torch.einsum("nid,njd->nij", q[b, :, rows].float(), kb.float())) * scale)
-        elif int8 is None:
-            s = scale * torch.einsum("nid,njd->nij", q[b, :, rows].to(compute_dtype), kb)
+    def chunk(self, i0: int, i1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out (G, N, R, Dv), lse (G, N, R)) of rows ``[i0, i1)`` with the fix-ups of rows without keys
+        and of fully masked rows."""
+        sp, setup = self.span, self.setup
+        rows = i1 - i0
+        has_key = sp.rows_with_keys(i0, i1, self.q.device)
+        j_lo, j_hi = sp.key_range(i0, i1)
+        if j_lo >= j_hi:
+            return (torch.zeros(self.G, self.N, rows, self.v.shape[-1], dtype=self.work, device=self.q.device),
+                    torch.full((self.G, self.N, rows), float("inf"), device=self.q.device))
+        if self.sdpa:
+            out, lse, full = self.flash(i0, i1, j_lo, j_hi)
         else:
-            s = int8_scores(q[b, :, rows], kb, scale, int8)
-        if pse is not None:
-            pb = pse[b if pse.shape[0] > 1 else 0]
-            s = s + pb[:, sp.qm_off:sp.qm_off + sp.qlen, sp.kvm_off:sp.kvm_off + sp.kvlen].to(s.dtype)
-            if int8 is not None or fp16_path:
-                s = fp16(s)
-        keep = band_matrix(sp.qlen, sp.kvlen, sp.band, q.device)               # (qlen, kvlen)
-        row_has_key = keep.any(-1)
-        masked = ~keep
-        if sp.band.use_user_mask and mask is not None:
-            mb = mask[b if mask.shape[0] > 1 else 0]
-            masked = masked | (mb[sp.qm_off:sp.qm_off + sp.qlen, sp.kvm_off:sp.kvm_off + sp.kvlen] != 0)
-        s = s.masked_fill(masked, fill)
-        if block_n is None:
-            m = s.amax(-1, keepdim=True)
-            p = torch.exp(s - m)
-            l = p.sum(-1, keepdim=True)
-            o = torch.einsum("nij,njd->nid", p.to(v.dtype).to(compute_dtype), vb.to(compute_dtype)) / l
+            qf = self.qf(i0, i1)
+            method = _exact if setup.numerics.block_n is None else _online
+            out, lse, m = method(self, lambda a, b: self.scores(qf, i0, i1, a, b), j_lo, j_hi)
+            out, lse, full = self.unfold(out, rows), self.unfold(lse, rows), self.unfold(m, rows) == setup.fill
+        full = full & has_key
+        zero = ~has_key
+        if bool(full.any()):
+            if setup.zero_masked_rows:
+                zero = zero | full
+            else:
+                u_out, u_lse = self.uniform()
+                out = torch.where(full[..., None], u_out.to(out.dtype), out)
+                lse = torch.where(full, u_lse.to(lse.dtype), lse)
+        out = out.masked_fill(zero[..., None], 0)
+        lse = lse.masked_fill(zero, float("inf"))
+        return out, lse
+
+    def flash(self, i0: int, i1: int, j0: int, j1: int) -> tuple[torch.Tensor, ...]:
+        """``_sdpa``: (out, lse, rows whose every key is masked), rows over (G, N, R)."""
+        masked = self.masked(i0, i1, j0, j1)
+        add = None
+        if self.pse is not None:
+            add = self.pse_tile(i0, i1, j0, j1)
+            if masked is not None:
+                add = add.masked_fill(masked[:, None], float("-inf"))
+        elif masked is not None:
+            add = torch.zeros(masked.shape, dtype=self.q.dtype, device=self.q.device)
+            add = add.masked_fill_(masked, float("-inf"))[:, None]
+        out, lse = _flash(self.q[:, :, i0:i1], self.k[:, :, j0:j1], self.v[:, :, j0:j1], add, self.setup.scale, False)
+        full = torch.zeros(1, 1, i1 - i0, dtype=torch.bool, device=self.q.device) if masked is None \
+            else masked.all(-1)[:, None]
+        return out, lse, full
+
+    def uniform(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention with every score ``fill`` over all keys, by this group's method: (G, N, 1, Dv), (G, N, 1)."""
+        if self._uniform is None:
+            fill = self.setup.fill
+            rows = self.G * self.H
+
+            num = self.setup.numerics
+            dtype = torch.float16 if num.fp16 or num.int8 is not None else self.work
+
+            def scores(a: int, b: int) -> torch.Tensor:
+                return torch.full((rows, 1, b - a), fill, dtype=dtype, device=self.q.device)
+
+            method = _exact if self.setup.numerics.block_n is None else _online
+            out, lse, _ = method(self, scores, 0, self.span.kvlen)
+            shape = (self.G, self.H, self.g)
+            self._uniform = (out.reshape(self.G, self.H, 1, -1).expand(*shape, -1).reshape(self.G, self.N, 1, -1),
+                             lse.reshape(self.G, self.H, 1).expand(*shape).reshape(self.G, self.N, 1))
+        return self._uniform
+
+
+def _exact(grp: _Group, scores: Callable[[int, int], torch.Tensor], j0: int, j1: int) -> tuple[torch.Tensor, ...]:
+    """Row softmax over keys ``[j0, j1)``: (out, lse, row max), rows as ``scores`` gives them."""
+    s = scores(j0, j1)
+    m = s.amax(-1, keepdim=True)
+    p = s.sub_(m).exp_()
+    l = p.sum(-1, keepdim=True)
+    out = torch.bmm(p.to(grp.v.dtype).to(grp.work), grp.vf()[:, j0:j1]).div_(l)
+    return out, (m + l.log()).squeeze(-1), m.squeeze(-1)
+
+
+def _online(grp: _Group, scores: Callable[[int, int], torch.Tensor], j0: int, j1: int) -> tuple[torch.Tensor, ...]:
+    """Online softmax over key blocks (block k covers keys [k·bn, (k+1)·bn) of the batch) from the block
+    holding key ``j0`` to key ``j1``, in tiles of ``TILE_KEYS``: (out, lse, final running max).
+
+    Per tile, the running maxima after each block come from one cumulative maximum, P and every block's
+    P·V from batched operations, and l (and the accumulator where it stays in float) from the closed form
+    of the recurrence, ``x_last = x_prev · exp(m_prev - m_last) + Σ_k x_k · exp(m_k - m_last)``; the fp16
+    accumulator of the NPU's fp16 path, rounded after every block, runs block by block."""
+    num = grp.setup.numerics
+    bn = num.block_n
+    steps = num.fp16 or num.int8 is not None
+    tile = max(bn, TILE_KEYS - TILE_KEYS % bn)
+    vf = grp.vf()
+    dv = vf.shape[-1]
+    width = min(dv, PV_COLUMNS)
+    parts = -(-dv // width)
+    m = l = acc = step = None
+    for t0 in range(j0 - j0 % bn, j1, tile):
+        t1 = min(t0 + tile, j1)
+        s = scores(t0, t1)                               # (GH, M, keys); fp16 values in fp16 with ``steps``
+        rows, m_rows, keys = s.shape
+        nb = -(-keys // bn)
+        if keys % bn:
+            s = torch.nn.functional.pad(s, (0, nb * bn - keys), value=float("-inf"))
+        sb = s.view(rows, m_rows, nb, bn)
+        if m is None:
+            m = torch.full((rows, m_rows, 1), float("-inf"), dtype=grp.work, device=s.device)
+            l = torch.zeros_like(m)
+            acc = torch.zeros(parts, rows, m_rows, width, dtype=torch.float16 if num.fp16 else grp.work,
+                              device=s.device)
+            step = torch.empty(acc.shape, dtype=grp.work, device=s.device)
+        m_blk = torch.maximum(sb.to(grp.work).amax(-1).cummax(-1).values, m)   # (GH, M, nb) running max
+        m_last = m_blk[..., -1:]
+        if steps:                                        # P = fp16(exp(fp16(s - m))), fp16 arithmetic
+            p = (sb - m_blk.to(sb.dtype)[..., None]).exp_()
         else:
-            o, l, m = online_softmax_pv(s, vb, block_n, int8, fp16_path)
-        zero = ~row_has_key
-        if zero_masked_rows:
-            zero = zero | masked.all(-1)
-        o[:, zero] = 0
-        row_lse = (torch.log(l) + m).squeeze(-1)
-        row_lse[:, zero] = float("inf")
-        out[b, :, rows] = o.to(compute_dtype)
-        lse[b, :, rows] = row_lse.to(compute_dtype)
-    return out, lse
+            p = sb.sub_(m_blk[..., None]).exp_()
+        pp = torch.empty(rows, nb, m_rows, bn, dtype=grp.work, device=s.device).copy_(p.transpose(1, 2))
+        weight = torch.exp(m_blk - m_last).transpose(1, 2)[..., None]       # (GH, nb, M, 1)
+        rescale = torch.exp(m - m_last)
+        l = l * rescale + (pp.sum(-1, keepdim=True) * weight).sum(1)
+        vb = vf[:, t0:t0 + nb * bn]
+        if vb.shape[1] < nb * bn or dv < parts * width:
+            vb = torch.nn.functional.pad(vb, (0, parts * width - dv, 0, nb * bn - vb.shape[1]))
+        pv = _blocks_pv(grp, pp, vb.unflatten(1, (nb, bn)), width)            # (parts, GH, nb, M, width)
+        if num.fp16:                                     # acc = fp16(acc · alpha + pv) after every block
+            alpha = torch.exp(torch.cat([m, m_blk[..., :-1]], -1) - m_blk)
+            for blk in range(nb):
+                torch.mul(acc, alpha[..., blk:blk + 1], out=step).add_(pv[:, :, blk])
+                acc.copy_(step)
+        else:
+            acc = acc.mul_(rescale).add_(pv.mul_(weight).sum(2))
+        m = m_last
+    out = acc.to(grp.work).permute(1, 2, 0, 3).flatten(2)[..., :dv]
+    return out / (fp16(l) if steps else l), (m + l.log()).squeeze(-1), m.squeeze(-1)
+
+
+def _blocks_pv(grp: _Group, p: torch.Tensor, v: torch.Tensor, width: int) -> torch.Tensor:
+    """P·V of each key block, p (GH, nb, M, bn), v (GH, nb, bn, parts · width) → (parts, GH, nb, M, width),
+    products over ``width`` value columns at a time (batched products with a short inner dimension run
+    faster on narrow outputs). P rounded to the values' dtype; fp16 path: rounded to fp16 after; int8: P
+    quantised with quant_scale1, int8 product exact, dequantised with deq_scale2 to fp16."""
+    num = grp.setup.numerics
+    if num.int8 is not None:
+        p = quant.ascend_quant(p, num.int8.quant_scale1).to(torch.float32)
+    elif not num.fp16:
+        p = p.to(grp.v.dtype).to(grp.work)
+    rows, nb, m_rows, bn = p.shape
+    parts = v.shape[-1] // width
+    out = torch.empty(parts, rows * nb, m_rows, width, dtype=p.dtype, device=p.device)
+    for c in range(parts):
+        torch.bmm(p.flatten(0, 1), v[..., c * width:(c + 1) * width].flatten(0, 1), out=out[c])
+    out = out.unflatten(1, (rows, nb))
+    if num.int8 is not None:
+        return fp16(out.mul_(num.int8.deq_scale2))
+    return out.to(torch.float16) if num.fp16 else out

@@ -1,78 +1,43 @@
 """Golden ``npu_incre_flash_attention``: the same arguments, exact math, any device (spec ops §3.3).
 
-Paged caches are gathered into per-batch key/value tensors and int8 caches anti-quantised
-(``(x + offset) * scale``: in float16 for a float16 query, in float32 then cast for bfloat16), then the
-shared attention core runs with the decode fill value and lse sentinel. The NPU's MSD expansion of the
-anti-quantised matmuls is not emulated: it differs from exact dequantisation by about 1e-3 (spec ops §3.3).
-Float outputs are cast half to even (as the kernel does); the NPU rounds float16 outputs half away from
-zero, which differs on exact ties only.
+Paged caches are read through the block table and int8 caches anti-quantised (``(x + offset) * scale``:
+in float16 for a float16 query, in float32 then cast for bfloat16), then the shared attention core runs
+with the decode fill value and lse sentinel (``execute.run_decode``). The NPU's MSD expansion of the
+anti-quantised matmuls is not emulated: it differs from exact dequantisation by about 1e-3 (spec ops
+§3.3). Float outputs are cast half to even (as the kernel does); the NPU rounds float16 outputs half away
+from zero, which differs on exact ties only.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import replace
 
 import torch
 
-from .. import quant
-from ..layouts import from_bnsd
-from ..masks import INT_MAX, LSE_DECODE_EMPTY, Band
+from ..layouts import as_bnsd, out_shape
+from ..masks import INT_MAX
 from ..ops import incre
-from .core import BatchSpan, attention
-
-
-def antiquant(x: torch.Tensor, scale: torch.Tensor, offset: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """(x_int8 + offset) * scale in ``dtype``: float16 arithmetic for float16, float32 then cast otherwise.
-    ``scale``/``offset`` broadcast against ``x``."""
-    work = torch.float16 if dtype == torch.float16 else torch.float32
-    y = x.to(work)
-    if offset is not None:
-        y = y + offset.to(work)
-    return (y * scale.to(work)).to(dtype)
+from ..quant import NO_QUANT
+from . import execute, spans
+from .core import Numerics
+from .spans import Span
 
 
 def key_values(call: incre.IncreCall) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys/values as (B, KV_N, capacity, D) in the query dtype (pages gathered, int8 anti-quantised)."""
-    h = call.heads
-    k, v = h.k, h.v
-    if call.paged is not None:
-        table = call.paged.table.long()                                  # (B, blocks)
-
-        def gather(cache):                                               # (blocks, KV_N, bs, D)
-            g = cache[table.reshape(-1)]                                 # (B*blocks, KV_N, bs, D)
-            g = g.reshape(h.B, table.shape[1], h.KV_N, call.paged.block_size, -1)
-            return g.permute(0, 2, 1, 3, 4).reshape(h.B, h.KV_N, call.capacity, -1)
-
-        k, v = gather(k), gather(v)
-    aq = call.antiquant
-    if aq is not None:
-        def param(t, i):                                                 # (KV_N, D) -> (1, KV_N, 1, D)
-            return None if t is None else t[i][None, :, None, :]
-
-        k = antiquant(k, param(aq.scale, 0), param(aq.offset, 0), call.dtype)
-        v = antiquant(v, param(aq.scale, 1), param(aq.offset, 1), call.dtype)
-    return k, v
-
-
-def spans_of(call: incre.IncreCall) -> list[BatchSpan]:
-    """Per batch: one query row, keys ``[start, start + kvlen)``; none where the padded start is < 0."""
-    band = Band(INT_MAX, INT_MAX, call.mask is not None)
-    pad = None if call.kv_pad is None else max(int(call.kv_pad[0]), 0)
-    spans = []
-    for kvlen in call.kvlens:
-        start = 0 if pad is None else call.capacity - pad - kvlen
-        if start < 0:
-            start, kvlen = 0, 0
-        spans.append(BatchSpan(1, kvlen, 0, start, 0, start, band))
-    return spans
+    whole = Span(1, call.capacity, 0, 0, 0, 0, INT_MAX, INT_MAX, 0)
+    return execute.decode_store(call).take(0, call.heads.B, whole)
 
 
 def decode_attention(call: incre.IncreCall, compute_dtype: torch.dtype = torch.float32
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, N, 1, Dv), lse (B, N, 1)) in ``compute_dtype`` for a validated decode call."""
-    k, v = key_values(call)
-    return attention(call.heads.q, k, v, spans_of(call), scale=call.scale, fill=call.fill, mask=call.mask,
-                     pse=call.pse, empty_lse=LSE_DECODE_EMPTY, compute_dtype=compute_dtype)
+    """(out (B, N, 1, Dv), lse (B, N, 1)) in ``compute_dtype`` for a validated decode call, before any int8
+    output quantisation."""
+    h = call.heads
+    out = torch.empty(h.B, h.N, 1, h.Dv, dtype=compute_dtype, device=h.q.device)
+    lse = torch.empty(h.B, h.N, 1, dtype=torch.float32, device=h.q.device)
+    execute.run_decode(replace(call, quant=NO_QUANT), incre.pack(call.kvlens), out, lse, Numerics(compute=compute_dtype))
+    return out, lse
 
 
 def npu_incre_flash_attention(query, key, value, *, compute_dtype: torch.dtype = torch.float32,
@@ -83,23 +48,17 @@ def npu_incre_flash_attention(query, key, value, *, compute_dtype: torch.dtype =
     output dtype and the query's layout.
     """
     call = incre.validate(query, key, value, **kwargs)
-    out, _ = decode_attention(call, compute_dtype)
-    if call.quant.int8_out:
-        out = quantise_output(call, out)
-    return from_bnsd(out, call.layout.inp).to(call.out_dtype).contiguous()
+    h = call.heads
+    out = torch.empty(out_shape(call.layout.inp, h.B, h.N, 1, h.Dv),
+                      dtype=torch.int8 if call.quant.int8_out else compute_dtype, device=h.q.device)
+    execute.run_decode(call, incre.pack(call.kvlens), as_bnsd(out, call.layout.inp, h.N), None,
+                       Numerics(compute=compute_dtype))
+    return out.to(call.out_dtype)
 
 
 def quantise_output(call: incre.IncreCall, out: torch.Tensor) -> torch.Tensor:
-    """int8 output (spec ops §1.9): per-tensor AscendQuant, per-channel the IFA rounding; batches without
-    keys are 0. ``out`` (B, N, 1, Dv) float."""
-    qa, h = call.quant, call.heads
-    x = out.to(torch.float32)
-    if qa.per_channel:
-        def channel(t):
-            return None if t is None else t.reshape(h.N, h.Dv)[None, :, None, :]
-        y = quant.ifa_channel_quant(x, channel(qa.quant_scale2), channel(qa.quant_offset2))
-    else:
-        y = quant.ascend_quant(x, qa.quant_scale2.reshape(()), None if qa.quant_offset2 is None
-                               else qa.quant_offset2.reshape(()))
-    empty = torch.tensor([sp.kvlen == 0 for sp in spans_of(call)], device=out.device)[:, None, None, None]
-    return y.masked_fill(empty, 0)
+    """int8 output (spec ops §1.9) of a float (B, N, 1, Dv) result: per-tensor AscendQuant, per-channel the
+    IFA rounding; batches without keys are 0."""
+    empty = [sp.kvlen == 0 for sp in spans.decode(incre.pack(call.kvlens), call.heads.B, call.heads.S2, call.kv_pad)]
+    y = execute.quantise_decode(call.quant, out)
+    return y.masked_fill(torch.tensor(empty, device=out.device)[:, None, None, None], 0)

@@ -1,8 +1,9 @@
 """Golden ``npu_prompt_flash_attention``: the same arguments, exact math, any device.
 
 Float inputs: exact attention in ``compute_dtype``. int8 inputs: the NPU's pipeline step by step
-(``core.Int8Steps``). int8 output: AscendQuant of the result with ``quant_scale2``/``quant_offset2``
-(per tensor or per channel), 0 on rows that are not computed.
+(``core.Numerics.int8``). int8 output: AscendQuant of the result with ``quant_scale2``/``quant_offset2``
+(per tensor or per channel), 0 on rows that are not computed. The computation is the CPU execution
+path's (``execute.run_prefill``) with the reference's numerics.
 """
 
 from __future__ import annotations
@@ -11,32 +12,11 @@ from typing import Optional
 
 import torch
 
-from .. import quant
 from ..kernels import prefill
-from ..layouts import from_bnsd
+from ..layouts import out_shape
 from ..ops import prompt
-from .core import BatchSpan, Int8Steps, attention
-
-
-def spans_of(call: prompt.PromptCall) -> list[BatchSpan]:
-    offsets = call.offsets or ((0, 0, 0, 0, 0),) * len(call.qlens)
-    return [BatchSpan(q, kv, *off[:4], band) for q, kv, band, off in zip(call.qlens, call.kvlens, call.bands, offsets)]
-
-
-def int8_steps(qa: quant.QuantArgs, block_n: int) -> Optional[Int8Steps]:
-    if not qa.int8_in:
-        return None
-    return Int8Steps(quant.deq_scale(qa.deq_scale1).reshape(()), qa.quant_scale1.reshape(()),
-                     quant.deq_scale(qa.deq_scale2).reshape(()), block_n)
-
-
-def quantise_output(out: torch.Tensor, lse: torch.Tensor, qa: quant.QuantArgs) -> torch.Tensor:
-    """(B, N, S1, Dv) result → int8 with AscendQuant; rows not computed (lse +inf) are 0."""
-    n, dv = out.shape[1], out.shape[3]
-    shape = (1, n, 1, dv) if qa.per_channel else ()
-    offset = None if qa.quant_offset2 is None else qa.quant_offset2.reshape(shape)
-    q = quant.ascend_quant(out, qa.quant_scale2.reshape(shape), offset)
-    return torch.where((lse != float("inf"))[..., None], q, torch.zeros_like(q))
+from . import execute
+from .core import Numerics
 
 
 def npu_prompt_flash_attention(query, key, value, *, compute_dtype: torch.dtype = torch.float32,
@@ -51,16 +31,16 @@ def npu_prompt_flash_attention(query, key, value, *, compute_dtype: torch.dtype 
     precision, no pse), follow its fp16 roundings step by step (spec ops §1.8) instead of exact math.
     """
     call = prompt.validate(query, key, value, **kwargs)
-    h = call.heads
     fp16_path = emulate_fp16 and call.fp16_path
     if block_n is None and (call.quant.int8_in or fp16_path):
         block_n = kernel_block_n(query, key, value, **kwargs)
-    out, lse = attention(h.q, h.k, h.v, spans_of(call), scale=call.scale, fill=call.fill, mask=call.mask,
-                         pse=call.pse, zero_masked_rows=call.zero_masked_rows, compute_dtype=compute_dtype,
-                         int8=int8_steps(call.quant, block_n), block_n=block_n, fp16_path=fp16_path)
-    if call.quant.int8_out:
-        out = quantise_output(out, lse, call.quant)
-    return from_bnsd(out, call.layout.out).to(call.out_dtype).contiguous()
+    numerics = Numerics(compute=compute_dtype, block_n=block_n, fp16=fp16_path, int8=execute.int8_steps(call.quant))
+    h = call.heads
+    out = torch.empty(out_shape(call.layout.out, h.B, h.N, h.S1, h.Dv),
+                      dtype=torch.int8 if call.quant.int8_out else compute_dtype, device=h.q.device)
+    block = prompt.pack(call.qlens, call.kvlens, call.bands, call.offsets)
+    execute.run_prefill(call, block, prompt.out_view(call, out), None, numerics)
+    return out.to(call.out_dtype)
 
 
 def kernel_block_n(query, key, value, **kwargs) -> int:
