@@ -36,7 +36,6 @@ replay and the records that release it should not compute with tensors on the pa
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import json
 import threading
@@ -62,27 +61,37 @@ class _ThreadState(threading.local):
         self.current = None       # the thread's current stream (None: the default stream)
         self.executing = False    # a thunk runs in this thread: its aten calls execute directly
         self.in_mode = 0          # inside a mode's handler: the mode stacks must not change
+        self.mode_on = False      # HostMode is on this thread's dispatch mode stack
+        self.reads_on = False     # HostReads is on this thread's torch function mode stack
 
 
 _thread = _ThreadState()
 
 
-class _Switch:
-    """Keeps one mode on the calling thread's mode stack while it is wanted; pops it when it is not
-    wanted and on top (under a mode pushed later it stays, passing calls through, until then)."""
+def _switch(mode, want: bool, push, pop, top) -> bool:
+    """Push ``mode``, or pop it if it is on top; returns whether it is on the stack (under a mode pushed
+    after it, it stays, passing calls through, until a later switch finds it on top)."""
+    if want:
+        push(mode)
+        return True
+    if top() is mode:
+        pop()
+        return False
+    return True
 
-    def __init__(self, mode, push, pop, top):
-        self.mode, self.push, self.pop, self.top = mode, push, pop, top
-        self.on = threading.local()
 
-    def set(self, want: bool) -> None:
-        on = getattr(self.on, "on", False)
-        if want and not on:
-            self.push(self.mode)
-            self.on.on = True
-        elif not want and on and self.top() is self.mode:
-            self.pop()
-            self.on.on = False
+class _Direct:
+    """Context: the calling thread's aten calls run directly (thunks at their turn, the runtime's own
+    bookkeeping), past the torch function modes, which saw the calls when they were issued."""
+
+    def __enter__(self):
+        self.previous, _thread.executing = _thread.executing, True
+        self.no_modes = torch._C.DisableTorchFunction()
+        self.no_modes.__enter__()
+
+    def __exit__(self, *exc):
+        self.no_modes.__exit__(*exc)
+        _thread.executing = self.previous
 
 
 class Wait:
@@ -152,22 +161,21 @@ class Scheduler:
             self.enqueue(stream, thunk)
             self.pump()
 
-    @contextlib.contextmanager
-    def direct(self):
-        """Aten calls inside run directly: thunks at their turn, and the runtime's own bookkeeping (past
-        the torch function modes, which saw the calls when they were issued)."""
-        previous, _thread.executing = _thread.executing, True
-        try:
-            with torch._C.DisableTorchFunction():
-                yield
-        finally:
-            _thread.executing = previous
+    @staticmethod
+    def direct() -> _Direct:
+        return _Direct()
 
     def pump(self) -> None:
         """Run every stream until it is empty or parked."""
         with self.lock:
-            ran = False
-            progress = True
+            if self.busy:
+                self._run()
+        _backend.update_modes()
+
+    def _run(self) -> None:
+        ran = False
+        progress = True
+        with self.direct():
             while progress and self.busy:
                 progress = False
                 for stream in list(self.busy):
@@ -178,16 +186,14 @@ class Scheduler:
                             break
                         queue.popleft()
                         try:
-                            with self.direct():
-                                thunk()
+                            thunk()
                         finally:
                             stream.done += 1
                         progress = ran = True
                     if not queue:
                         del self.busy[stream]
-            if ran:
-                self.progress.notify_all()
-        _backend.update_modes()
+        if ran:
+            self.progress.notify_all()
 
     def parked(self) -> str:
         return "; ".join(f"{s!r} is parked at {s.queue[0].describe()}" for s in self.busy if s.queue)
@@ -521,20 +527,26 @@ class HostBackend(interface.Backend):
         super().__init__()
         _backend = self
         self.default = HostStream()
-        self.mode = _Switch(HostMode(), dispatch._push_mode, dispatch._pop_mode, dispatch._get_current_dispatch_mode)
-        self.reads = _Switch(HostReads(), overrides._push_mode, overrides._pop_mode,
-                             overrides._get_current_function_mode)
+        self.mode = HostMode()
+        self.reads = HostReads()
         self.captures = 0
 
     def update_modes(self) -> None:
         """On the calling thread (not from inside a mode's handler): ``HostMode`` while some stream
         captures or is parked or a task group is open; ``HostReads`` while its current stream captures
         or is parked (elsewhere a read waits for nothing)."""
-        if _thread.in_mode:
+        t = _thread
+        mode = bool(_sched.busy or self.captures or self.guarding)
+        if t.in_mode or not (mode or t.mode_on or t.reads_on):
             return
-        stream = self.current_stream()
-        self.mode.set(bool(_sched.busy or self.captures or self.guarding))
-        self.reads.set(stream.lane is not None or bool(stream.queue))
+        stream = self.default if t.current is None else t.current
+        reads = stream.lane is not None or bool(stream.queue)
+        if mode != t.mode_on:
+            t.mode_on = _switch(self.mode, mode, dispatch._push_mode, dispatch._pop_mode,
+                                dispatch._get_current_dispatch_mode)
+        if reads != t.reads_on:
+            t.reads_on = _switch(self.reads, reads, overrides._push_mode, overrides._pop_mode,
+                                 overrides._get_current_function_mode)
 
     def host_read(self, what: str) -> None:
         """Before the host reads device memory: raise while the current stream captures, else run the
