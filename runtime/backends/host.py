@@ -15,8 +15,10 @@ While a stream captures, a stream is parked, or a task group / task update is op
 - operators of task namespaces (``npu``) run their Python implementation, which ends in
   ``tasks.submit``; the runtime's submitter records, queues or launches the task's launch closure.
 Reads of tensor memory that do not dispatch (``tolist``, ``numpy``, ``__array__``, printing) go through
-a ``TorchFunctionMode`` at the same times and are host reads like ``.item()``: they wait for the current
-stream, and raise where it captures or would hang.
+a ``TorchFunctionMode`` while the current stream captures or is parked, and are host reads like
+``.item()``: they wait for the current stream, and raise where it captures or would hang. torch.compile
+traces with the dispatch mode off and runs compiled code with it on (``ignore_compile_internals``), so
+a compiled function is captured too.
 A replay enqueues the recorded program on the current stream; a capture that forked other streams
 replays them on streams the graph owns, with the captured event edges.
 
@@ -173,27 +175,27 @@ class Scheduler:
         _backend.update_modes()
 
     def _run(self) -> None:
-        ran = False
         progress = True
-        with self.direct():
-            while progress and self.busy:
-                progress = False
-                for stream in list(self.busy):
-                    queue = stream.queue
-                    while queue:
-                        thunk = queue[0]
-                        if isinstance(thunk, Wait) and not thunk.ready():
-                            break
-                        queue.popleft()
-                        try:
-                            thunk()
-                        finally:
-                            stream.done += 1
-                        progress = ran = True
-                    if not queue:
-                        del self.busy[stream]
-        if ran:
-            self.progress.notify_all()
+        try:
+            with self.direct():
+                while progress and self.busy:
+                    progress = False
+                    for stream in list(self.busy):
+                        queue = stream.queue
+                        while queue:
+                            thunk = queue[0]
+                            if isinstance(thunk, Wait) and not thunk.ready():
+                                break
+                            queue.popleft()
+                            progress = True
+                            try:
+                                thunk()
+                            finally:
+                                stream.done += 1
+                        if not queue:
+                            del self.busy[stream]
+        finally:
+            self.progress.notify_all()   # waiting threads look again (also after a thunk's error)
 
     def parked(self) -> str:
         return "; ".join(f"{s!r} is parked at {s.queue[0].describe()}" for s in self.busy if s.queue)

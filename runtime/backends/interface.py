@@ -13,9 +13,9 @@ so the dependencies run one way (tests/runtime/test_backend_imports.py checks it
 - ``Graph``: the backend side of an ``NPUGraph``; ``Flag``: the backend side of an ``ExternalEvent``
   (its flag word). The front-end objects own the checks and the names, these own the device work.
 
-Where the device would hang, a backend raises ``DeadlockError``; a host synchronisation that waits for
-work nothing queued can release waits while another thread might still release it, at most
-``wait_timeout_s`` seconds.
+Where the device would hang, a backend raises ``DeadlockError``: at once when no other thread is alive
+to release the work a host synchronisation waits for, else after waiting ``wait_timeout_s`` seconds
+for one to do so.
 """
 
 from __future__ import annotations
