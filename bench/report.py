@@ -4,11 +4,12 @@ Compiles every kernel variant that ``npu_kernels.aot.all_variants()`` lists exac
 would (``aot.compile_launch``: the launch's own specialisation, constexprs and options), for sm_80 and
 sm_90, in a subprocess where Triton is in compiled mode (``NPUK_COMPILE_ONLY=1``, ``TRITON_INTERPRET``
 unset: interpret mode replaces the jitted functions the compiler needs) with an empty Triton cache.
-Tabulates, per launched kernel and arch: registers, spills, shared memory, tensor-core instructions
-(wgmma / mma), the main loop's load kinds (TMA / cp.async / ldg) and barriers, and its SASS
+Tabulates, per launched kernel and arch: registers, spills (and those inside the main loop), shared memory,
+tensor-core instructions (wgmma / mma), the main loop's load kinds (TMA / cp.async / ldg) and barriers, and its SASS
 instructions per warp per 32 keys (``npu_kernels.kernels.sass``). Spills and variants that fail to
-compile are flagged; a binary identical to an earlier row's (same cubin hash) is marked. Exit status 1
-when a variant fails to compile.
+compile or need more shared memory than the arch has (which fails at launch) are flagged; a binary
+identical to an earlier row's (same cubin hash) is marked. Exit status 1 when a variant fails to compile
+or does not fit.
 
 Instruction counts are static: what the binary issues per loop iteration, not a measured speed.
 """
@@ -37,7 +38,7 @@ def worker(archs: Sequence[int], names: Sequence[str]) -> None:
     known = aot.all_variants()
     variants = [v for v in known if not names or v.name in names]
     unknown = sorted(set(names) - {v.name for v in known})
-    compiles = (sum(len(v.launches) for v in variants) + len(unknown)) * len(archs)
+    compiles = sum(len(v.launches(arch)) for v in variants for arch in archs) + len(unknown) * len(archs)
     print(json.dumps({"compiles": compiles}), flush=True)
     for name in unknown:
         for arch in archs:
@@ -81,9 +82,14 @@ def compile_all(archs: Sequence[int] = ARCHS, names: Sequence[str] = ()) -> list
     return rows
 
 
+SHARED_LIMIT = {80: 166912, 90: 232448}      # bytes of shared memory a block may use (A100, H100/H200)
+
+
 def status(row: dict) -> str:
     if row.get("error"):
         return "FAILED"
+    if row["shared_bytes"] > SHARED_LIMIT.get(row["arch"], row["shared_bytes"]):
+        return "SHARED"
     return "SPILLS" if row.get("spill_bytes") else "ok"
 
 
@@ -108,13 +114,13 @@ def markdown(rows: list[dict]) -> str:
             continue
         same = first.setdefault(r["cubin_sha256"], where)
         note = f" (same binary as {same})" if same != where else ""
-        spill = f"**{r['spill_bytes']}**" if r["spill_bytes"] else "0"
+        spill = f"**{r['spill_bytes']}** ({r['loop_spill_bytes']} in loop)" if r["spill_bytes"] else "0"
         cores = f"{r['tensor_cores']} ×{r['mma']}" if r["tensor_cores"] else "none"
         loop, loads, bars = _loop(r)
         lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {r.get('blocks', '')} "
                      f"| {r['num_warps']}/{r['num_stages']} | {r['registers']} | {spill} "
                      f"| {r['shared_bytes'] / 1024:.1f} | {cores} | {loop} | {loads} | {bars} "
-                     f"| {'**SPILLS**' if r['spill_bytes'] else 'ok'}{note} |")
+                     f"| {status(r).replace('SPILLS', '**SPILLS**').replace('SHARED', '**SHARED MEMORY**')}{note} |")
     return "\n".join(lines)
 
 
@@ -130,12 +136,12 @@ def main(archs: Sequence[int] = ARCHS, names: Sequence[str] = (), out_dir: Optio
         f"compiled on {env['gpu']}\n\n{text}\n")
     print(text)
     spills = [f"{r['kernel']}:{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "SPILLS"]
-    failed = [f"{r['kernel']}:{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] == "FAILED"]
-    print(f"{len(rows)} compiles: {len(failed)} failed, {len(spills)} with spills"
+    failed = [f"{r['kernel']}:{r['variant']}@sm_{r['arch']}" for r in rows if r["status"] in ("FAILED", "SHARED")]
+    print(f"{len(rows)} compiles: {len(failed)} failed or over the shared memory limit, {len(spills)} with spills"
           + (f" ({', '.join(spills)})" if spills else ""))
     print(f"wrote {jpath}, {cpath} and {jpath.with_suffix('.md')}")
     if failed:
-        print(f"failed to compile: {', '.join(failed)}", file=sys.stderr)
+        print(f"failed to compile or to fit: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

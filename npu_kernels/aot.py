@@ -58,8 +58,15 @@ class Launch:
 
 @dataclass(frozen=True)
 class Variant:
+    """A planned call: ``launch()`` plans it for the GPU of the active target and launches it."""
+
     name: str
-    launches: tuple[Launch, ...]
+    launch: Callable[[], None]
+
+    def launches(self, arch: int) -> list[Launch]:
+        """What the call launches when planned and compiled for ``sm_<arch>``."""
+        with compile_only_target(arch):
+            return record(self.launch)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Compiled:
     per_32_keys: float          # loop_instructions per 32 keys
     loop_loads: dict = field(default_factory=dict)   # tma / cp.async / ldg instructions in the main loop
     loop_barriers: int = 0      # BAR instructions in the main loop
+    loop_spill_bytes: int = 0   # spill bytes moved inside the main loop (each iteration)
     cubin_sha256: str = ""
     compile_s: float = 0.0
 
@@ -155,6 +163,7 @@ def analyse(kernel, arch: int, block_n: int, compile_s: float = 0.0) -> Compiled
         loop_keys=keys, loop_instructions=loop.path if loop else 0,
         per_32_keys=round(loop.path * 32 / keys, 1) if loop else 0.0,
         loop_loads=sass.load_kinds(loop.counts) if loop else {}, loop_barriers=loop.counts["BAR"] if loop else 0,
+        loop_spill_bytes=sass.spill_bytes(instrs[loop.start:loop.end + 1]) if loop else 0,
         cubin_sha256=hashlib.sha256(cubin).hexdigest(), compile_s=compile_s)
 
 
@@ -196,9 +205,10 @@ def signature(fn, args: dict, constexprs: dict) -> dict[str, str]:
 def rows(variants: Sequence[Variant], archs: Sequence[int] = ARCHS) -> Iterator[dict]:
     """One report row per (variant, launched kernel, arch); a failing compile is a row with its error."""
     for v in variants:
-        for launch in v.launches:
-            blocks = " ".join(f"{k[6:]}={val}" for k, val in launch.constexprs().items() if k.startswith("BLOCK_"))
-            for arch in archs:
+        for arch in archs:
+            for launch in v.launches(arch):
+                blocks = " ".join(f"{k[6:]}={val}" for k, val in launch.constexprs().items()
+                                  if k.startswith("BLOCK_"))
                 row = {"kernel": launch.family, "variant": v.name, "arch": arch, "blocks": blocks,
                        "num_warps": launch.options["num_warps"], "num_stages": launch.options["num_stages"]}
                 try:
@@ -208,22 +218,23 @@ def rows(variants: Sequence[Variant], archs: Sequence[int] = ARCHS) -> Iterator[
                 yield row
 
 
-def _prefill_variant(name: str, call, out: torch.Tensor, lse, tensors: tuple) -> tuple[Variant, object]:
-    """(variant, static config) of a prefill-kernel call planned for a GPU; ``tensors``: Q, K, V, O, LSE,
-    MASK, PSE as ``ops.prompt.submit`` passes them (the parameter block is appended)."""
+def _prefill_variant(name: str, call, out: torch.Tensor, lse, tensors: tuple) -> Variant:
+    """A prefill-kernel call planned for a GPU; ``tensors``: Q, K, V, O, LSE, MASK, PSE as the operator
+    passes them (the parameter block is appended)."""
     from . import tasks
     from .kernels import prefill
     from .ops import prompt
 
-    p = prompt.plan(call, out, lse, on_gpu=True)
-    block = tasks.device_block(p.params, out.device)
-    launches = record(lambda: prefill.launch(p.static, *tensors, block, scales=call.quant.kernel_scales(),
-                                             sources=call.sources.tensors()))
-    return Variant(name, tuple(launches)), p.static
+    def launch():
+        p = prompt.plan(call, out, lse, on_gpu=True)
+        prefill.launch(p.static, *tensors, tasks.device_block(p.params, out.device),
+                       scales=call.quant.kernel_scales(), sources=call.sources.tensors())
+
+    return Variant(name, launch)
 
 
-def _planned_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict) -> tuple[Variant, object]:
-    """A prompt call with its dummies and views as ``ops.prompt.submit`` makes them."""
+def _planned_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict) -> Variant:
+    """A prompt call with its dummies and views as the operator makes them."""
     from .ops import prompt
 
     call = prompt.validate(q, k, v, **kw)
@@ -247,7 +258,7 @@ def prefill_variants() -> list[Variant]:
         ("bf16-d192-dv128", torch.bfloat16, 192, 128, {}),
         ("fp16-d256", torch.float16, 256, 256, {}),
         ("bf16-d512-band", torch.bfloat16, 512, 512, {"sparse_mode": 4, "atten_mask": "compressed"}),
-        ("fp16-d72-gqa", torch.float16, 72, 72, {"num_key_value_heads": 1}),
+        ("fp16-d80-gqa", torch.float16, 80, 80, {"num_key_value_heads": 1}),
     ]
     out = []
     for name, dtype, d, dv, extra in cases:
@@ -264,7 +275,7 @@ def prefill_variants() -> list[Variant]:
             kw["atten_mask"] = torch.zeros(s, s, dtype=torch.bool)
         if extra.get("pse_shift"):
             kw["pse_shift"] = torch.zeros(1, n, s, s, dtype=dtype)
-        out.append(_planned_prefill(name, q, k, v, kw)[0])
+        out.append(_planned_prefill(name, q, k, v, kw))
     return out
 
 
@@ -315,7 +326,7 @@ def fused_variants() -> list[Variant]:
 
         tensors = (h.q, h.k, h.v, prompt.out_view(call, o), h.q if lse_k is None else lse_k,
                    h.q if mask is None else mask, h.q if call.pse is None else call.pse)
-        out.append(_prefill_variant(name, call, o, lse_k, tensors)[0])
+        out.append(_prefill_variant(name, call, o, lse_k, tensors))
     return out
 
 
@@ -328,9 +339,9 @@ _INT8_CASES = [   # name, input dtype, D, path, extra
 ]
 
 
-def _int8_prefill() -> list[tuple[Variant, object]]:
+def _int8_prefill() -> list[Variant]:
     """Int8 prefill variants (spec ops §2.4): paths (a) int8 → int8, (b) int8 → fp16, (c) fp16/bf16 → int8,
-    per-tensor and per-channel; (variant, static config) pairs."""
+    per-tensor and per-channel."""
     out = []
     for name, dtype, d, path, extra in _INT8_CASES:
         b, n, s = 1, 2, 64
@@ -355,15 +366,27 @@ def _int8_prefill() -> list[tuple[Variant, object]]:
     return out
 
 
-def prefill_int8_variants() -> list[tuple[str, dict, object]]:
-    """(name, kernel arguments by name, static config) of each int8 prefill variant."""
-    return [(v.name, v.launches[0].by_name(), cfg) for v, cfg in _int8_prefill()]
+@dataclass(frozen=True)
+class _LaunchConfig:
+    meta: tuple
+    num_warps: int
+    num_stages: int
+
+
+def prefill_int8_variants() -> list[tuple[str, dict, _LaunchConfig]]:
+    """(name, kernel arguments by name, launch config: every constexpr, num_warps, num_stages) of each
+    int8 prefill variant, planned for sm_90."""
+    out = []
+    for v in _int8_prefill():
+        (launch,) = v.launches(90)
+        cfg = _LaunchConfig(tuple(launch.constexprs().items()), launch.options["num_warps"],
+                            launch.options["num_stages"])
+        out.append((v.name, launch.by_name(), cfg))
+    return out
 
 
 def decode_variants() -> list[Variant]:
     """Representative decode variants (split and combine launches), planned for a GPU."""
-    from . import tasks
-    from .kernels import decode
     from .ops import incre
 
     # name, dtype, D, N, KV_N, extra: paged cache ("3d"/"4d"), int8 K/V and int8 output ("tensor"/"channel"),
@@ -407,21 +430,31 @@ def decode_variants() -> list[Variant]:
         if extra.get("quant"):
             shape = (1,) if extra["quant"] == "tensor" else (n, d)
             kw.update(quant_scale2=torch.ones(shape), quant_offset2=torch.zeros(shape))
-        call = incre.validate(q, k, k, **kw)
+        out.append(Variant(name, _decode_launch(incre.validate(q, k, k, **kw))))
+    return out
+
+
+def _decode_launch(call) -> Callable[[], None]:
+    from . import tasks
+    from .kernels import decode
+    from .ops import incre
+
+    def launch():
         o = incre.output(call)
         p = incre.plan(call, o, None, on_gpu=True)
         n_acc, n_ml = p.static.workspace
         ws = torch.zeros(n_acc + n_ml, dtype=torch.float32)
-        block = tasks.device_block(p.params, o.device)
-        split, combine = incre.kernel_tensors(call, o, None, ws[:n_acc], ws[n_acc:], block)
-        out.append(Variant(name, tuple(record(lambda: decode.launch(p.static, split, combine)))))
-    return out
+        split, combine = incre.kernel_tensors(call, o, None, ws[:n_acc], ws[n_acc:],
+                                              tasks.device_block(p.params, o.device))
+        decode.launch(p.static, split, combine)
+
+    return launch
 
 
 def all_variants() -> list[Variant]:
     """Every kernel variant of every family, for the AOT check and the static report (``bench report``).
     A new family's variant list joins here."""
-    return prefill_variants() + [v for v, _ in _int8_prefill()] + fused_variants() + decode_variants()
+    return prefill_variants() + _int8_prefill() + fused_variants() + decode_variants()
 
 
 def main() -> None:

@@ -1,28 +1,44 @@
 """Prefill flash attention: one kernel family for every prefill variant (constexpr flags).
 
-One program computes BLOCK_M rows of the query/output seq axis for one (batch, query head). Per batch
-lengths, offsets and band limits come from the parameter block (``npu_kernels.params``), so the grid
-depends on static sizes only and the launch can be captured and later updated.
+Programs. A program computes a tile of BLOCK_M rows of the query/output seq axis for one query head.
+Dense layouts (and token-major ones planned per batch, ``VARLEN`` without ``TOKEN_GRID``): one program
+per (row tile, batch·head), tiles in reverse order so that under a causal band the tiles with the most
+keys start first. ``TOKEN_GRID`` (token-major layouts, a grid from static sizes only): one program per
+(tile of the T token rows, head); it computes, one after the other, every batch whose rows meet the
+tile, batches ``[lo, hi)`` read from the tail of the parameter block (``token_grid``), and stores only
+that batch's rows. Per batch lengths, offsets and band limits come from the parameter block
+(``npu_kernels.params``), so the grid depends on static sizes only and a captured launch can be updated.
 
-Per program: rows outside the batch's valid query range are written as 0; the key loop visits only
-the blocks that intersect the band of the program's valid rows; the band/length predicate is
-evaluated only on blocks that are not entirely inside the band; the user mask (non-zero = masked out)
-is applied element-wise. Masked scores are replaced by FILL; keys past the batch's length are
-excluded (-inf). A row whose every score is FILL attends uniformly to all keys of the batch (the NPU
-result for fully masked rows); the keys of skipped blocks are added in a second, score-free pass that
-runs only when such a row exists.
+Key blocks. The keys that the tile's valid rows reach are cut into blocks of BLOCK_N. *Steady* blocks lie
+inside the band of every valid row and inside the kv length: their loop evaluates no element predicate.
+The partial blocks before and after them (band edges, the diagonal, the end of the keys) run the same
+body with the band/length predicate. The three loops visit the blocks in ascending key order, as the
+reference's blockwise emulation does. Masked scores are FILL, keys past the length -inf; a row whose
+every score is FILL attends uniformly to all keys of the batch (the NPU result for fully masked rows):
+the keys of blocks that were not visited are added in a score-free pass that runs only when such a row
+exists. The user mask is non-zero = masked out.
 
-QUANT_MODE=1 is the int8 full-quantisation pipeline (spec ops §2.4): int8 Q·Kᵀ on int8 tensor cores into
-int32, dequant with the FP19 ``deq_scale1`` to fp16, scale and pse in fp16, online softmax whose
-unnormalised P is rounded to fp16 and quantised to int8 with ``quant_scale1`` (AscendQuant), int8 P·V
-into int32, dequant with ``deq_scale2`` to fp16, accumulation in fp32, division by fp16(l) at the end.
-OUT_QUANT quantises the normalised output to int8 (1: per-tensor, 2: per-channel ``quant_scale2`` /
-``quant_offset2``); rows that are not computed are 0, not the offset.
+Loads. Dense float Q/K/V/O whose strides allow it (``USE_TMA``, decided at launch) are read and written
+through device-side tensor descriptors (TMA on sm_90); paged caches, a shared prefix, rope parts,
+anti-quantised or token-major rows go through pointers, in int64. A paged cache whose page holds whole
+blocks (``PAGE_TILES``) reads one block-table entry per key block; a block id outside
+``[0, NUM_BLOCKS)`` is never dereferenced: its keys and values read as zeros.
+
+Arithmetic. The float path computes in fp32 with exp2: log2(e) is folded into the scale (and into pse),
+FILL is kept as is, and the row maximum is turned back to natural log for ``softmax_lse``.
+``FP16_PATH`` follows the NPU's fp16 high-performance path step by step (``reference.core``'s
+emulation): scores rounded to fp16 after Q·Kᵀ and after the fp16 scale, P = fp16(exp(fp16(s - m))), P·V
+rounded to fp16 and the accumulator kept in fp16, out = acc / fp16(l). QUANT_MODE=1 is the int8
+full-quantisation pipeline (spec ops §2.4): int8 Q·Kᵀ into int32, dequant with the FP19 ``deq_scale1``
+to fp16, scale and pse in fp16, P = fp16(exp(fp16(s - m))) quantised to int8 with ``quant_scale1``
+(AscendQuant), int8 P·V into int32, dequant with ``deq_scale2`` to fp16, accumulation in fp32, division
+by fp16(l). OUT_QUANT quantises the normalised output to int8 (1: per-tensor, 2: per-channel
+``quant_scale2`` / ``quant_offset2``); rows that are not computed are 0, not the offset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import triton
 import triton.language as tl
@@ -31,16 +47,19 @@ from .. import launcher
 from .. import params as pb
 from .. import quant
 
+LOG2E = tl.constexpr(1.4426950408889634)     # exp(x) = exp2(x * LOG2E)
+LN2 = tl.constexpr(0.6931471805599453)
+
 
 @triton.jit
 def _prefill_kernel(
-    Q, K, V, O, LSE, MASK, PSE, PARAMS,     # PARAMS: [B, FIELDS] int32
+    Q, K, V, O, LSE, MASK, PSE, PARAMS,     # PARAMS: [rows, FIELDS] int32 (TOKEN_GRID: then the tile tail)
     DEQ1, QS1, DEQ2, QS2, QO2,              # [1] scales (int32 fp32 bits or int64 words); QS2/QO2: [1] or [N*DV]
     QPAD, KVPAD, TABLE, KP, VP, QR, KR, KSC, KOF, VSC, VOF,   # fused-operator inputs (ops.sources); Q when absent
     sm_scale,
     stride_qb, stride_qn, stride_qs, stride_qd,     # Q: [B, N, S1, D] view
-    stride_kb, stride_kn, stride_ks, stride_kd,     # K: [B, KV_N, S2, D] view
-    stride_vb, stride_vn, stride_vs, stride_vd,     # V: [B, KV_N, S2, DV] view
+    stride_kb, stride_kn, stride_ks, stride_kd,     # K: [B, KV_N, S2, D] view, or paged [blocks, KV_N, PAGE, D]
+    stride_vb, stride_vn, stride_vs, stride_vd,     # V: like K, last dim DV
     stride_ob, stride_on, stride_os, stride_od,     # O: [B, N, S1, DV] view
     stride_lb, stride_ln, stride_ls,                # LSE: [B, N, S1]
     stride_mb, stride_ms, stride_mk,                # MASK: [B or 1, rows, cols]
@@ -52,7 +71,7 @@ def _prefill_kernel(
     stride_krb, stride_krn, stride_krs, stride_krd, # KR: like K, rope part of the keys
     stride_ksx, stride_ksh, stride_ksy,             # KSC/KOF: key anti-quant [X, KV_N, Y] (see _antiquant)
     stride_vsx, stride_vsh, stride_vsy,             # VSC/VOF: value anti-quant
-    N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE,          # GROUP = N // KV_N
+    N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS,   # GROUP = N // KV_N; NUM_BLOCKS: paged cache blocks
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -63,16 +82,72 @@ def _prefill_kernel(
     HAS_PREFIX: tl.constexpr, ROPE_DIM: tl.constexpr, BLOCK_DR: tl.constexpr,
     K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr, HAS_V_OFFSET: tl.constexpr,
     LSE_EMPTY: tl.constexpr,
+    FP16_PATH: tl.constexpr, TOKEN_GRID: tl.constexpr, USE_TMA: tl.constexpr, PAGE_TILES: tl.constexpr,
+    SCALE_POS: tl.constexpr,
 ):
-    i_m = tl.program_id(0)
-    i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
-    if i_bh >= BN_TOTAL:
-        return
-    i_b = i_bh // N
-    i_n = i_bh % N
+    if TOKEN_GRID:                                       # (row tile of T, head): batches [lo, hi) of the tail
+        i_t = tl.program_id(0)
+        i_n = tl.program_id(1)
+        p_tail = PARAMS + (S1 + 1) * pb.FIELDS + 2 * i_t
+        for i_b in range(tl.load(p_tail), tl.load(p_tail + 1)):
+            _rows(
+                Q, K, V, O, LSE, MASK, PSE, PARAMS, DEQ1, QS1, DEQ2, QS2, QO2, QPAD, KVPAD, TABLE, KP, VP, QR, KR,
+                KSC, KOF, VSC, VOF, sm_scale, stride_qb, stride_qn, stride_qs, stride_qd, stride_kb, stride_kn,
+                stride_ks, stride_kd, stride_vb, stride_vn, stride_vs, stride_vd, stride_ob, stride_on, stride_os,
+                stride_od, stride_lb, stride_ln, stride_ls, stride_mb, stride_ms, stride_mk, stride_pb, stride_pn,
+                stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
+                stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
+                stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
+                N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, i_t * BLOCK_M,
+                HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
+                ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
+                HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, LSE_EMPTY, FP16_PATH,
+                USE_TMA, PAGE_TILES, SCALE_POS, True)
+    else:
+        i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+        if i_bh < BN_TOTAL:
+            i_m = tl.num_programs(0) - 1 - tl.program_id(0)     # heaviest row tiles of a causal band first
+            _rows(
+                Q, K, V, O, LSE, MASK, PSE, PARAMS, DEQ1, QS1, DEQ2, QS2, QO2, QPAD, KVPAD, TABLE, KP, VP, QR, KR,
+                KSC, KOF, VSC, VOF, sm_scale, stride_qb, stride_qn, stride_qs, stride_qd, stride_kb, stride_kn,
+                stride_ks, stride_kd, stride_vb, stride_vn, stride_vs, stride_vd, stride_ob, stride_on, stride_os,
+                stride_od, stride_lb, stride_ln, stride_ls, stride_mb, stride_ms, stride_mk, stride_pb, stride_pn,
+                stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
+                stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
+                stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
+                N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_bh // N, i_bh % N, i_m * BLOCK_M,
+                HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
+                ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
+                HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, LSE_EMPTY, FP16_PATH,
+                USE_TMA, PAGE_TILES, SCALE_POS, False)
+
+
+@triton.jit
+def _rows(
+    Q, K, V, O, LSE, MASK, PSE, PARAMS, DEQ1, QS1, DEQ2, QS2, QO2, QPAD, KVPAD, TABLE, KP, VP, QR, KR,
+    KSC, KOF, VSC, VOF, sm_scale, stride_qb, stride_qn, stride_qs, stride_qd, stride_kb, stride_kn,
+    stride_ks, stride_kd, stride_vb, stride_vn, stride_vs, stride_vd, stride_ob, stride_on, stride_os,
+    stride_od, stride_lb, stride_ln, stride_ls, stride_mb, stride_ms, stride_mk, stride_pb, stride_pn,
+    stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
+    stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
+    stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
+    N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, row0,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr,
+    HAS_LSE: tl.constexpr, FILL: tl.constexpr, ZERO_MASKED_ROWS: tl.constexpr, QUANT_MODE: tl.constexpr,
+    OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr, VARLEN: tl.constexpr, HAS_QPAD: tl.constexpr,
+    HAS_KVPAD: tl.constexpr, IS_PAGED: tl.constexpr, HAS_PREFIX: tl.constexpr, ROPE_DIM: tl.constexpr,
+    BLOCK_DR: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
+    HAS_V_OFFSET: tl.constexpr, LSE_EMPTY: tl.constexpr, FP16_PATH: tl.constexpr, USE_TMA: tl.constexpr,
+    PAGE_TILES: tl.constexpr, SCALE_POS: tl.constexpr, TILE_OF_T: tl.constexpr,
+):
+    """Rows ``row0 + [0, BLOCK_M)`` of batch ``i_b``, query head ``i_n``: attention, output and lse.
+    ``TILE_OF_T``: the tile is a tile of the token axis shared with other batches (store own rows only);
+    else, for VARLEN, ``row0`` counts from the batch's first row."""
     i_kvn = i_n // GROUP
     b64 = i_b.to(tl.int64)
-
+    n64 = i_n.to(tl.int64)
+    kvn64 = i_kvn.to(tl.int64)
     p_par = PARAMS + i_b * pb.FIELDS
     qlen = tl.load(p_par + pb.QLEN)
     kvlen = tl.load(p_par + pb.KVLEN)
@@ -101,99 +176,98 @@ def _prefill_kernel(
         deq1 = 1.0
         deq2 = 1.0
         qs1 = 1.0
+    if VARLEN and not TILE_OF_T:
+        row0 += q_off
 
-    if VARLEN:                                           # token-major: programs walk the batch's rows
-        i_base = i_m * BLOCK_M
-        o_i = i_base + tl.arange(0, BLOCK_M)             # [BM] rows in the batch's valid region
-        o_r = o_i + q_off                                # [BM] rows of the tensor's seq axis
-    else:                                                # programs walk the tensor's rows
-        i_base = i_m * BLOCK_M - q_off
-        o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        o_i = o_r - q_off
+    o_r = row0 + tl.arange(0, BLOCK_M)                   # [BM] rows of the tensor's seq axis
+    o_i = o_r - q_off                                    # [BM] rows of the batch
     m_row = (o_i >= 0) & (o_i < qlen)
     o_d = tl.arange(0, BLOCK_D)
     o_dv = tl.arange(0, BLOCK_DV)
     m_d = o_d < HEAD_DIM
     m_dv = o_dv < HEAD_DIM_V
-    o_n = tl.arange(0, BLOCK_N)
 
-    # Valid rows of this block and the key range their bands reach.
-    i_lo = tl.maximum(i_base, 0)
-    i_hi = tl.minimum(i_base + BLOCK_M - 1, qlen - 1)
+    # Valid rows of the tile, the keys their bands reach, and the steady blocks among them.
+    i_lo = tl.maximum(row0 - q_off, 0)
+    i_hi = tl.minimum(row0 - q_off + BLOCK_M - 1, qlen - 1)
     j_lo = tl.maximum(i_lo - pre, 0)
     j_hi = tl.minimum(i_hi + nxt + 1, kvlen)             # exclusive
-    j_start = j_lo - j_lo % BLOCK_N
-    if i_lo > i_hi:                                      # no valid row: the loops below run empty
-        j_start = 0
+    if (i_lo > i_hi) | (j_lo >= j_hi):                   # no valid row or no key: the loops run empty
+        j_lo = 0
         j_hi = 0
+    j_start = j_lo - j_lo % BLOCK_N
+    j_end = j_start + tl.cdiv(j_hi - j_start, BLOCK_N) * BLOCK_N
+    s_lo = tl.minimum(tl.cdiv(tl.maximum(i_hi - pre, j_start), BLOCK_N) * BLOCK_N, j_end)
+    s_hi = tl.maximum(tl.minimum(tl.maximum(tl.minimum(i_lo + nxt + 1, kvlen), 0) // BLOCK_N * BLOCK_N, j_end),
+                      s_lo)
 
-    p_q = Q + b64 * stride_qb + i_n.to(tl.int64) * stride_qn \
-        + o_r[:, None].to(tl.int64) * stride_qs + o_d[None, :] * stride_qd
-    b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)    # [BM, BD]
+    DTYPE = Q.dtype.element_ty
+    if USE_TMA:
+        n_b = BN_TOTAL // N
+        desc_q = tl.make_tensor_descriptor(Q, shape=[n_b, N, S1, HEAD_DIM], block_shape=[1, 1, BLOCK_M, BLOCK_D],
+                                           strides=[stride_qb, stride_qn, stride_qs, stride_qd])
+        desc_k = tl.make_tensor_descriptor(K, shape=[n_b, N // GROUP, S2, HEAD_DIM],
+                                           strides=[stride_kb, stride_kn, stride_ks, stride_kd],
+                                           block_shape=[1, 1, BLOCK_N, BLOCK_D])
+        desc_v = tl.make_tensor_descriptor(V, shape=[n_b, N // GROUP, S2, HEAD_DIM_V],
+                                           strides=[stride_vb, stride_vn, stride_vs, stride_vd],
+                                           block_shape=[1, 1, BLOCK_N, BLOCK_DV])
+        b_q = desc_q.load([i_b, i_n, row0, 0]).reshape(BLOCK_M, BLOCK_D)                 # [BM, BD]
+    else:
+        desc_k = K
+        desc_v = V
+        p_q = Q + b64 * stride_qb + n64 * stride_qn + o_r[:, None].to(tl.int64) * stride_qs + o_d[None, :] * stride_qd
+        b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)                 # [BM, BD]
+    b_qr = b_q
     if ROPE_DIM > 0:
         o_dr = tl.arange(0, BLOCK_DR)
-        p_qr = QR + b64 * stride_qrb + i_n.to(tl.int64) * stride_qrn \
-            + o_r[:, None].to(tl.int64) * stride_qrs + o_dr[None, :] * stride_qrd
-        b_qr = tl.load(p_qr, mask=m_row[:, None] & (o_dr[None, :] < ROPE_DIM), other=0.0)   # [BM, BDR]
-    kvn64 = i_kvn.to(tl.int64)
+        p_qr = QR + b64 * stride_qrb + n64 * stride_qrn + o_r[:, None].to(tl.int64) * stride_qrs \
+            + o_dr[None, :] * stride_qrd
+        b_qr = tl.load(p_qr, mask=m_row[:, None] & (o_dr[None, :] < ROPE_DIM), other=0.0)  # [BM, BDR]
+    if QUANT_MODE == 0 and not FP16_PATH:                # exp2 domain: log2(e) folded into the scale
+        qk_scale = sm_scale * LOG2E
+    else:
+        qk_scale = sm_scale
+    k_head = K + kvn64 * stride_kn
+    v_head = V + kvn64 * stride_vn
+    p_mrow = MASK + b64 * stride_mb + (qm_off + o_i).to(tl.int64) * stride_ms             # [BM]
+    p_prow = PSE + b64 * stride_pb + n64 * stride_pn + (qm_off + o_i).to(tl.int64) * stride_ps
+    p_table = TABLE + b64 * stride_tb
 
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
-    b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-
-    for j0 in range(j_start, j_hi, BLOCK_N):
-        o_j = j0 + o_n                                   # [BN] keys in the batch's region
-        m_j = o_j < kvlen
-        o_kb, o_kr = _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE, IS_PAGED)
-        p_k = K + kvn64 * stride_kn + (o_kb * stride_kb + o_kr * stride_ks)[None, :] + o_d[:, None] * stride_kd
-        if HAS_PREFIX:
-            p_kp = KP + kvn64 * stride_kpn + o_j[None, :].to(tl.int64) * stride_kps + o_d[:, None] * stride_kpd
-            p_k = tl.where((o_j < prefix)[None, :], p_kp, p_k)
-        b_k = tl.load(p_k, mask=m_j[None, :] & m_d[:, None], other=0)                   # [BD, BN]
-        if K_QUANT > 0:
-            b_k = _antiquant(b_k, KSC, KOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_d, m_d, m_j, stride_ksx,
-                             stride_ksh, stride_ksy, Q.dtype.element_ty, K_QUANT, HAS_K_OFFSET, True)
-        if QUANT_MODE == 1:                              # fp16 scores, each step rounded
-            b_s = (tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32) * deq1).to(tl.float16)   # [BM, BN]
-            b_s = b_s * tl.cast(sm_scale, tl.float16)
-        elif ROPE_DIM > 0:                               # MLA: [q, q_rope]·[k, k_rope]
-            p_kr = KR + kvn64 * stride_krn + (o_kb * stride_krb + o_kr * stride_krs)[None, :] \
-                + o_dr[:, None] * stride_krd
-            b_kr = tl.load(p_kr, mask=m_j[None, :] & (o_dr[:, None] < ROPE_DIM), other=0.0)  # [BDR, BN]
-            b_s = (tl.dot(b_q, b_k) + tl.dot(b_qr, b_kr)) * sm_scale
-        else:
-            b_s = tl.dot(b_q, b_k) * sm_scale                                # [BM, BN]
-        if HAS_PSE:
-            p_p = PSE + b64 * stride_pb + i_n.to(tl.int64) * stride_pn \
-                + (qm_off + o_i)[:, None].to(tl.int64) * stride_ps \
-                + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
-            b_s += tl.load(p_p, mask=m_row[:, None] & m_j[None, :], other=0.0).to(tl.float32)
-            if QUANT_MODE == 1:
-                b_s = b_s.to(tl.float16)                                     # fp16 sum
-        # Partial block: some (i, j) outside the band or past the keys.
-        if (j0 < i_hi - pre) | (j0 + BLOCK_N - 1 > i_lo + nxt) | (j0 + BLOCK_N > kvlen):
-            keep = (o_j[None, :] - o_i[:, None] <= nxt) & (o_i[:, None] - o_j[None, :] <= pre)
-            b_s = tl.where(keep, b_s, FILL)
-            b_s = tl.where(m_j[None, :], b_s, float("-inf"))
-        if HAS_MASK:
-            p_um = MASK + b64 * stride_mb + (qm_off + o_i)[:, None].to(tl.int64) * stride_ms \
-                + (kvm_off + o_j)[None, :].to(tl.int64) * stride_mk
-            b_um = tl.load(p_um, mask=m_row[:, None] & m_j[None, :], other=0)
-            b_s = tl.where(b_um != 0, FILL, b_s)
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        b_alpha = tl.exp(b_m - b_m_new)
-        if QUANT_MODE == 1:                              # P = fp16(exp(fp16(s - m)))
-            b_p = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32)).to(tl.float16)
-            b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
-        else:
-            b_p = tl.exp(b_s - b_m_new[:, None])                             # [BM, BN]
-            b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_v = _load_v(V, VP, VSC, VOF, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
-                      stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
-                      stride_vsx, stride_vsh, stride_vsy, Q.dtype.element_ty, HAS_PREFIX, V_QUANT,
-                      HAS_V_OFFSET)                                                    # [BN, BDV]
-        b_acc = b_acc * b_alpha[:, None] + _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
-        b_m = b_m_new
+    b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float16 if FP16_PATH else tl.float32)
+    for j0 in range(j_start, s_lo, BLOCK_N):             # partial blocks before the steady ones (band start)
+        b_acc, b_l, b_m = _block(
+            j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+            KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
+            pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
+            stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
+            stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
+            stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, BLOCK_DR,
+            ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED, PAGE_TILES, HAS_PREFIX, K_QUANT,
+            V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, USE_TMA, SCALE_POS, True)
+    for j0 in range(s_lo, s_hi, BLOCK_N):                # steady blocks: no element predicate
+        b_acc, b_l, b_m = _block(
+            j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+            KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
+            pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
+            stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
+            stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
+            stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, BLOCK_DR,
+            ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED, PAGE_TILES, HAS_PREFIX, K_QUANT,
+            V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, USE_TMA, SCALE_POS, False)
+    for j0 in range(s_hi, j_end, BLOCK_N):               # partial blocks after them (diagonal, end of keys)
+        b_acc, b_l, b_m = _block(
+            j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+            KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
+            pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
+            stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
+            stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
+            stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, BLOCK_DR,
+            ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED, PAGE_TILES, HAS_PREFIX, K_QUANT,
+            V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, USE_TMA, SCALE_POS, True)
+    b_acc = b_acc.to(tl.float32)
 
     m_has_key = m_row & (tl.maximum(o_i - pre, 0) <= tl.minimum(o_i + nxt, kvlen - 1))
     m_all_fill = m_has_key & (b_m == FILL)
@@ -203,16 +277,16 @@ def _prefill_kernel(
             if tl.sum(m_all_fill.to(tl.int32)) > 0:
                 b_pf = tl.where(m_all_fill, 1.0, 0.0)                        # exp(FILL - m)
                 for j0 in range(0, kvlen, BLOCK_N):
-                    if (j0 < j_start) | (j0 >= j_hi):
-                        o_j = j0 + o_n
+                    if (j0 < j_start) | (j0 >= j_end):
+                        o_j = j0 + tl.arange(0, BLOCK_N)
                         m_j = o_j < kvlen
-                        o_kb, o_kr = _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE,
-                                                IS_PAGED)
+                        o_kb, o_kr, m_kv = _key_rows(o_j, m_j, prefix, b64, kv_off, p_table, NUM_BLOCKS,
+                                                     PAGE_SIZE, IS_PAGED)
                         b_p = tl.where(m_j[None, :], b_pf[:, None], 0.0)
-                        b_v = _load_v(V, VP, VSC, VOF, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
-                                      stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps,
-                                      stride_vpd, stride_vsx, stride_vsh, stride_vsy, Q.dtype.element_ty,
-                                      HAS_PREFIX, V_QUANT, HAS_V_OFFSET)
+                        b_v = _load_v(v_head, VP, VSC, VOF, o_j, m_kv, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+                                      stride_vb, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
+                                      stride_vsx, stride_vsh, stride_vsy, DTYPE, HAS_PREFIX, V_QUANT,
+                                      HAS_V_OFFSET, IS_PAGED, True, HEAD_DIM_V != BLOCK_DV)
                         b_acc += _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
                         b_l += tl.sum(b_p, 1)
 
@@ -220,12 +294,12 @@ def _prefill_kernel(
     if ZERO_MASKED_ROWS:
         m_out = m_out & (b_m != FILL)
     b_norm = b_l
-    if QUANT_MODE == 1:
+    if QUANT_MODE == 1 or FP16_PATH:
         b_norm = b_l.to(tl.float16).to(tl.float32)                           # O / fp16(l)
     b_o = tl.where(m_out[:, None], b_acc / tl.where(m_out, b_norm, 1.0)[:, None], 0.0)
     if OUT_QUANT > 0:
         if OUT_QUANT == 2:                                                   # per channel: n * DV + d
-            p_s2 = i_n.to(tl.int64) * HEAD_DIM_V + o_dv
+            p_s2 = n64 * HEAD_DIM_V + o_dv
             b_s2 = tl.load(QS2 + p_s2, mask=m_dv, other=0.0).to(tl.float32)[None, :]    # [1, BDV]
             b_o2 = b_s2
             if HAS_OFFSET2:
@@ -236,44 +310,188 @@ def _prefill_kernel(
             if HAS_OFFSET2:
                 b_o2 = tl.load(QO2).to(tl.float32)
         b_o = tl.where(m_out[:, None], quant.ascend_quant_tl(b_o, b_s2, b_o2, HAS_OFFSET2), 0)
-    m_r = m_row if VARLEN else o_r < S1                  # token-major rows of other batches are theirs
-    p_o = O + b64 * stride_ob + i_n.to(tl.int64) * stride_on \
-        + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
-    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_r[:, None] & m_dv[None, :])
+    if USE_TMA:                                          # the whole tile: rows past S1 are clipped
+        desc_o = tl.make_tensor_descriptor(O, shape=[BN_TOTAL // N, N, S1, HEAD_DIM_V],
+                                           strides=[stride_ob, stride_on, stride_os, stride_od],
+                                           block_shape=[1, 1, BLOCK_M, BLOCK_DV])
+        desc_o.store([i_b, i_n, row0, 0], b_o.to(O.dtype.element_ty).reshape(1, 1, BLOCK_M, BLOCK_DV))
+    else:
+        m_r = m_row if VARLEN else o_r < S1              # token-major rows of other batches are theirs
+        p_o = O + b64 * stride_ob + n64 * stride_on + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
+        tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_r[:, None] & m_dv[None, :])
     if HAS_LSE:
-        b_lse = tl.where(m_out, b_m + tl.log(tl.where(m_out, b_l, 1.0)), tl.where(kvlen > 0, float("inf"), LSE_EMPTY))
-        p_lse = LSE + b64 * stride_lb + i_n.to(tl.int64) * stride_ln + o_r.to(tl.int64) * stride_ls
+        b_mn = b_m
+        if QUANT_MODE == 0 and not FP16_PATH:            # natural log again; FILL was never scaled
+            b_mn = tl.where(b_m == FILL, FILL, b_m * LN2)
+        b_lse = tl.where(m_out, b_mn + tl.log(tl.where(m_out, b_l, 1.0)),
+                         tl.where(kvlen > 0, float("inf"), LSE_EMPTY))
+        m_r = m_row if VARLEN else o_r < S1
+        p_lse = LSE + b64 * stride_lb + n64 * stride_ln + o_r.to(tl.int64) * stride_ls
         tl.store(p_lse, b_lse, mask=m_r)
 
 
 @triton.jit
-def _key_slots(o_j, kvlen, prefix, b64, kv_off, TABLE, stride_tb, PAGE_SIZE, IS_PAGED: tl.constexpr):
-    """[BN] (block, row) of the batch's own keys ``o_j - prefix``, int64: paged caches keep key t at row
-    t % PAGE_SIZE of block table[b, t // PAGE_SIZE]; plain tensors at row kv_off + t of batch b."""
-    o_t = o_j - prefix
-    if IS_PAGED:
-        p_blk = TABLE + b64 * stride_tb + tl.maximum(o_t, 0) // PAGE_SIZE
-        o_blk = tl.load(p_blk, mask=(o_t >= 0) & (o_j < kvlen), other=0).to(tl.int64)
-        return o_blk, (tl.maximum(o_t, 0) % PAGE_SIZE).to(tl.int64)
-    return tl.zeros_like(o_t).to(tl.int64) + b64, (kv_off + o_t).to(tl.int64)
+def _block(
+    j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+    KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
+    pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
+    stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
+    stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
+    stride_mk, stride_pk, PAGE_SIZE, DTYPE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DR: tl.constexpr,
+    ROPE_DIM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, FILL: tl.constexpr,
+    QUANT_MODE: tl.constexpr, FP16_PATH: tl.constexpr, IS_PAGED: tl.constexpr, PAGE_TILES: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
+    HAS_V_OFFSET: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POS: tl.constexpr, PARTIAL: tl.constexpr,
+):
+    """One key block ``j0 + [0, BLOCK_N)`` of the online softmax: (acc, l, m) updated. ``PARTIAL``: apply
+    the band/length predicate (else every (row, key) of the block is inside the band and the length).
+    Steady float blocks without mask or pse apply the scale inside exp2 (FOLD; SCALE_POS: scale >= 0)."""
+    FOLD: tl.constexpr = SCALE_POS and not (PARTIAL or HAS_MASK or HAS_PSE or FP16_PATH or QUANT_MODE == 1)
+    o_j = j0 + tl.arange(0, BLOCK_N)                     # [BN] keys of the batch
+    m_j = o_j < kvlen
+    o_d = tl.arange(0, BLOCK_D)
+    o_dv = tl.arange(0, BLOCK_DV)
+    m_d = o_d < HEAD_DIM
+    m_dv = o_dv < HEAD_DIM_V
+    if USE_TMA:
+        b_k = desc_k.load([i_b, i_kvn, kv_off + j0, 0]).reshape(BLOCK_N, BLOCK_D).T        # [BD, BN]
+        b_v = desc_v.load([i_b, i_kvn, kv_off + j0, 0]).reshape(BLOCK_N, BLOCK_DV)         # [BN, BDV]
+        if PARTIAL:                                      # keys past the length: zero values (no NaN into P·V)
+            b_v = tl.where(m_j[:, None], b_v, 0.0)
+    else:
+        if PAGE_TILES:                                   # the block lies in one page: one table entry
+            o_kb, o_kr, m_kv = _page_rows(j0, m_j, p_table, NUM_BLOCKS, PAGE_SIZE, BLOCK_N)
+        else:
+            o_kb, o_kr, m_kv = _key_rows(o_j, m_j, prefix, b64, kv_off, p_table, NUM_BLOCKS, PAGE_SIZE, IS_PAGED)
+        p_k = k_head + (o_kb * stride_kb + o_kr * stride_ks)[None, :] + o_d[:, None] * stride_kd
+        if HAS_PREFIX:
+            p_kp = KP + kvn64 * stride_kpn + o_j[None, :].to(tl.int64) * stride_kps + o_d[:, None] * stride_kpd
+            p_k = tl.where((o_j < prefix)[None, :], p_kp, p_k)
+        b_k = _load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, PARTIAL or IS_PAGED)     # [BD, BN]
+        if K_QUANT > 0:
+            b_k = _antiquant(b_k, KSC, KOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_d, m_d, m_kv, stride_ksx,
+                             stride_ksh, stride_ksy, DTYPE, K_QUANT, HAS_K_OFFSET, True)
+        b_v = _load_v(v_head, VP, VSC, VOF, o_j, m_kv, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv, stride_vb,
+                      stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd, stride_vsx, stride_vsh, stride_vsy,
+                      DTYPE, HAS_PREFIX, V_QUANT, HAS_V_OFFSET, IS_PAGED, PARTIAL, HEAD_DIM_V != BLOCK_DV)  # [BN, BDV]
+
+    if QUANT_MODE == 1:                                  # fp16 scores, each step rounded
+        b_s = (tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32) * deq1).to(tl.float16)   # [BM, BN]
+        b_s = b_s * tl.cast(qk_scale, tl.float16)
+    elif FP16_PATH:                                      # fp16(fp16(q·k) * fp16 scale)
+        b_s = tl.dot(b_q, b_k).to(tl.float16) * tl.cast(qk_scale, tl.float16)
+    else:
+        b_s = tl.dot(b_q, b_k)                                               # [BM, BN]
+        if ROPE_DIM > 0:                                 # MLA: [q, q_rope]·[k, k_rope]
+            o_dr = tl.arange(0, BLOCK_DR)
+            p_kr = KR + kvn64 * stride_krn + (o_kb * stride_krb + o_kr * stride_krs)[None, :] \
+                + o_dr[:, None] * stride_krd
+            b_kr = _load2(p_kr, (o_dr < ROPE_DIM)[:, None], m_kv[None, :], ROPE_DIM != BLOCK_DR,
+                          PARTIAL or IS_PAGED)                                              # [BDR, BN]
+            b_s += tl.dot(b_qr, b_kr)
+        if not FOLD:
+            b_s = b_s * qk_scale
+    if HAS_PSE:
+        p_p = p_prow[:, None] + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
+        b_pse = _load2(p_p, m_row[:, None], m_j[None, :], True, PARTIAL)
+        if QUANT_MODE == 1 or FP16_PATH:
+            b_s = (b_s + b_pse.to(tl.float16)).to(tl.float16)                # fp16 sum
+        else:
+            b_s += b_pse.to(tl.float32) * LOG2E
+    if PARTIAL:                                          # (i, j) outside the band: FILL; past the keys: -inf
+        keep = (o_j[None, :] - o_i[:, None] <= nxt) & (o_i[:, None] - o_j[None, :] <= pre)
+        b_s = tl.where(keep, b_s, FILL)
+        b_s = tl.where(m_j[None, :], b_s, float("-inf"))
+    if HAS_MASK:
+        p_um = p_mrow[:, None] + (kvm_off + o_j)[None, :].to(tl.int64) * stride_mk
+        b_um = _load2(p_um, m_row[:, None], m_j[None, :], True, PARTIAL)
+        b_s = tl.where(b_um != 0, FILL, b_s)
+
+    if FOLD:                                             # max(qk) * scale = max(qk * scale) for a scale >= 0
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
+    else:
+        b_m_new = tl.maximum(b_m, tl.max(b_s.to(tl.float32), 1))
+    if QUANT_MODE == 1 or FP16_PATH:                     # natural exp of fp16 differences, P in fp16
+        b_alpha = tl.exp(b_m - b_m_new)
+        b_p = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32)).to(tl.float16)
+        b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
+    else:
+        b_alpha = tl.math.exp2(b_m - b_m_new)
+        if FOLD:
+            b_p = tl.math.exp2(b_s * qk_scale - b_m_new[:, None])           # one multiply-add per score
+        else:
+            b_p = tl.math.exp2(b_s - b_m_new[:, None])                      # [BM, BN]
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+    if FP16_PATH:                                        # acc = fp16(acc * alpha + fp16(P·V))
+        b_pv = tl.dot(b_p, b_v).to(tl.float16).to(tl.float32)
+        b_acc = (b_acc.to(tl.float32) * b_alpha[:, None] + b_pv).to(tl.float16)
+    elif QUANT_MODE == 1:
+        b_acc = b_acc * b_alpha[:, None] + _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
+    else:
+        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None])
+    return b_acc, b_l, b_m_new
 
 
 @triton.jit
-def _antiquant(b_x, SC, OF, kvn64, b64, o_kb, o_kr, o_t, o_d, m_d, m_j, stride_x, stride_h, stride_y,
+def _load2(p, m_a, m_b, MASK_A: tl.constexpr, MASK_B: tl.constexpr):
+    """Load a 2-D block with the row/column masks that apply (zeros where masked)."""
+    if MASK_A and MASK_B:
+        return tl.load(p, mask=m_a & m_b, other=0)
+    elif MASK_A:
+        return tl.load(p, mask=m_a, other=0)
+    elif MASK_B:
+        return tl.load(p, mask=m_b, other=0)
+    else:
+        return tl.load(p)
+
+
+@triton.jit
+def _valid_block(o_blk, NUM_BLOCKS):
+    """Block ids inside the cache; any other id reads as zeros and is replaced by block 0 for addressing."""
+    ok = (o_blk >= 0) & (o_blk < NUM_BLOCKS)
+    return tl.where(ok, o_blk, 0).to(tl.int64), ok
+
+
+@triton.jit
+def _key_rows(o_j, m_j, prefix, b64, kv_off, p_table, NUM_BLOCKS, PAGE_SIZE, IS_PAGED: tl.constexpr):
+    """[BN] (block, row, readable) of the batch's own keys ``o_j - prefix``: paged caches keep key t at
+    row t % PAGE_SIZE of block table[b, t // PAGE_SIZE]; plain tensors at row kv_off + t of batch b (the
+    blocks of plain tensors are batches). ``readable`` is ``m_j`` (and a valid block id when paged)."""
+    o_t = o_j - prefix
+    if IS_PAGED:
+        o_t = tl.maximum(o_t, 0)
+        o_blk = tl.load(p_table + o_t // PAGE_SIZE, mask=m_j, other=0)
+        o_blk, ok = _valid_block(o_blk, NUM_BLOCKS)
+        return o_blk, (o_t % PAGE_SIZE).to(tl.int64), ok & m_j
+    return tl.zeros_like(o_t).to(tl.int64) + b64, (kv_off + o_t).to(tl.int64), m_j
+
+
+@triton.jit
+def _page_rows(j0, m_j, p_table, NUM_BLOCKS, PAGE_SIZE, BLOCK_N: tl.constexpr):
+    """``_key_rows`` of a block inside one page (no prefix): one table entry for the whole block."""
+    o_n = tl.arange(0, BLOCK_N)
+    o_kb, ok = _valid_block(tl.zeros_like(o_n) + tl.load(p_table + j0 // PAGE_SIZE), NUM_BLOCKS)  # [BN], one id
+    return o_kb, (j0 % PAGE_SIZE + o_n).to(tl.int64), m_j & ok
+
+
+@triton.jit
+def _antiquant(b_x, SC, OF, kvn64, b64, o_kb, o_kr, o_t, o_d, m_d, m_kv, stride_x, stride_h, stride_y,
                dtype: tl.constexpr, MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, D_FIRST: tl.constexpr):
     """int8 block → (x + offset) * scale in ``dtype`` (fp16 arithmetic for fp16, fp32 then cast for bf16).
     Parameters are [X, KV_N, Y] views: MODE 1 per channel (Y = d); 2 per token by position (X = batch,
     Y = token index t of the sequence); 3 per token by storage (X = batch or paged block, Y = row in it).
+    Keys that are not readable (``m_kv``) get scale and offset 0, hence 0.
     D_FIRST: the block is [BD, BN] (keys), else [BN, BD] (values)."""
     if MODE == 1:
         p_s = kvn64 * stride_h + o_d * stride_y                                        # [BD]
         m_s = m_d
     elif MODE == 2:
         p_s = b64 * stride_x + kvn64 * stride_h + o_t.to(tl.int64) * stride_y          # [BN]
-        m_s = m_j
+        m_s = m_kv
     else:
         p_s = o_kb * stride_x + kvn64 * stride_h + o_kr * stride_y                      # [BN]
-        m_s = m_j
+        m_s = m_kv
     b_sc = tl.load(SC + p_s, mask=m_s, other=0.0)
     if HAS_OFFSET:
         b_of = tl.load(OF + p_s, mask=m_s, other=0.0)
@@ -291,18 +509,20 @@ def _antiquant(b_x, SC, OF, kvn64, b64, o_kb, o_kr, o_t, o_d, m_d, m_j, stride_x
 
 
 @triton.jit
-def _load_v(V, VP, VSC, VOF, o_j, m_j, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
-            stride_vb, stride_vn, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
+def _load_v(v_head, VP, VSC, VOF, o_j, m_kv, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
+            stride_vb, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
             stride_vsx, stride_vsh, stride_vsy, dtype: tl.constexpr, HAS_PREFIX: tl.constexpr,
-            V_QUANT: tl.constexpr, HAS_V_OFFSET: tl.constexpr):
-    """Value block [BN, BDV] of keys ``o_j`` (shared prefix first, then own keys; int8 anti-quantised)."""
-    p_v = V + kvn64 * stride_vn + (o_kb * stride_vb + o_kr * stride_vs)[:, None] + o_dv[None, :] * stride_vd
+            V_QUANT: tl.constexpr, HAS_V_OFFSET: tl.constexpr, IS_PAGED: tl.constexpr, MASKED: tl.constexpr,
+            PAD_DV: tl.constexpr):
+    """Value block [BN, BDV] of keys ``o_j`` (shared prefix first, then own keys; int8 anti-quantised);
+    keys that are not readable (``m_kv``, applied when MASKED or paged) read as zeros; PAD_DV: BDV > DV."""
+    p_v = v_head + (o_kb * stride_vb + o_kr * stride_vs)[:, None] + o_dv[None, :] * stride_vd
     if HAS_PREFIX:
         p_vp = VP + kvn64 * stride_vpn + o_j[:, None].to(tl.int64) * stride_vps + o_dv[None, :] * stride_vpd
         p_v = tl.where((o_j < prefix)[:, None], p_vp, p_v)
-    b_v = tl.load(p_v, mask=m_j[:, None] & m_dv[None, :], other=0)
+    b_v = _load2(p_v, m_kv[:, None], m_dv[None, :], MASKED or IS_PAGED, PAD_DV)
     if V_QUANT > 0:
-        b_v = _antiquant(b_v, VSC, VOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_dv, m_dv, m_j, stride_vsx,
+        b_v = _antiquant(b_v, VSC, VOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_dv, m_dv, m_kv, stride_vsx,
                          stride_vsh, stride_vsy, dtype, V_QUANT, HAS_V_OFFSET, False)
     return b_v
 
@@ -326,24 +546,51 @@ class PrefillConfig:
 
     strides: tuple[int, ...]        # the stride_* arguments, in signature order
     sizes: tuple[int, ...]          # N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE
-    meta: tuple[tuple[str, object], ...]   # constexpr name/value pairs
+    meta: tuple[tuple[str, object], ...]   # constexpr name/value pairs (FP16_PATH, TOKEN_GRID: False if absent)
     grid: tuple[int, int, int]
     num_warps: int
     num_stages: int
     sm_scale: float
+    num_blocks: int = -1            # blocks of a paged cache (-1: the key operand's first dim, at launch)
+    tma: bool = field(init=False)   # the layout allows tensor descriptors (addresses are checked at launch)
+
+    def __post_init__(self):
+        object.__setattr__(self, "tma", _tma_layout(self.strides, self.sizes, dict(self.meta)))
+
+
+_DEFAULT_META = {"FP16_PATH": False, "TOKEN_GRID": False}
+_QKVO_STRIDES = 16                  # Q, K, V, O strides lead ``strides``
+
+
+def _tma_layout(strides: tuple, sizes: tuple, meta: dict) -> bool:
+    """Dense float Q/K/V (no paging, prefix, rope, anti-quant or token-major rows), boxes of at most 256
+    per dim, unit last strides and every other stride a positive multiple of 16 bytes."""
+    if meta["QUANT_MODE"] or meta["VARLEN"] or meta["IS_PAGED"] or meta["HAS_PREFIX"] or meta["ROPE_DIM"] \
+            or meta["K_QUANT"] or meta["V_QUANT"] or max(meta["BLOCK_D"], meta["BLOCK_DV"], meta["BLOCK_M"]) > 256 \
+            or sizes[2] == 0:
+        return False
+    out_bytes = 1 if meta["OUT_QUANT"] else 2
+    for t in range(4):
+        s = strides[4 * t:4 * t + 4]
+        unit = 16 // (out_bytes if t == 3 else 2)
+        if s[3] != 1 or any(x <= 0 or x % unit for x in s[:3]):
+            return False
+    return True
 
 
 def block_config(d: int, dv: int, on_gpu: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for head dims d/dv. On GPUs: the sizes with the fewest
-    register spills in the static report for sm_80/sm_90 (to be tuned on the device)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for head dims d/dv on the GPU launches compile for
+    (``launcher.target_arch``). Chosen from the static report (``python -m bench report``): no spills,
+    the fewest main-loop instructions per key, shared memory within the arch's limit."""
     if not on_gpu:
         return 32, 32, 4, 1
     width = max(d, dv)
-    if width <= 64:
-        return 128, 64, 4, 3
+    hopper = (launcher.target_arch() or 90) >= 90
+    if width <= 128:
+        return (128, 128, 8, 3) if hopper else (128, 64, 8, 2)
     if width <= 256:
-        return 128, 32, 8, 2
-    return 64, 32, 8, 1
+        return 128, 64, 8, 2
+    return 64, 32, 8, 2
 
 
 def cdiv(a: int, b: int) -> int:
@@ -357,23 +604,39 @@ def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
     return (cdiv(s1, block_m), y, cdiv(bn_total, y))
 
 
+def token_grid(t: int, block_m: int, n: int) -> tuple[int, int, int]:
+    """Grid of a TOKEN_GRID launch: (row tiles of the T tokens, query heads, 1), whatever the number of
+    sequences. Its parameter block has ``T + 1`` rows of ``params.FIELDS`` (unused rows zero), then per
+    row tile r two int32 words ``lo, hi``: the batch rows that may meet tokens [r·BLOCK_M, (r+1)·BLOCK_M)
+    (``lo == hi``: none)."""
+    return (cdiv(t, block_m), n, 1)
+
+
 def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources: tuple = ()) -> dict:
     """Every argument of ``_prefill_kernel`` by name: tensors (Q, K, V, O, LSE, MASK, PSE, PARAMS), the
     quantisation scales (DEQ1, QS1, DEQ2, QS2, QO2) and the fused-operator inputs (QPAD, KVPAD, TABLE, KP,
     VP, QR, KR, KSC, KOF, VSC, VOF), Q standing in for absent ones, then the scale, strides and sizes of ``cfg``,
-    then its constexprs."""
+    then its constexprs and those derived at launch (USE_TMA, PAGE_TILES, SCALE_POS)."""
     def padded(group: tuple, size: int) -> tuple:
         return tuple(tensors[0] if t is None else t for t in group) + (tensors[0],) * (size - len(group))
 
-    values = (*tensors, *padded(scales, 5), *padded(sources, 11), cfg.sm_scale, *cfg.strides, *cfg.sizes)
+    num_blocks = cfg.num_blocks if cfg.num_blocks >= 0 else int(tensors[1].shape[0])
+    values = (*tensors, *padded(scales, 5), *padded(sources, 11), cfg.sm_scale, *cfg.strides, *cfg.sizes,
+              num_blocks)
     args = dict(zip(_prefill_kernel.arg_names, values))
+    args.update(_DEFAULT_META)
     args.update(cfg.meta)
+    arch = launcher.target_arch()                        # None: the interpreter, which runs descriptors too
+    args["USE_TMA"] = cfg.tma and (arch is None or arch >= 90) and all(t.data_ptr() % 16 == 0 for t in tensors[:4])
+    args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.sizes[5] % args["BLOCK_N"] == 0
+    args["SCALE_POS"] = cfg.sm_scale >= 0
     return args
 
 
 def fp_fusion(meta) -> bool:
     """Whether the compiler may fuse a multiply and an add: not on the int8 path (QUANT_MODE), whose
-    fp16 steps are each rounded as on the NPU."""
+    fp16 steps are each rounded as on the NPU. (FP16_PATH rounds to fp16 through conversions, which
+    nothing fuses across.)"""
     return dict(meta).get("QUANT_MODE", 0) == 0
 
 
@@ -382,6 +645,15 @@ def positional(kernel, args: dict) -> tuple:
     return tuple(map(args.__getitem__, kernel.arg_names))
 
 
+def num_stages(cfg: PrefillConfig) -> int:
+    """The plan's pipeline depth, at most 2 when a user-mask or pse tile joins each key block of 128 or
+    more keys: three stages of those exceed sm_90's 227 KiB of shared memory."""
+    meta = dict(cfg.meta)
+    if (meta["HAS_MASK"] or meta["HAS_PSE"]) and meta["BLOCK_N"] >= 128:
+        return min(cfg.num_stages, 2)
+    return cfg.num_stages
+
+
 def launch(cfg: PrefillConfig, *tensors, scales: tuple = (), sources: tuple = ()) -> None:
     launcher.run(_prefill_kernel, cfg.grid, positional(_prefill_kernel, kernel_args(cfg, tensors, scales, sources)),
-                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=fp_fusion(cfg.meta))
+                 num_warps=cfg.num_warps, num_stages=num_stages(cfg), enable_fp_fusion=fp_fusion(cfg.meta))

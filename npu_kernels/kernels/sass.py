@@ -1,10 +1,13 @@
 """What a compiled kernel executes: its SASS (``nvdisasm``, shipped with Triton) read back into counts.
 
-The *main loop* is the loop (a backward branch and the instructions from its target to it) with the
-most tensor-core instructions (HGMMA/IGMMA on sm_90, HMMA/IMMA on sm_80); among equals the shortest, i.e. the
-steady-state loop rather than a masked copy of it. Its cost is the number of instructions on the
-shortest path from the loop head to the back branch (forward branches inside the body may be taken):
-what one warp issues per iteration when no optional work (masking, partial blocks) runs.
+A *loop* is a backward branch and the instructions from its target to it, unless they hold an
+unconditional EXIT (the jumps back from the out-of-line retry stubs of barrier waits, placed after the
+kernel's end, are not loops). The *main loop* is the
+innermost loop with the most tensor-core instructions (HGMMA/IGMMA on sm_90, HMMA/IMMA on sm_80); among
+equals the shortest, i.e. the steady-state loop rather than a masked copy of it. Its cost is the number
+of instructions on the shortest path from the loop head to the back branch (forward branches inside the
+body may be taken): what one warp issues per iteration when no optional work (masking, partial blocks)
+runs.
 """
 
 from __future__ import annotations
@@ -95,16 +98,23 @@ def loops(instrs: list[Instr], labels: dict[str, int]) -> list[Loop]:
     out = []
     for end, ins in enumerate(instrs):
         start = _branch_target(ins, labels)
-        if start is not None and start <= end:
+        if start is not None and start <= end \
+                and not any(i.base == "EXIT" and not i.guarded for i in instrs[start:end + 1]):
             body = Counter(i.base for i in instrs[start:end + 1])
             out.append(Loop(start, end, _shortest_path(instrs, labels, start, end), body))
     return out
 
 
+def _mma(lp: Loop) -> int:
+    return sum(lp.counts[t] for t in TENSOR_CORE)
+
+
 def main_loop(instrs: list[Instr], labels: dict[str, int]):
-    """The loop with the most tensor-core instructions (the shortest among equals); None without one."""
-    found = [lp for lp in loops(instrs, labels) if sum(lp.counts[t] for t in TENSOR_CORE)]
-    return min(found, key=lambda lp: (-sum(lp.counts[t] for t in TENSOR_CORE), lp.path), default=None)
+    """The innermost loop with the most tensor-core instructions (the shortest among equals); None
+    without one."""
+    found = [lp for lp in loops(instrs, labels) if _mma(lp)]
+    inner = [lp for lp in found if not any(o is not lp and lp.start <= o.start and o.end <= lp.end for o in found)]
+    return min(inner, key=lambda lp: (-_mma(lp), lp.path), default=None)
 
 
 def spill_bytes(instrs: list[Instr]) -> int:
