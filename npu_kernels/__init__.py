@@ -20,14 +20,18 @@ from .library_cache import (  # noqa: E402
     _npu_reshape_and_cache, _npu_reshape_and_cache_siso, npu_attention_update, npu_gather_pa_kv_cache,
     npu_gather_pa_kv_cache_functional, npu_scatter_nd_update, npu_scatter_nd_update_, npu_scatter_pa_kv_cache,
     npu_scatter_pa_kv_cache_functional)
+from .library_v2 import (  # noqa: E402
+    _npu_fused_infer_attention_score_v2_get_max_workspace, _npu_fused_infer_attention_score_v2_infer_output,
+    _npu_paged_attention, _npu_paged_attention_get_workspace, npu_fused_infer_attention_score_v2)
 from .quant import npu_trans_quant_param  # noqa: E402
 
 __all__ = ["_npu_fused_infer_attention_score_get_max_workspace", "_npu_fused_infer_attention_score_infer_output",
-           "_npu_reshape_and_cache", "_npu_reshape_and_cache_siso", "npu_attention_update", "npu_device",
-           "npu_fused_infer_attention_score", "npu_gather_pa_kv_cache", "npu_gather_pa_kv_cache_functional",
-           "npu_incre_flash_attention", "npu_prompt_flash_attention", "npu_scatter_nd_update",
-           "npu_scatter_nd_update_", "npu_scatter_pa_kv_cache", "npu_scatter_pa_kv_cache_functional",
-           "npu_trans_quant_param", "reference"]
+           "_npu_fused_infer_attention_score_v2_get_max_workspace", "_npu_fused_infer_attention_score_v2_infer_output",
+           "_npu_paged_attention", "_npu_paged_attention_get_workspace", "_npu_reshape_and_cache",
+           "_npu_reshape_and_cache_siso", "npu_attention_update", "npu_device", "npu_fused_infer_attention_score",
+           "npu_fused_infer_attention_score_v2", "npu_gather_pa_kv_cache", "npu_gather_pa_kv_cache_functional",
+           "npu_incre_flash_attention", "npu_prompt_flash_attention", "npu_scatter_nd_update", "npu_scatter_nd_update_",
+           "npu_scatter_pa_kv_cache", "npu_scatter_pa_kv_cache_functional", "npu_trans_quant_param", "reference"]
 
 # The torch_npu operators the package provides (what ``runtime.compat`` exposes as ``torch_npu.<name>``).
 OPERATORS = tuple(name for name in __all__ if name not in ("npu_device", "reference"))

@@ -23,3 +23,7 @@ from .attention_update import npu_attention_update  # noqa: E402
 from .kv_cache import (  # noqa: E402
     _npu_reshape_and_cache, _npu_reshape_and_cache_siso, npu_gather_pa_kv_cache, npu_gather_pa_kv_cache_functional,
     npu_scatter_nd_update, npu_scatter_nd_update_, npu_scatter_pa_kv_cache, npu_scatter_pa_kv_cache_functional)
+from .fused_v2 import npu_fused_infer_attention_score_v2  # noqa: E402
+from .paged_attention import _npu_paged_attention  # noqa: E402
+
+__all__ += ["_npu_paged_attention", "npu_fused_infer_attention_score_v2"]
