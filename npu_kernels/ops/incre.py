@@ -82,19 +82,28 @@ def _paged_heads(query, key, value, layout: Layout, num_heads: int, kv_n: int, b
     multiple = 32 if key.dtype == torch.int8 else 16
     require(block_size % multiple == 0, "block_size", block_size,
             f"must be a multiple of {multiple} for {key.dtype} key/value caches")
+    from .paged_attention import check_rows, nz_operand
+
     views = []
     for name, t in (("key", key), ("value", value)):
         if t.dim() == 3:
             require(t.shape[1] == block_size and t.shape[2] == kv_n * d, name, t,
                     f"a paged cache is (blocks, block_size={block_size}, KV_N*D={kv_n * d})")
-            views.append(rearrange(t, "m s (h d) -> m h s d", h=kv_n))
+            view = rearrange(t, "m s (h d) -> m h s d", h=kv_n)
+            check_rows(name, view)
+        elif t.dim() == 5:
+            view = nz_operand(name, t, kv_n)
+            require(tuple(view.shape[1:]) == (kv_n, block_size, d), name, t,
+                    f"an NZ paged cache is (blocks, KV_N={kv_n}, D/c0, block_size={block_size}, c0) with D={d}")
         else:
-            require(t.dim() == 4, name, t, "a paged cache has 3 or 4 dimensions")
+            require(t.dim() == 4, name, t, "a paged cache has 3, 4 or 5 (NZ) dimensions")
             require(layout.inp == "BNSD", name, t,
                     f"the (blocks, KV_N, block_size, D) cache needs input_layout BNSD, got {layout.inp}")
             require(tuple(t.shape[1:]) == (kv_n, block_size, d), name, t,
                     f"a paged cache is (blocks, KV_N={kv_n}, block_size={block_size}, D={d})")
-            views.append(t)
+            view = t
+            check_rows(name, view)
+        views.append(view)
     require(key.shape == value.shape, "value", value, f"must have the key cache's shape {tuple(key.shape)}")
     capacity = table.shape[1] * block_size
     heads = checks.Heads(q, views[0], views[1], b, n, kv_n, s1, capacity, d, d)

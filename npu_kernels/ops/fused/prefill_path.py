@@ -33,13 +33,18 @@ def token_rows(tokens: int, batches: int) -> int:
 
 
 def kv_view(t: torch.Tensor, layout: Layout, kv_n: int, block_table, name: str) -> torch.Tensor:
-    """(B or blocks, KV_N, S, D) view of a key/value tensor or paged cache."""
+    """(B or blocks, KV_N, S, D) view of a key/value tensor or paged cache (an NZ cache: ``ops.paged_attention``)."""
     if block_table is None:
         return as_bnsd(t, layout.inp, kv_n)
-    require(t.dim() in (3, 4), name, t, "a paged cache is (blocks, block_size, KV_N*D) or (blocks, KV_N, block_size, D)")
-    if t.dim() == 3:
-        return rearrange(t, "k s (n d) -> k n s d", n=kv_n)
-    return t
+    from ..paged_attention import check_rows, nz_operand
+
+    require(t.dim() in (3, 4, 5), name, t, "a paged cache is (blocks, block_size, KV_N*D), (blocks, KV_N, block_size, "
+            "D) or NZ (blocks, KV_N, D/c0, block_size, c0)")
+    if t.dim() == 5:
+        return nz_operand(name, t, kv_n)
+    view = rearrange(t, "k s (n d) -> k n s d", n=kv_n) if t.dim() == 3 else t
+    check_rows(name, view)
+    return view
 
 
 def _cumulative(name: str, values, upper: int) -> list[int]:
