@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from array import array
+from typing import Sequence
 
 import torch
 import triton.language as tl
@@ -24,9 +25,10 @@ NEXT = tl.constexpr(7)
 PREFIX = tl.constexpr(8)   # shared-prefix keys in front of the batch's own keys (counted in KVLEN)
 
 
-def pack(rows: list[tuple[int, ...]]) -> torch.Tensor:
-    """[B * FIELDS] int32 CPU tensor from one tuple of FIELDS values per batch."""
+def pack(rows: list[tuple[int, ...]], tail: Sequence[int] = ()) -> torch.Tensor:
+    """[B * FIELDS (+ tail)] int32 CPU tensor from one tuple of FIELDS values per batch, then ``tail``."""
     words = array("i", itertools.chain.from_iterable(rows))
     if len(words) != FIELDS * len(rows):
         raise ValueError(f"parameter block: every row needs {FIELDS} fields")
+    words.extend(tail)
     return torch.frombuffer(words, dtype=torch.int32) if words else torch.empty(0, dtype=torch.int32)

@@ -140,35 +140,48 @@ class Bound:
 
 
 class _Slot:
-    """Stands for operand ``index`` while a launch is traced; forwards attribute reads to the operand."""
+    """Stands for operand ``index`` while a launch is traced; forwards attribute reads to the operand and
+    notes when its address is read (the launch then depends on the address's alignment)."""
 
-    __slots__ = ("index", "operand")
+    __slots__ = ("index", "operand", "addressed")
 
-    def __init__(self, index: int, operand):
-        self.index, self.operand = index, operand
+    def __init__(self, index: int, operand, addressed: set):
+        self.index, self.operand, self.addressed = index, operand, addressed
+
+    def data_ptr(self) -> int:
+        self.addressed.add(self.index)
+        return self.operand.data_ptr()
 
     def __getattr__(self, name):
         return getattr(self.operand, name)
 
 
+ALIGNMENT = 16        # bytes; what a traced launch may depend on of an address (Triton's specialisation)
+
+
 class Traced:
     """The kernel launches of a call, traced once: each kernel's arguments with the places where a call's
     tensors go, so that a call fills them in and launches (``launcher.run``) without rebuilding the
-    arguments. Operands that are their argument itself are taken from the call's arguments directly."""
+    arguments. Operands that are their argument itself are taken from the call's arguments directly. A
+    launch whose arguments depend on an operand's address alignment is traced for the alignment seen; a
+    call whose operands align otherwise launches untraced."""
 
-    __slots__ = ("launches",)
+    __slots__ = ("launches", "launch", "views", "aligned")
 
     def __init__(self, launch, operands: tuple, views: tuple):
         """``launch(operands, block)`` issues the launches through ``launcher.run`` (traced, not run);
         ``views``: the operands as views of the call's arguments."""
-        slots = [None if t is None else _Slot(i, t) for i, t in enumerate(operands)]
-        block = _Slot(len(operands), operands[0])
+        addressed: set = set()
+        slots = [None if t is None else _Slot(i, t, addressed) for i, t in enumerate(operands)]
+        block = _Slot(len(operands), operands[0], set())
         recorded = []
         previous = launcher.set_recorder(lambda kernel, grid, args, options: recorded.append((kernel, grid, args, options)))
         try:
             launch(tuple(slots), block)
         finally:
             launcher.set_recorder(previous)
+        self.launch, self.views = launch, views
+        self.aligned = tuple((views[i], operands[i].data_ptr() % ALIGNMENT == 0) for i in sorted(addressed))
         self.launches = []
         for kernel, grid, args, options in recorded:
             if any(hasattr(a, "data_ptr") and not isinstance(a, _Slot) for a in args):
@@ -186,6 +199,10 @@ class Traced:
             self.launches.append((kernel, grid, list(args), direct, computed, blocks, options))
 
     def __call__(self, args: tuple, block) -> None:
+        for view, aligned in self.aligned:
+            if (view.operand(args).data_ptr() % ALIGNMENT == 0) != aligned:
+                self.launch(tuple(None if v is None else v.operand(args) for v in self.views), block)
+                return
         for kernel, grid, template, direct, computed, blocks, options in self.launches:
             values = template.copy()
             for pos, i in direct:

@@ -195,12 +195,31 @@ class Plan:
     params: torch.Tensor              # [B * FIELDS] int32, CPU
 
 
-def pack(qlens: list[int], kvlens: list[int], bands: list[Band], offsets: Optional[tuple] = None) -> torch.Tensor:
-    """The parameter block of a prefill-kernel call (``offsets`` per batch, zeros when None)."""
+def pack(qlens: list[int], kvlens: list[int], bands: list[Band], offsets: Optional[tuple] = None,
+         tiles: int = 0, block_m: int = 0) -> torch.Tensor:
+    """The parameter block of a prefill-kernel call (``offsets`` per batch, zeros when None); with ``tiles``
+    (a token-grid launch, ``token_grid``) followed by the tail of ``tiles`` row tiles of ``block_m`` tokens."""
     if offsets is None:
         return params.pack([(q, kv, 0, 0, 0, 0, *band.clamped(), 0) for q, kv, band in zip(qlens, kvlens, bands)])
-    return params.pack([(q, kv, *off[:4], *band.clamped(), off[4])
-                        for q, kv, band, off in zip(qlens, kvlens, bands, offsets)])
+    rows = [(q, kv, *off[:4], *band.clamped(), off[4]) for q, kv, band, off in zip(qlens, kvlens, bands, offsets)]
+    return params.pack(rows, _tail(qlens, offsets, tiles, block_m) if tiles else ())
+
+
+def _tail(qlens: list[int], offsets: tuple, tiles: int, block_m: int) -> list[int]:
+    """Per row tile of the token axis, ``lo, hi``: the parameter-block rows whose query rows meet it
+    (``lo == hi``: none)."""
+    lo, hi = [len(qlens)] * tiles, [0] * tiles
+    for b, (q, off) in enumerate(zip(qlens, offsets)):
+        if q > 0:
+            for t in range(off[0] // block_m, (off[0] + q - 1) // block_m + 1):
+                lo[t], hi[t] = min(lo[t], b), b + 1
+    return [w for t in range(tiles) for w in ((lo[t], hi[t]) if hi[t] else (0, 0))]
+
+
+def token_grid(call: PromptCall) -> bool:
+    """A token-major call whose grid covers the token axis (``prefill.token_grid``): the parameter block
+    has a row per token and one more (more rows only when there are more batches than tokens)."""
+    return call.sources.varlen and call.heads.B == call.heads.S1 + 1
 
 
 def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
@@ -224,13 +243,15 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
             ("BLOCK_M", block_m), ("BLOCK_N", block_n), ("HAS_MASK", call.mask is not None),
             ("HAS_PSE", call.pse is not None), ("HAS_LSE", lse is not None), ("FILL", call.fill),
             ("ZERO_MASKED_ROWS", call.zero_masked_rows), *call.quant.meta(), *call.sources.meta(),
-            ("LSE_EMPTY", call.lse_empty))
+            ("LSE_EMPTY", call.lse_empty), ("FP16_PATH", call.fp16_path), ("TOKEN_GRID", token_grid(call)))
     bn_total = h.B * h.N
+    tiles = prefill.cdiv(h.S1, block_m) if token_grid(call) else 0
     static = prefill.PrefillConfig(
         strides=tuple(int(s) for s in strides),
         sizes=(h.N, h.S1, h.S2, bn_total, h.group, call.sources.page_size), meta=meta,
-        grid=prefill.grid(h.S1, block_m, bn_total), num_warps=warps, num_stages=stages, sm_scale=call.scale)
-    return Plan(static, pack(call.qlens, call.kvlens, call.bands, call.offsets))
+        grid=prefill.token_grid(h.S1, block_m, h.N) if tiles else prefill.grid(h.S1, block_m, bn_total),
+        num_warps=warps, num_stages=stages, sm_scale=call.scale)
+    return Plan(static, pack(call.qlens, call.kvlens, call.bands, call.offsets, tiles, block_m))
 
 
 def out_view(call: PromptCall, out: torch.Tensor) -> torch.Tensor:

@@ -81,8 +81,12 @@ _dynamic_args = operator.itemgetter(*LIST_ARGS, "pre_tokens", "next_tokens")
 
 def _block(planned: Planned, kw: dict) -> torch.Tensor:
     """The parameter block of this call's per-call integers, validated."""
-    pack = incre.pack if planned.call.incre is not None else prompt.pack
-    return planned.recent.block(_dynamic_args(kw), lambda: pack(*per_batch(planned.call, kw)))
+    if planned.call.incre is not None:
+        return planned.recent.block(_dynamic_args(kw), lambda: incre.pack(*per_batch(planned.call, kw)))
+    meta = dict(planned.prepared.static.meta)
+    tiles = planned.prepared.static.grid[0] if meta["TOKEN_GRID"] else 0
+    return planned.recent.block(_dynamic_args(kw), lambda: prompt.pack(*per_batch(planned.call, kw), tiles,
+                                                                       meta["BLOCK_M"]))
 
 
 def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
@@ -101,9 +105,10 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
             _check_outputs(call, out, lse, ws)
         scratch_words = _scratch_words(call)
         own = None if ws is not None or not scratch_words else alloc.empty((scratch_words,), torch.float32, out.device)
-        scratch, block_buffer = workspace.carve(scratch_words, call, ws) if ws is not None else (own, None)
+        scratch = workspace.scratch(scratch_words, call, ws) if ws is not None else own
         full = (*args, out, lse, ws, own)
         prepared, block = _prepare(call, full, out, lse, scratch)
+        block_buffer = workspace.block(scratch_words, ws, block.numel()) if ws is not None else None
         if not prepared.extras:
             _plans.put(key_, Planned(_without_batches(call), prepared, scratch_words))
     else:
@@ -112,7 +117,7 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
         out, lse = outs if outs is not None else outputs(call)     # the caller's passed the checks before
         own = None
         if ws is not None:
-            block_buffer = workspace.carve(planned.scratch, call, ws)[1]
+            block_buffer = workspace.block(planned.scratch, ws, block.numel())
         else:
             block_buffer = None
             if planned.scratch:

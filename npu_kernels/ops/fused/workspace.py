@@ -9,12 +9,17 @@ from __future__ import annotations
 import torch
 
 from ... import params
+from .. import prompt
 from ...errors import require
 from .call import FusedCall
 
 
 def block_words(call: FusedCall) -> int:
-    return (call.prompt or call.incre).heads.B * params.FIELDS
+    """Words of the call's parameter block: a row per batch (token-grid launches: two more per row tile
+    of the tokens, at most one per token)."""
+    h = (call.prompt or call.incre).heads
+    tail = 2 * h.S1 if call.prompt is not None and prompt.token_grid(call.prompt) else 0
+    return h.B * params.FIELDS + tail
 
 
 def numel(scratch_words: int, call: FusedCall, element_size: int) -> int:
@@ -23,12 +28,16 @@ def numel(scratch_words: int, call: FusedCall, element_size: int) -> int:
     return max(1, -(-(scratch_words + block_words(call)) * 4 // element_size))
 
 
-def carve(scratch_words: int, call: FusedCall, workspace: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float32 scratch, int32 parameter block) views of a caller's ``workspace``."""
+def scratch(scratch_words: int, call: FusedCall, workspace: torch.Tensor) -> torch.Tensor:
+    """The float32 scratch at the start of a caller's ``workspace`` (checked to hold the parameter block too)."""
     nbytes = workspace.numel() * workspace.element_size()
     need = (scratch_words + block_words(call)) * 4
     require(workspace.is_contiguous() and nbytes % 4 == 0 and nbytes >= need, "workspace", workspace,
             f"must be contiguous, whole 4-byte words and at least {need} bytes "
             "(see _npu_fused_infer_attention_score_get_max_workspace)")
-    words = workspace.view(-1).view(torch.int32)
-    return words[:scratch_words].view(torch.float32), words[scratch_words:need // 4]
+    return workspace.view(-1).view(torch.int32)[:scratch_words].view(torch.float32)
+
+
+def block(scratch_words: int, workspace: torch.Tensor, words: int) -> torch.Tensor:
+    """The int32 parameter block of ``words`` words after the scratch in ``workspace``."""
+    return workspace.view(-1).view(torch.int32)[scratch_words:scratch_words + words]
