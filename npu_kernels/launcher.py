@@ -5,17 +5,35 @@
 options)``, so that the host work in front of a launch can be measured on any machine
 (``python -m bench host``). ``target_arch`` tells the kernel modules which GPU a launch compiles for
 (tile sizes and tensor descriptors depend on it).
+
+Device-side tensor descriptors (``tl.make_tensor_descriptor``) need global scratch, 128 bytes per
+descriptor and program, which Triton's launcher asks for at every launch through the allocator set with
+``triton.set_allocator`` (a context variable: set once per thread here). It comes from torch's caching
+allocator on the launch's stream, so under CUDA graph capture it is taken from the capture's private
+pool and belongs to the graph like any other temporary of the capture; a replay reuses it, and the
+kernel rewrites the descriptors at every run, so a task update of the parameter block needs nothing else.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable, Optional
+
+import triton
 
 Recorder = Callable[[object, tuple, tuple, dict], None]
 
 _recorder: Optional[Recorder] = None
 _archs: dict = {}
+_thread = threading.local()
+
+
+def _scratch(size: int, alignment: int, stream):
+    """Global scratch for one launch (Triton's allocator protocol); torch aligns to at least 256 bytes."""
+    import torch
+
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def set_recorder(fn: Optional[Recorder]) -> Optional[Recorder]:
@@ -45,4 +63,7 @@ def run(kernel, grid: tuple, args: tuple, *, num_warps: int, num_stages: int, en
     if _recorder is not None:
         _recorder(kernel, grid, args, options)
         return
+    if not getattr(_thread, "allocator", False):
+        triton.set_allocator(_scratch)
+        _thread.allocator = True
     kernel[grid](*args, **options)

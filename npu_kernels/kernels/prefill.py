@@ -18,8 +18,8 @@ every score is FILL attends uniformly to all keys of the batch (the NPU result f
 the keys of blocks that were not visited are added in a score-free pass that runs only when such a row
 exists. The user mask is non-zero = masked out.
 
-Loads. Dense float Q/K/V/O whose strides allow it (``USE_TMA``, decided at launch) are read and written
-through device-side tensor descriptors (TMA on sm_90); paged caches, a shared prefix, rope parts,
+Loads. Dense float Q/K/V whose strides allow it (``USE_TMA``, decided at launch) are read through
+device-side tensor descriptors (TMA on sm_90; the output is stored through pointers); paged caches, a shared prefix, rope parts,
 anti-quantised or token-major rows go through pointers, in int64. A paged cache whose page holds whole
 blocks (``PAGE_TILES``) reads one block-table entry per key block; a block id outside
 ``[0, NUM_BLOCKS)`` is never dereferenced: its keys and values read as zeros.
@@ -88,7 +88,7 @@ def _prefill_kernel(
     if TOKEN_GRID:                                       # (row tile of T, head): batches [lo, hi) of the tail
         i_t = tl.program_id(0)
         i_n = tl.program_id(1)
-        p_tail = PARAMS + (S1 + 1) * pb.FIELDS + 2 * i_t
+        p_tail = PARAMS + (BN_TOTAL // N) * pb.FIELDS + 2 * i_t     # after the block's rows
         for i_b in range(tl.load(p_tail), tl.load(p_tail + 1)):
             _rows(
                 Q, K, V, O, LSE, MASK, PSE, PARAMS, DEQ1, QS1, DEQ2, QS2, QO2, QPAD, KVPAD, TABLE, KP, VP, QR, KR,
@@ -145,7 +145,7 @@ def _rows(
     ``TILE_OF_T``: the tile is a tile of the token axis shared with other batches (store own rows only);
     else, for VARLEN, ``row0`` counts from the batch's first row."""
     i_kvn = i_n // GROUP
-    b64 = i_b.to(tl.int64)
+    b64 = tl.cast(i_b, tl.int64)                         # i_b: a Python int in the interpreter's loop
     n64 = i_n.to(tl.int64)
     kvn64 = i_kvn.to(tl.int64)
     p_par = PARAMS + i_b * pb.FIELDS
@@ -310,22 +310,15 @@ def _rows(
             if HAS_OFFSET2:
                 b_o2 = tl.load(QO2).to(tl.float32)
         b_o = tl.where(m_out[:, None], quant.ascend_quant_tl(b_o, b_s2, b_o2, HAS_OFFSET2), 0)
-    if USE_TMA:                                          # the whole tile: rows past S1 are clipped
-        desc_o = tl.make_tensor_descriptor(O, shape=[BN_TOTAL // N, N, S1, HEAD_DIM_V],
-                                           strides=[stride_ob, stride_on, stride_os, stride_od],
-                                           block_shape=[1, 1, BLOCK_M, BLOCK_DV])
-        desc_o.store([i_b, i_n, row0, 0], b_o.to(O.dtype.element_ty).reshape(1, 1, BLOCK_M, BLOCK_DV))
-    else:
-        m_r = m_row if VARLEN else o_r < S1              # token-major rows of other batches are theirs
-        p_o = O + b64 * stride_ob + n64 * stride_on + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
-        tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_r[:, None] & m_dv[None, :])
+    m_r = m_row if VARLEN else o_r < S1                  # token-major rows of other batches are theirs
+    p_o = O + b64 * stride_ob + n64 * stride_on + o_r[:, None].to(tl.int64) * stride_os + o_dv[None, :] * stride_od
+    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_r[:, None] & m_dv[None, :])
     if HAS_LSE:
         b_mn = b_m
         if QUANT_MODE == 0 and not FP16_PATH:            # natural log again; FILL was never scaled
             b_mn = tl.where(b_m == FILL, FILL, b_m * LN2)
         b_lse = tl.where(m_out, b_mn + tl.log(tl.where(m_out, b_l, 1.0)),
                          tl.where(kvlen > 0, float("inf"), LSE_EMPTY))
-        m_r = m_row if VARLEN else o_r < S1
         p_lse = LSE + b64 * stride_lb + n64 * stride_ln + o_r.to(tl.int64) * stride_ls
         tl.store(p_lse, b_lse, mask=m_r)
 
@@ -559,7 +552,6 @@ class PrefillConfig:
 
 
 _DEFAULT_META = {"FP16_PATH": False, "TOKEN_GRID": False}
-_QKVO_STRIDES = 16                  # Q, K, V, O strides lead ``strides``
 
 
 def _tma_layout(strides: tuple, sizes: tuple, meta: dict) -> bool:
@@ -569,13 +561,8 @@ def _tma_layout(strides: tuple, sizes: tuple, meta: dict) -> bool:
             or meta["K_QUANT"] or meta["V_QUANT"] or max(meta["BLOCK_D"], meta["BLOCK_DV"], meta["BLOCK_M"]) > 256 \
             or sizes[2] == 0:
         return False
-    out_bytes = 1 if meta["OUT_QUANT"] else 2
-    for t in range(4):
-        s = strides[4 * t:4 * t + 4]
-        unit = 16 // (out_bytes if t == 3 else 2)
-        if s[3] != 1 or any(x <= 0 or x % unit for x in s[:3]):
-            return False
-    return True
+    return all(s[3] == 1 and all(x > 0 and x % 8 == 0 for x in s[:3])      # 8 two-byte elements
+               for s in (strides[0:4], strides[4:8], strides[8:12]))
 
 
 def block_config(d: int, dv: int, on_gpu: bool) -> tuple[int, int, int, int]:
@@ -606,9 +593,9 @@ def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
 
 def token_grid(t: int, block_m: int, n: int) -> tuple[int, int, int]:
     """Grid of a TOKEN_GRID launch: (row tiles of the T tokens, query heads, 1), whatever the number of
-    sequences. Its parameter block has ``T + 1`` rows of ``params.FIELDS`` (unused rows zero), then per
-    row tile r two int32 words ``lo, hi``: the batch rows that may meet tokens [r·BLOCK_M, (r+1)·BLOCK_M)
-    (``lo == hi``: none)."""
+    sequences. Its parameter block has ``BN_TOTAL // N`` rows of ``params.FIELDS`` (unused rows zero),
+    then per row tile r two int32 words ``lo, hi``: the batch rows that may meet tokens
+    [r·BLOCK_M, (r+1)·BLOCK_M) (``lo == hi``: none)."""
     return (cdiv(t, block_m), n, 1)
 
 
@@ -627,7 +614,7 @@ def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources:
     args.update(_DEFAULT_META)
     args.update(cfg.meta)
     arch = launcher.target_arch()                        # None: the interpreter, which runs descriptors too
-    args["USE_TMA"] = cfg.tma and (arch is None or arch >= 90) and all(t.data_ptr() % 16 == 0 for t in tensors[:4])
+    args["USE_TMA"] = cfg.tma and (arch is None or arch >= 90) and all(t.data_ptr() % 16 == 0 for t in tensors[:3])
     args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.sizes[5] % args["BLOCK_N"] == 0
     args["SCALE_POS"] = cfg.sm_scale >= 0
     return args
