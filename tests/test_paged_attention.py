@@ -223,6 +223,7 @@ def _bad(change: str, device) -> list:
         "interior_zero": lambda: {7: torch.tensor([0, 33, 0], dtype=torch.int32)},
         "no_row": lambda: {0: q[:1], 8: out[:1]},
         "kernel_head_dim": lambda: _dims(args, 576, 16),
+        "kernel_block_size": lambda: _dims(args, 16, 1024),
     }[change]()
     for i, t in edits.items():
         args[i] = t
@@ -256,6 +257,7 @@ def _bad(change: str, device) -> list:
     ("interior_zero", ValueError, "empty requests must trail"),
     ("no_row", ValueError, "no query row"),
     ("kernel_head_dim", NotImplementedError, "head dim 576"),
+    ("kernel_block_size", NotImplementedError, "block_size 1024"),
 ])
 def test_rejected(device, change, error, fragment):
     args = _bad(change, device)

@@ -183,6 +183,9 @@ def validate_static(query, key_cache, value_cache, num_kv_heads, num_heads, scal
             raise NotImplementedError(f"{name}: head dim {dim} > {KERNEL_HEAD_DIM} (the MLA shapes up to "
                                       f"{MAX_HEAD_DIM}) is not implemented by the attention kernels")
     _block_size_rules(block_size, d, dv)
+    if block_size > incre.MAX_BLOCK_SIZE:
+        raise NotImplementedError(f"key_cache: block_size {block_size} > {incre.MAX_BLOCK_SIZE} (allowed by the NPU "
+                                  "for D x block_size <= 16384) is not implemented by the decode path")
     require(isinstance(scale_value, (int, float)) and abs(float(scale_value)) < float("inf"), "scale_value",
             scale_value, "must be a finite float")
     checks.tensor("block_table", block_table, ndim=(2,), dtypes=(torch.int32,))
