@@ -7,7 +7,8 @@ Host side (torch, any device; used by the references and by users):
   ``ascend_quant``            AscendQuant: fp16 arithmetic, round half to even, saturation to int8
   ``ifa_channel_quant``       IFA per-channel output quantisation: fp32 → fp16 → int8, half away at both steps
 Device side (``@triton.jit``, called from the kernels): ``deq_scale_tl``, ``ascend_quant_tl``,
-``ascend_quant_f16_tl`` (fp16 blocks, native fp16 arithmetic), ``ifa_channel_quant_tl``. Both sides
+``ascend_quant_f16_tl`` (fp16 blocks, native fp16 arithmetic), ``ifa_channel_quant_tl``,
+``int8_to_float_tl``. Both sides
 compute the same bits; ``tests/test_quant.py`` checks each pair.
 Validation shared by the operators: ``full_quant_args`` (the allowed combinations, into a ``QuantArgs``),
 ``check_deq_scale``, ``check_quant_scale1``, ``check_output_quant``.
@@ -145,6 +146,14 @@ def ascend_quant_f16_tl(h, s):
     adding 1.5 * 2^10 leaves no fraction bits, so the sum rounds half to even."""
     y = tl.minimum(tl.maximum(h * s, -128.0), 127.0)
     return ((y + 1536.0) - 1536.0).to(tl.int8)
+
+
+@triton.jit
+def int8_to_float_tl(x, DTYPE: tl.constexpr):
+    """int8 block → fp16 or bf16, exactly (every int8 is representable in both); bf16 through fp32."""
+    if DTYPE == tl.float16:
+        return x.to(tl.float16)
+    return x.to(tl.float32).to(DTYPE)
 
 
 @triton.jit

@@ -17,10 +17,14 @@ lse sentinel.
 
 Keys: contiguous ``[B, KV_N, S2, D]`` views starting at the batch's kv padding offset, or paged
 (``IS_PAGED``): token t of batch b at block ``TABLE[b, t // BLOCK_SIZE]``, slot ``t % BLOCK_SIZE``,
-addressed in int64. Int8 keys/values are anti-quantised in the tile, ``(x + offset) * scale``, in
-float16 for a float16 query and in float32 (then cast) for bfloat16. Masked scores (non-zero mask) are
-replaced by FILL, keys past the chunk are -inf; a batch whose keys are all masked averages V uniformly,
-as the NPU does.
+addressed in int64; a page holding whole key blocks (``PAGE_TILES``) costs one table read per block,
+and a block id outside ``[0, NUM_BLOCKS)`` is never dereferenced: its keys and values read as zeros.
+The key blocks of a split run without a length predicate; only its last block, when partial, masks.
+Int8 keys/values (per-channel ``(x + offset) * scale``) enter both dots as integers converted to the
+query's dtype: the key scale is folded into q (fp32, then the query dtype) and its offset into a
+per-row constant added to the scores, the value scale and offset are applied once per split to the
+accumulator: ``(acc + offset * l) * scale``. Masked scores (non-zero mask) are replaced by FILL, keys
+past the chunk are -inf; a batch whose keys are all masked averages V uniformly, as the NPU does.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from .. import launcher
 from .prefill import cdiv, positional
 from .prefill import grid as fold_grid
 
-MAX_SPLITS = 64
+MAX_SPLITS = 1024                 # bounds the scratch and the combine's loop, not the occupancy
 
 
 @triton.jit
@@ -62,22 +66,6 @@ def _chunk(kvlen, SPLITS, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _antiquant(x, scale, offset, HAS_OFFSET: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr):
-    """int8 tile -> DTYPE: (x + offset) * scale, in float16 when HALF, else in float32 then cast."""
-    if HALF:
-        y = x.to(tl.float16)
-        if HAS_OFFSET:
-            y = y + offset.to(tl.float16)
-        y = y * scale.to(tl.float16)
-    else:
-        y = x.to(tl.float32)
-        if HAS_OFFSET:
-            y = y + offset.to(tl.float32)
-        y = y * scale.to(tl.float32)
-    return y.to(DTYPE)
-
-
-@triton.jit
 def _decode_split_kernel(
     Q, K, V, MASK, PSE, TABLE, KV_PAD, AQ_SCALE, AQ_OFFSET, WS_ACC, WS_ML, PARAMS,
     sm_scale,
@@ -90,10 +78,12 @@ def _decode_split_kernel(
     stride_a2, stride_an, stride_ad,                # AQ_SCALE: [2 (key, value), KV_N, D]
     stride_o2, stride_on, stride_od,                # AQ_OFFSET: [2 (key, value), KV_N, D]
     KV_N, BKV_TOTAL, GROUP, S2, BLOCK_SIZE, SPLITS,  # BKV_TOTAL = B * KV_N; GROUP = N // KV_N
+    NUM_BLOCKS,                                     # blocks of a paged cache
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_KV_PAD: tl.constexpr, IS_PAGED: tl.constexpr,
     ANTIQUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, FILL: tl.constexpr,
+    PAGE_TILES: tl.constexpr,
 ):
     i_s = tl.program_id(0)
     i_bk = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -108,6 +98,7 @@ def _decode_split_kernel(
     j_end = tl.minimum(j_start + chunk, kvlen)
     if j_start >= j_end:
         return
+    j_full = j_start + (j_end - j_start) // BLOCK_N * BLOCK_N     # blocks before it lie inside the length
 
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < GROUP
@@ -116,64 +107,46 @@ def _decode_split_kernel(
     o_dv = tl.arange(0, BLOCK_DV)
     m_d = o_d < HEAD_DIM
     m_dv = o_dv < HEAD_DIM_V
-    o_n = tl.arange(0, BLOCK_N)
     DTYPE = Q.dtype.element_ty
 
     p_q = Q + b64 * stride_qb + o_qn[:, None] * stride_qn + o_d[None, :] * stride_qd
-    b_q = tl.load(p_q, mask=m_g[:, None] & m_d[None, :], other=0.0)          # [BG, BD]
-    k_head = K + i_kvn.to(tl.int64) * stride_kn
-    v_head = V + i_kvn.to(tl.int64) * stride_vn
-    if ANTIQUANT:
+    b_q = tl.load(p_q, mask=m_g[:, None] & m_d[None, :], other=0.0).to(tl.float32)     # [BG, BD]
+    b_c = tl.zeros([BLOCK_G], tl.float32)
+    if ANTIQUANT:      # (k + off) * scale: the key scale folds into q, the offset into a per-row constant
         p_a = AQ_SCALE + i_kvn.to(tl.int64) * stride_an
-        b_ks = tl.load(p_a + o_d * stride_ad, mask=m_d, other=0.0)            # [BD]
-        b_vs = tl.load(p_a + stride_a2 + o_dv * stride_ad, mask=m_dv, other=0.0)   # [BDV]
-        b_ko = b_ks
-        b_vo = b_vs
+        b_q = b_q * tl.load(p_a + o_d * stride_ad, mask=m_d, other=0.0).to(tl.float32)[None, :]
         if HAS_AQ_OFFSET:
             p_o = AQ_OFFSET + i_kvn.to(tl.int64) * stride_on
-            b_ko = tl.load(p_o + o_d * stride_od, mask=m_d, other=0.0)
-            b_vo = tl.load(p_o + stride_o2 + o_dv * stride_od, mask=m_dv, other=0.0)
+            b_c = tl.sum(b_q * tl.load(p_o + o_d * stride_od, mask=m_d, other=0.0).to(tl.float32)[None, :], 1)
+    b_q = b_q.to(DTYPE)
+    k_head = K + i_kvn.to(tl.int64) * stride_kn
+    v_head = V + i_kvn.to(tl.int64) * stride_vn
+    p_table = TABLE + b64 * stride_tb
 
     b_m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_G], tl.float32)
     b_acc = tl.zeros([BLOCK_G, BLOCK_DV], tl.float32)
-    for j0 in range(j_start, j_end, BLOCK_N):
-        o_j = j0 + o_n                                   # [BN] keys of the batch
-        m_j = o_j < j_end
-        if IS_PAGED:
-            p_t = TABLE + b64 * stride_tb + (o_j // BLOCK_SIZE).to(tl.int64) * stride_tk
-            o_blk = tl.load(p_t, mask=m_j, other=0).to(tl.int64)               # [BN] physical blocks
-            o_slot = (o_j % BLOCK_SIZE).to(tl.int64)
-            o_krow = o_blk * stride_kb + o_slot * stride_ks
-            o_vrow = o_blk * stride_vb + o_slot * stride_vs
-        else:
-            o_t = (kv_off + o_j).to(tl.int64)
-            o_krow = b64 * stride_kb + o_t * stride_ks
-            o_vrow = b64 * stride_vb + o_t * stride_vs
-        b_k = tl.load(k_head + o_krow[None, :] + o_d[:, None] * stride_kd,
-                      mask=m_j[None, :] & m_d[:, None], other=0)                 # [BD, BN]
-        if ANTIQUANT:
-            b_k = _antiquant(b_k, b_ks[:, None], b_ko[:, None], HAS_AQ_OFFSET, DTYPE == tl.float16, DTYPE)
-        b_s = tl.dot(b_q, b_k) * sm_scale                                        # [BG, BN]
-        if HAS_PSE:
-            p_p = PSE + b64 * stride_pb + o_qn[:, None] * stride_pn \
-                + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
-            b_s += tl.load(p_p, mask=m_g[:, None] & m_j[None, :], other=0.0).to(tl.float32)
-        if HAS_MASK:
-            p_um = MASK + b64 * stride_mb + (kvm_off + o_j).to(tl.int64) * stride_mk
-            b_um = tl.load(p_um, mask=m_j, other=0)                               # [BN]
-            b_s = tl.where(b_um[None, :] != 0, FILL, b_s)
-        b_s = tl.where(m_j[None, :], b_s, float("-inf"))
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        b_alpha = tl.exp(b_m - b_m_new)
-        b_p = tl.exp(b_s - b_m_new[:, None])
-        b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_v = tl.load(v_head + o_vrow[:, None] + o_dv[None, :] * stride_vd,
-                      mask=m_j[:, None] & m_dv[None, :], other=0)                # [BN, BDV]
-        if ANTIQUANT:
-            b_v = _antiquant(b_v, b_vs[None, :], b_vo[None, :], HAS_AQ_OFFSET, DTYPE == tl.float16, DTYPE)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(DTYPE), b_v)
-        b_m = b_m_new
+    b_lv = tl.zeros([BLOCK_G], tl.float32)
+    for j0 in range(j_start, j_full, BLOCK_N):           # whole blocks: no length predicate
+        b_acc, b_l, b_m, b_lv = _split_block(
+            j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn,
+            m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, BLOCK_SIZE, DTYPE, HEAD_DIM,
+            HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL, False)
+    if j_full < j_end:                                   # the split's last, partial block
+        b_acc, b_l, b_m, b_lv = _split_block(
+            j_full, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn,
+            m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, BLOCK_SIZE, DTYPE, HEAD_DIM,
+            HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL, True)
+    if ANTIQUANT:      # sum_j p_j (v_j + off) * scale = (acc + off * l) * scale, once per split
+        p_a = AQ_SCALE + stride_a2 + i_kvn.to(tl.int64) * stride_an + o_dv * stride_ad
+        b_vs = tl.load(p_a, mask=m_dv, other=0.0).to(tl.float32)
+        if HAS_AQ_OFFSET:
+            p_o = AQ_OFFSET + stride_o2 + i_kvn.to(tl.int64) * stride_on + o_dv * stride_od
+            b_lo = b_lv if IS_PAGED else b_l
+            b_acc += b_lo[:, None] * tl.load(p_o, mask=m_dv, other=0.0).to(tl.float32)[None, :]
+        b_acc = b_acc * b_vs[None, :]
 
     # workspace rows: (b * N + query head) * SPLITS + split
     o_row = ((b64 * KV_N * GROUP + o_qn) * SPLITS + i_s)                         # [BG]
@@ -181,6 +154,87 @@ def _decode_split_kernel(
     tl.store(p_acc, b_acc, mask=m_g[:, None] & m_dv[None, :])
     tl.store(WS_ML + o_row * 2, b_m, mask=m_g)
     tl.store(WS_ML + o_row * 2 + 1, b_l, mask=m_g)
+
+
+@triton.jit
+def _split_block(
+    j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn, m_g,
+    kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, stride_mb,
+    stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, BLOCK_SIZE, DTYPE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, IS_PAGED: tl.constexpr,
+    PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr, PARTIAL: tl.constexpr,
+):
+    """Keys ``j0 + [0, BLOCK_N)`` of the split: (acc, l, m, lv) updated; ``PARTIAL``: keys at or past
+    ``j_end`` are excluded (-inf, zero values). int8 keys/values enter the dots as integers (their scales
+    and offsets are applied around the loop); a paged key whose block id is outside the cache is a zero
+    key (score 0) and a zero value, so with an offset the sum of P over the readable keys (lv) is kept."""
+    MASK_KV: tl.constexpr = IS_PAGED or PARTIAL
+    ZERO_INVALID: tl.constexpr = IS_PAGED and ANTIQUANT
+    o_j = j0 + tl.arange(0, BLOCK_N)                     # [BN] keys of the batch
+    m_j = o_j < j_end
+    o_d = tl.arange(0, BLOCK_D)
+    o_dv = tl.arange(0, BLOCK_DV)
+    m_d = o_d < HEAD_DIM
+    m_dv = o_dv < HEAD_DIM_V
+    if IS_PAGED:
+        if PAGE_TILES:                                   # the block lies in one page: one table entry
+            o_blk = tl.zeros_like(o_j) + tl.load(p_table + (j0 // BLOCK_SIZE).to(tl.int64) * stride_tk)
+        else:
+            o_blk = tl.load(p_table + (o_j // BLOCK_SIZE).to(tl.int64) * stride_tk, mask=m_j, other=0)
+        m_kv = (o_blk >= 0) & (o_blk < NUM_BLOCKS)       # ids outside the cache read zeros
+        if PARTIAL:
+            m_kv = m_kv & m_j
+        o_blk = tl.where(m_kv, o_blk, 0).to(tl.int64)
+        o_slot = (o_j % BLOCK_SIZE).to(tl.int64)
+        o_krow = o_blk * stride_kb + o_slot * stride_ks
+        o_vrow = o_blk * stride_vb + o_slot * stride_vs
+    else:
+        o_t = (kv_off + o_j).to(tl.int64)
+        o_krow = b64 * stride_kb + o_t * stride_ks
+        o_vrow = b64 * stride_vb + o_t * stride_vs
+        m_kv = m_j
+    b_k = _load2(k_head + o_krow[None, :] + o_d[:, None] * stride_kd, m_d[:, None], m_kv[None, :],
+                 HEAD_DIM != BLOCK_D, MASK_KV)                                            # [BD, BN]
+    b_s = tl.dot(b_q, quant.int8_to_float_tl(b_k, DTYPE) if ANTIQUANT else b_k)           # [BG, BN]
+    if ZERO_INVALID:
+        b_s = tl.where(m_kv[None, :], b_s + b_c[:, None], 0.0)
+    elif ANTIQUANT:
+        b_s += b_c[:, None]
+    b_s = b_s * sm_scale
+    if HAS_PSE:
+        p_p = PSE + b64 * stride_pb + o_qn[:, None] * stride_pn + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
+        b_s += _load2(p_p, m_g[:, None], m_j[None, :], True, PARTIAL).to(tl.float32)
+    if HAS_MASK:
+        p_um = MASK + b64 * stride_mb + (kvm_off + o_j).to(tl.int64) * stride_mk
+        b_um = _load2(p_um, m_j, m_j, PARTIAL, False)                                      # [BN]
+        b_s = tl.where(b_um[None, :] != 0, FILL, b_s)
+    if PARTIAL:
+        b_s = tl.where(m_j[None, :], b_s, float("-inf"))
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    b_alpha = tl.exp(b_m - b_m_new)
+    b_p = tl.exp(b_s - b_m_new[:, None])
+    b_l = b_l * b_alpha + tl.sum(b_p, 1)
+    if ZERO_INVALID:
+        b_lv = b_lv * b_alpha + tl.sum(tl.where(m_kv[None, :], b_p, 0.0), 1)
+    b_v = _load2(v_head + o_vrow[:, None] + o_dv[None, :] * stride_vd, m_kv[:, None], m_dv[None, :],
+                 MASK_KV, HEAD_DIM_V != BLOCK_DV)                                          # [BN, BDV]
+    if ANTIQUANT:
+        b_v = quant.int8_to_float_tl(b_v, DTYPE)
+    return tl.dot(b_p.to(DTYPE), b_v, b_acc * b_alpha[:, None]), b_l, b_m_new, b_lv
+
+
+@triton.jit
+def _load2(p, m_a, m_b, MASK_A: tl.constexpr, MASK_B: tl.constexpr):
+    """Load with the masks that apply (zeros where masked)."""
+    if MASK_A and MASK_B:
+        return tl.load(p, mask=m_a & m_b, other=0)
+    elif MASK_A:
+        return tl.load(p, mask=m_a, other=0)
+    elif MASK_B:
+        return tl.load(p, mask=m_b, other=0)
+    else:
+        return tl.load(p)
 
 
 @triton.jit
@@ -265,24 +319,28 @@ class DecodeConfig:
     sm_scale: float
     splits: int
     workspace: tuple[int, int]       # float32 elements of the accumulators and of (max, sum)
+    num_blocks: int = -1             # blocks of a paged cache (-1: the key operand's first dim, at launch)
 
 
 def block_config(d: int, dv: int, on_gpu: bool, int8_kv: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages) for head dims d/dv: the widest key block that compiles without
-    register spills for sm_80/sm_90 (``python -m npu_kernels.aot``)."""
+    """(BLOCK_N, num_warps, num_stages) for head dims d/dv, from the static report (``python -m bench
+    report``): no spills, the fewest main-loop instructions per key, and shared memory within sm_80's
+    limit: 128-key blocks with loads two blocks ahead up to D = 128, 128-key blocks one ahead up to 256,
+    32-key blocks two ahead beyond. int8 caches (``int8_kv``, half the bytes) take the same blocks."""
     if not on_gpu:
         return 16, 4, 1
     width = max(d, dv)
     if width <= 128:
-        return (32 if int8_kv and width > 64 else 64), 8, 2
+        return 128, 8, 3
     if width <= 256:
-        return 32, 8, 2
-    return 16, 8, 1
+        return 128, 8, 2
+    return 32, 8, 3
 
 
 def num_splits(capacity: int, bkv_total: int, block_n: int, programs: int) -> int:
-    """Splits per (batch, kv head) from static sizes only: enough programs to fill ``programs`` slots,
-    never more splits than key blocks of the capacity (the longest possible length)."""
+    """Splits per (batch, kv head) from static sizes only: enough programs for ``programs`` resident
+    programs (the device's SMs times the programs one SM holds), at most one split per key block of the
+    capacity (the longest possible length) and MAX_SPLITS."""
     want = cdiv(programs, max(bkv_total, 1))
     return max(1, min(want, cdiv(max(capacity, 1), block_n), MAX_SPLITS))
 
@@ -294,10 +352,13 @@ def grids(splits: int, bkv_total: int, bn_total: int) -> tuple[tuple[int, int, i
 
 def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
     """Every argument of ``_decode_split_kernel`` by name: tensors (Q, K, V, MASK, PSE, TABLE, KV_PAD,
-    AQ_SCALE, AQ_OFFSET, WS_ACC, WS_ML, PARAMS), then scale, strides, sizes and constexprs of ``cfg``."""
+    AQ_SCALE, AQ_OFFSET, WS_ACC, WS_ML, PARAMS), then scale, strides, sizes and constexprs of ``cfg``,
+    and PAGE_TILES (a page holds whole key blocks)."""
+    num_blocks = cfg.num_blocks if cfg.num_blocks >= 0 else int(tensors[1].shape[0])
     args = dict(zip(_decode_split_kernel.arg_names, (*tensors, cfg.sm_scale, *cfg.split_strides,
-                                                      *cfg.split_sizes)))
+                                                      *cfg.split_sizes, num_blocks)))
     args.update(cfg.split_meta)
+    args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.split_sizes[4] % args["BLOCK_N"] == 0
     return args
 
 
