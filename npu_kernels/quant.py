@@ -16,6 +16,11 @@ Validation shared by the operators: ``full_quant_args`` (the allowed combination
 Arithmetic notes. A product of two fp16 values is exact in fp32, and rounding an fp32 sum of two fp16
 values to fp16 equals rounding the exact sum (24 >= 2*11 + 2 bits), so "compute in fp32, round to fp16"
 is fp16 arithmetic, on the host and in the kernels alike.
+
+Extreme values. Atlas A2/A3 compute floats in IEEE Inf/NaN mode by default (ACL ``aclrtFloatOverflowMode``
+ACL_RT_OVERFLOW_MODE_INFNAN), so the fp16 steps overflow to ±inf (a scale of 1e6 is fp16 inf) and 0 · inf
+is NaN; the final conversion to int8 saturates as the vector Cast does in saturation mode (asc-devkit's
+SetSaturationFlag: inf to ±max, NaN to 0): +inf → 127, -inf → -128, NaN → 0. Both sides follow this.
 """
 
 from __future__ import annotations
@@ -73,8 +78,9 @@ def deq_scale(t: torch.Tensor) -> torch.Tensor:
 
 
 def rint_sat_int8(y: torch.Tensor) -> torch.Tensor:
-    """Round half to even (CAST_RINT), saturate to [-128, 127]."""
-    return torch.round(y.to(torch.float32)).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+    """Round half to even (CAST_RINT), saturate to [-128, 127] (±inf included), NaN to 0."""
+    y = y.to(torch.float32)
+    return torch.round(y).clamp(INT8_MIN, INT8_MAX).nan_to_num(0.0).to(torch.int8)
 
 
 def ascend_quant(x: torch.Tensor, scale: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -106,7 +112,7 @@ def ifa_channel_quant(x: torch.Tensor, scale: torch.Tensor, offset: Optional[tor
     if offset is not None:
         y = y + offset.to(torch.float32)
     h = fp16_round_half_away(y).float()
-    return (torch.sign(h) * torch.floor(h.abs() + 0.5)).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+    return (torch.sign(h) * torch.floor(h.abs() + 0.5)).clamp(INT8_MIN, INT8_MAX).nan_to_num(0.0).to(torch.int8)
 
 
 # ---- device side ---------------------------------------------------------------------------------
@@ -121,8 +127,8 @@ def deq_scale_tl(ptr):
 
 @triton.jit
 def rint_sat_int8_tl(y):
-    """fp32 → int8, round half to even, saturated."""
-    y = tl.minimum(tl.maximum(y, -128.0), 127.0)
+    """fp32 → int8, round half to even, saturated, NaN to 0 (min/max would turn NaN into -128)."""
+    y = tl.minimum(tl.maximum(tl.where(y != y, 0.0, y), -128.0), 127.0)
     # adding 1.5 * 2^23 leaves no fraction bits: fp32 addition rounds y half to even
     return ((y + 12582912.0) - 12582912.0).to(tl.int8)
 
@@ -143,8 +149,9 @@ def ascend_quant_tl(x, scale, offset, HAS_OFFSET: tl.constexpr):
 def ascend_quant_f16_tl(h, s):
     """``ascend_quant`` without offset of fp16 blocks ``h`` and an fp16 scale ``s``, in fp16 arithmetic:
     the product is rounded once (the clamp between product and sum keeps them from fusing into an FMA),
-    adding 1.5 * 2^10 leaves no fraction bits, so the sum rounds half to even."""
-    y = tl.minimum(tl.maximum(h * s, -128.0), 127.0)
+    adding 1.5 * 2^10 leaves no fraction bits, so the sum rounds half to even; NaN (0 · inf) is 0."""
+    y = h * s
+    y = tl.minimum(tl.maximum(tl.where(y != y, 0.0, y), -128.0), 127.0)
     return ((y + 1536.0) - 1536.0).to(tl.int8)
 
 
@@ -166,7 +173,7 @@ def ifa_channel_quant_tl(x, scale, offset):
     rf = r.to(tl.float32)
     h = tl.where((rf < a) & (a - rf == up.to(tl.float32) - a), up.to(tl.float32), rf)
     q = tl.floor(h + 0.5)                                      # magnitude, ties away
-    q = tl.where(y < 0, -q, q)
+    q = tl.where(y < 0, -q, tl.where(y != y, 0.0, q))         # NaN to 0
     return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
 
 

@@ -159,3 +159,51 @@ def test_float32_to_bfloat16_rounds_to_nearest_even(device):
     _bf16_cast_kernel[(1,)](x, y, BLOCK=1024)
     assert y[:3].tolist() == [1.0, 1 + 2.0 ** -6, -(1 + 2.0 ** -6)]
     assert torch.equal(y, x.to(torch.bfloat16))
+
+
+def test_extreme_values_saturate_and_nan_is_zero():
+    """IEEE fp16 steps (A2/A3 Inf/NaN mode) and a saturating cast: ±inf → 127 / -128, NaN → 0; a scale of
+    1e6 is fp16 inf, so 0 · scale is NaN → 0 and any positive value → 127."""
+    inf, nan = float("inf"), float("nan")
+    assert quant.rint_sat_int8(torch.tensor([nan, inf, -inf, 1e30, -1e30])).tolist() == [0, 127, -128, 127, -128]
+    assert quant.ascend_quant(torch.tensor([0.0, 0.5, -0.5]), torch.tensor(1e6)).tolist() == [0, 127, -128]
+    assert quant.ascend_quant(torch.tensor([1.0, 2.0]), torch.tensor(nan)).tolist() == [0, 0]
+    assert quant.ifa_channel_quant(torch.tensor([1.0, 1.0, -1.0, 0.0]), torch.tensor([nan, 1e6, 1e6, inf])).tolist() \
+        == [0, 127, -128, 0]
+
+
+@triton.jit
+def _extreme_kernel(X, S, OUT_A, OUT_F16, OUT_I, BLOCK: tl.constexpr):
+    o = tl.arange(0, BLOCK)
+    x = tl.load(X + o)
+    s = tl.load(S + o)
+    tl.store(OUT_A + o, quant.ascend_quant_tl(x, s, s, False))
+    tl.store(OUT_F16 + o, quant.ascend_quant_f16_tl(x.to(tl.float16), s.to(tl.float16)))
+    tl.store(OUT_I + o, quant.ifa_channel_quant_tl(x, s, 0.0))
+
+
+def test_device_helpers_match_torch_on_extreme_values(device):
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([nan, inf, -inf, 0.0, 0.5, -0.5, 65504.0, 1e6, 3.0, 0.0, 1.0, -2.0, 0.25, 7.0, -7.0, 0.0])
+    s = torch.tensor([1.0, 1.0, 1.0, 1e6, 1e6, 1e6, 2.0, 1.0, nan, nan, inf, inf, 1e-8, 3e4, 3e4, -inf])
+    outs = [torch.empty(16, dtype=torch.int8, device=device) for _ in range(3)]
+    _extreme_kernel[(1,)](x.to(device), s.to(device), *outs, BLOCK=16)
+    assert torch.equal(outs[0].cpu(), quant.ascend_quant(x, s))
+    assert torch.equal(outs[1].cpu(), quant.ascend_quant(x.half(), s))
+    assert torch.equal(outs[2].cpu(), quant.ifa_channel_quant(x, s))
+
+
+@pytest.mark.parametrize("name, value", [("quant_scale2", float("nan")), ("quant_scale1", 1e6),
+                                         ("quant_scale2", 1e6)])
+def test_int8_pipeline_with_extreme_scales_matches_reference(name, value, device):
+    """Kernel and reference agree (within ±1) where a scale is NaN or overflows fp16."""
+    from .prompt_cases import Case
+    from .test_prompt_int8 import QCase, assert_int8_close, make_quant_inputs
+
+    q, k, v, kw = make_quant_inputs(QCase(Case(B=2, S1=40, S2=50, D=32, Dv=32), path="a"), device)
+    kw[name] = torch.tensor([value], device=device)
+    out = nk.npu_prompt_flash_attention(q, k, v, **kw)
+    ref = nk.reference.npu_prompt_flash_attention(q, k, v, **kw)
+    assert_int8_close(out, ref)
+    if name == "quant_scale2" and value != value:
+        assert (out == 0).all()
