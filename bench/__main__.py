@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,plot,report,host,graph-host} ...`` (see ``bench/__init__.py``)."""
+"""Command line: ``python -m bench {run,plot,report,host,graph-host,cpu} ...`` (see ``bench/__init__.py``)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ def main(argv=None) -> int:
     gh.add_argument("--rounds", type=int, default=5)
     gh.add_argument("--per-round", type=int, default=20)
     gh.add_argument("--out", default=None)
+    cpu = sub.add_parser("cpu", help="the operators' CPU execution path against torch SDPA on this CPU")
+    cpu.add_argument("--quick", action="store_true", help="a small subset of the cases")
+    cpu.add_argument("--match", default="", help="only cases whose name contains this (and no memory run)")
+    cpu.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    cpu.add_argument("--reps", type=int, default=3, help="timed pairs per case (fewer past 30 s)")
+    cpu.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
     if a.cmd == "run":
@@ -49,6 +55,10 @@ def main(argv=None) -> int:
         from . import report as mod
 
         return mod.main([int(x) for x in a.arch.split(",")], [x for x in a.variant.split(",") if x], a.out)
+    if a.cmd == "cpu":
+        from . import cpu as mod
+
+        return mod.main(a.quick, a.match, a.out, a.threads, a.reps)
     if a.cmd == "graph-host":
         from . import host_graph as mod
 

@@ -338,3 +338,15 @@ def test_memory_stays_bounded_on_a_long_sequence(dtype, mode):
     assert proc.returncode == 0, proc.stderr[-3000:]
     peak = json.loads(proc.stdout.splitlines()[-1])["peak_kib"] * 1024
     assert peak < 64 << 20, f"peak memory grew by {peak / 2**20:.0f} MiB"
+
+
+def test_bench_cpu_quick(tmp_path, monkeypatch):
+    """``python -m bench cpu --quick`` (decode cases): rows with times, ratios and outputs within tolerance."""
+    from bench import cpu, results
+
+    monkeypatch.setenv("NPUK_CPU_KERNELS", "native")             # the bench sets it; restored afterwards
+    assert cpu.main(quick=True, match="decode bfloat16", out_dir=tmp_path) == 0
+    (path,) = tmp_path.glob("cpu-*.json")
+    rows = results.read(path)["rows"]
+    assert [r["mode"] for r in rows] == ["contiguous", "paged"]
+    assert all(r["ours_ms"] > 0 and r["sdpa_ms"] > 0 and r["err"] <= 1 for r in rows)

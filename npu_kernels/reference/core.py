@@ -33,21 +33,28 @@ Query heads of a key/value head are folded into rows (GQA without repeating keys
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from .. import quant
+from .. import caches, quant
 from ..masks import in_band
+from .keys import Reader
 from .spans import Span
 
 # Score elements per chunk of rows (exact and SDPA methods) and per key tile (online method).
 CHUNK_ELEMENTS = 1 << 21
-TILE_ELEMENTS = 1 << 19
+TILE_ELEMENTS = 1 << 20
 TILE_KEYS = 256
 # Value columns per batched block product of the online method.
 PV_COLUMNS = 64
+# Key (or value) elements converted to the working dtype at a time by the exact method.
+KEY_ELEMENTS = 1 << 18
+# Fewest query rows for torch's CPU flash attention, which repacks fp16/bf16 keys and values per call.
+FLASH_ROWS = 64
 
 Sink = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
@@ -92,15 +99,16 @@ def fp16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).float()
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: Span, b0: int, setup: Setup, sink: Sink) -> None:
-    """Rows ``[0, span.qlen)`` of batches ``b0 .. b0 + G - 1``: q (G, N, qlen, D), k (G, KV_N, kvlen, D),
-    v (G, KV_N, kvlen, Dv), all with ``span.kvlen > 0``. Calls ``sink(i0, i1, out, lse)`` for consecutive
-    row chunks with out (G, N, i1 - i0, Dv) and lse (G, N, i1 - i0); rows not computed have lse +inf."""
-    grp = _Group(q, k, v, span, b0, setup)
+def attend(q: torch.Tensor, kv: Reader, span: Span, b0: int, setup: Setup, sink: Sink) -> None:
+    """Rows ``[0, span.qlen)`` of batches ``b0 .. b0 + G - 1``: q (G, N, qlen, D), their keys and values
+    ``kv`` (``span.kvlen > 0``). Calls ``sink(i0, i1, out, lse)`` for consecutive row chunks with out
+    (G, N, i1 - i0, Dv) and lse (G, N, i1 - i0); rows not computed have lse +inf."""
+    grp = _Group(q, kv, span, b0, setup)
     if grp.sdpa and setup.mask is None and setup.pse is None and span.pre >= span.qlen - 1:
         full, causal = span.nxt >= span.kvlen - 1, span.nxt == 0      # causal: torch's top-left diagonal
         if full or causal:
-            sink(0, span.qlen, *_flash(q, k, v, None, setup.scale, not full))
+            sink(0, span.qlen, *_flash(q, kv.keys(0, span.kvlen), kv.values(0, span.kvlen), None, setup.scale,
+                                       not full))
             return
     rows = grp.rows_per_chunk()
     for i0 in range(0, span.qlen, rows):
@@ -113,26 +121,52 @@ def _flash(q, k, v, mask: Optional[torch.Tensor], scale: float, causal: bool) ->
                                                                       scale=scale)
 
 
-class _Group:
-    """One group of batches sharing a span: its tensors, with keys/values folded to (G·KV_N, keys, ·)."""
+class _Scratch(threading.local):
+    """Buffers by name, reused from tile to tile and call to call in a thread (fresh pages cost more than
+    the arithmetic on them); emptied by ``npu_kernels.caches.release``. A buffer's contents are valid until
+    the next request of its name."""
 
-    def __init__(self, q, k, v, span: Span, b0: int, setup: Setup):
-        self.q, self.k, self.v, self.span, self.setup = q, k, v, span, setup
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        n = math.prod(shape)
+        key = (name, dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+    def clear(self) -> None:
+        self.buffers.clear()
+
+
+_SCRATCH = _Scratch()
+caches.register(_SCRATCH.clear)
+
+
+class _Group:
+    """One group of batches sharing a span: its tensors, with keys/values folded to (G·KV_N, keys, ·) where
+    they are used."""
+
+    def __init__(self, q, kv: Reader, span: Span, b0: int, setup: Setup):
+        self.q, self.kv, self.span, self.setup = q, kv, span, setup
         self.G, self.N, _, self.D = q.shape
-        self.H = k.shape[1]
+        self.H, self.Dv, self.vdtype = kv.heads, kv.value_dim, kv.value_dtype
         self.g = self.N // self.H
         num = setup.numerics
-        self.work = torch.float32 if num.fp16 or num.int8 is not None else num.compute
+        self.steps = num.fp16 or num.int8 is not None
+        self.work = torch.float32 if self.steps else num.compute
         self.sdpa = (setup.sdpa and num.block_n is None and num.compute == torch.float32 and q.device.type == "cpu"
-                     and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype
-                     and k.shape[-1] == v.shape[-1])
+                     and q.dtype in (torch.float16, torch.bfloat16) and kv.key_dtype == kv.value_dtype == q.dtype
+                     and kv.key_dim == kv.value_dim and q.shape[2] >= FLASH_ROWS)
         self.mask = None if setup.mask is None else setup.mask[b0:b0 + self.G] if setup.mask.shape[0] > 1 \
             else setup.mask[:1]
         self.pse = None if setup.pse is None else setup.pse[b0:b0 + self.G] if setup.pse.shape[0] > 1 \
             else setup.pse[:1]
-        self._kf = self._vf = self._uniform = None
+        self._uniform = None
 
-    # ---- sizes and operands ----
+    # ---- sizes, buffers and operands ----
 
     def rows_per_chunk(self) -> int:
         sp = self.span
@@ -142,16 +176,18 @@ class _Group:
         rows = max(1, CHUNK_ELEMENTS // (self.G * self.N * width))
         return max(1, CHUNK_ELEMENTS // (self.G * self.N * min(sp.kvlen, width + rows - 1)))
 
-    def kf(self) -> torch.Tensor:
-        """Keys (G·KV_N, kvlen, D) in the working dtype (int8 values are exact in float32)."""
-        if self._kf is None:
-            self._kf = self.k.to(self.work).flatten(0, 1)
-        return self._kf
+    def scratch(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous buffer of ``shape`` (``_Scratch``)."""
+        return _SCRATCH.get(name, shape, dtype, self.q.device)
 
-    def vf(self) -> torch.Tensor:
-        if self._vf is None:
-            self._vf = self.v.to(self.work).flatten(0, 1)
-        return self._vf
+    def converted(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """(G, KV_N, n, ·) keys or values → (G·KV_N, n, ·) in the working dtype (int8 values are exact in
+        float32), in scratch ``name``."""
+        return self.scratch(name, x.shape, self.work).copy_(x).flatten(0, 1)
+
+    def key_step(self) -> int:
+        """Keys per conversion of the exact method."""
+        return max(1, KEY_ELEMENTS // (self.G * self.H * max(self.D, self.Dv)))
 
     def qf(self, i0: int, i1: int) -> torch.Tensor:
         """Query rows (G·KV_N, g·R, D) in the working dtype, the g query heads of a kv head folded into rows."""
@@ -182,22 +218,30 @@ class _Group:
         sp = self.span
         return self.pse[:, :, sp.qm_off + i0:sp.qm_off + i1, sp.kvm_off + j0:sp.kvm_off + j1]
 
-    def scores(self, qf: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
-        """Scores of rows ``[i0, i1)`` against keys ``[j0, j1)``, (G·KV_N, g·R, keys), masked with ``fill``."""
+    def scores(self, qf: torch.Tensor, i0: int, i1: int, j0: int, j1: int, width: int) -> torch.Tensor:
+        """Scores of rows ``[i0, i1)`` against keys ``[j0, j1)`` masked with ``fill``, then -inf up to ``width``
+        columns: (G·KV_N, g·R, width) in the working dtype, or fp16 for the NPU's fp16 steps (a scratch
+        buffer, valid until the next call)."""
         setup, num = self.setup, self.setup.numerics
-        s = torch.bmm(qf, self.kf()[:, j0:j1].transpose(1, 2))
-        if num.int8 is not None:                         # int32 values, exact: dequant to fp16, fp16 scale
-            s = s.mul_(num.int8.deq_scale1).to(torch.float16).mul_(setup.scale)
-        elif num.fp16:                                   # fp16 arithmetic: each step rounded
-            s = s.to(torch.float16).mul_(setup.scale)
-        else:
-            s.mul_(setup.scale)
-        s5 = s.view(self.G, self.H, self.g, i1 - i0, j1 - j0)
+        keys = j1 - j0
+        s = self.scratch("scores", (qf.shape[0], qf.shape[1], width), self.work)
+        step = self.key_step()
+        for a in range(j0, j1, step):
+            b = min(a + step, j1)
+            k = self.converted("keys", self.kv.keys(a, b))
+            torch.bmm(qf, k.transpose(1, 2), out=s[:, :, a - j0:b - j0])
+        if num.int8 is not None:                         # int32 values, exact: dequant to fp16
+            s[..., :keys].mul_(num.int8.deq_scale1)
+        if self.steps:                                   # fp16 arithmetic: each step rounded
+            s = self.scratch("scores16", s.shape, torch.float16).copy_(s)
+        s[..., :keys].mul_(setup.scale)
+        s5 = s[..., :keys].view(self.G, self.H, self.g, i1 - i0, keys)
         if self.pse is not None:
             s5.add_(self.pse_tile(i0, i1, j0, j1).to(s.dtype).unflatten(1, (self.H, self.g)))
         masked = self.masked(i0, i1, j0, j1)
         if masked is not None:
             s5.masked_fill_(masked[:, None, None], setup.fill)
+        s[..., keys:].fill_(float("-inf"))
         return s
 
     # ---- one chunk of rows ----
@@ -210,14 +254,14 @@ class _Group:
         has_key = sp.rows_with_keys(i0, i1, self.q.device)
         j_lo, j_hi = sp.key_range(i0, i1)
         if j_lo >= j_hi:
-            return (torch.zeros(self.G, self.N, rows, self.v.shape[-1], dtype=self.work, device=self.q.device),
+            return (torch.zeros(self.G, self.N, rows, self.Dv, dtype=self.work, device=self.q.device),
                     torch.full((self.G, self.N, rows), float("inf"), device=self.q.device))
         if self.sdpa:
             out, lse, full = self.flash(i0, i1, j_lo, j_hi)
         else:
             qf = self.qf(i0, i1)
             method = _exact if setup.numerics.block_n is None else _online
-            out, lse, m = method(self, lambda a, b: self.scores(qf, i0, i1, a, b), j_lo, j_hi)
+            out, lse, m = method(self, lambda a, b, w: self.scores(qf, i0, i1, a, b, w), j_lo, j_hi)
             out, lse, full = self.unfold(out, rows), self.unfold(lse, rows), self.unfold(m, rows) == setup.fill
         full = full & has_key
         zero = ~has_key
@@ -243,7 +287,8 @@ class _Group:
         elif masked is not None:
             add = torch.zeros(masked.shape, dtype=self.q.dtype, device=self.q.device)
             add = add.masked_fill_(masked, float("-inf"))[:, None]
-        out, lse = _flash(self.q[:, :, i0:i1], self.k[:, :, j0:j1], self.v[:, :, j0:j1], add, self.setup.scale, False)
+        out, lse = _flash(self.q[:, :, i0:i1], self.kv.keys(j0, j1), self.kv.values(j0, j1), add, self.setup.scale,
+                          False)
         full = torch.zeros(1, 1, i1 - i0, dtype=torch.bool, device=self.q.device) if masked is None \
             else masked.all(-1)[:, None]
         return out, lse, full
@@ -251,14 +296,12 @@ class _Group:
     def uniform(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention with every score ``fill`` over all keys, by this group's method: (G, N, 1, Dv), (G, N, 1)."""
         if self._uniform is None:
-            fill = self.setup.fill
-            rows = self.G * self.H
+            fill, rows = self.setup.fill, self.G * self.H
+            dtype = torch.float16 if self.steps else self.work
 
-            num = self.setup.numerics
-            dtype = torch.float16 if num.fp16 or num.int8 is not None else self.work
-
-            def scores(a: int, b: int) -> torch.Tensor:
-                return torch.full((rows, 1, b - a), fill, dtype=dtype, device=self.q.device)
+            def scores(a: int, b: int, width: int) -> torch.Tensor:
+                s = torch.full((rows, 1, width), fill, dtype=dtype, device=self.q.device)
+                return s.index_fill_(2, torch.arange(b - a, width, device=s.device), float("-inf"))
 
             method = _exact if self.setup.numerics.block_n is None else _online
             out, lse, _ = method(self, scores, 0, self.span.kvlen)
@@ -268,17 +311,26 @@ class _Group:
         return self._uniform
 
 
-def _exact(grp: _Group, scores: Callable[[int, int], torch.Tensor], j0: int, j1: int) -> tuple[torch.Tensor, ...]:
+Scores = Callable[[int, int, int], torch.Tensor]
+
+
+def _exact(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor, ...]:
     """Row softmax over keys ``[j0, j1)``: (out, lse, row max), rows as ``scores`` gives them."""
-    s = scores(j0, j1)
+    s = scores(j0, j1, j1 - j0)
     m = s.amax(-1, keepdim=True)
     p = s.sub_(m).exp_()
     l = p.sum(-1, keepdim=True)
-    out = torch.bmm(p.to(grp.v.dtype).to(grp.work), grp.vf()[:, j0:j1]).div_(l)
+    p = p.to(grp.vdtype).to(grp.work)
+    out = torch.zeros(p.shape[0], p.shape[1], grp.Dv, dtype=grp.work, device=p.device)
+    step = grp.key_step()
+    for a in range(j0, j1, step):
+        b = min(a + step, j1)
+        out.baddbmm_(p[:, :, a - j0:b - j0], grp.converted("values", grp.kv.values(a, b)))
+    out.div_(l)
     return out, (m + l.log()).squeeze(-1), m.squeeze(-1)
 
 
-def _online(grp: _Group, scores: Callable[[int, int], torch.Tensor], j0: int, j1: int) -> tuple[torch.Tensor, ...]:
+def _online(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor, ...]:
     """Online softmax over key blocks (block k covers keys [k·bn, (k+1)·bn) of the batch) from the block
     holding key ``j0`` to key ``j1``, in tiles of ``TILE_KEYS``: (out, lse, final running max).
 
@@ -288,20 +340,16 @@ def _online(grp: _Group, scores: Callable[[int, int], torch.Tensor], j0: int, j1
     accumulator of the NPU's fp16 path, rounded after every block, runs block by block."""
     num = grp.setup.numerics
     bn = num.block_n
-    steps = num.fp16 or num.int8 is not None
     tile = max(bn, TILE_KEYS - TILE_KEYS % bn)
-    vf = grp.vf()
-    dv = vf.shape[-1]
+    dv, kvlen = grp.Dv, grp.span.kvlen
     width = min(dv, PV_COLUMNS)
     parts = -(-dv // width)
     m = l = acc = step = None
     for t0 in range(j0 - j0 % bn, j1, tile):
         t1 = min(t0 + tile, j1)
-        s = scores(t0, t1)                               # (GH, M, keys); fp16 values in fp16 with ``steps``
-        rows, m_rows, keys = s.shape
-        nb = -(-keys // bn)
-        if keys % bn:
-            s = torch.nn.functional.pad(s, (0, nb * bn - keys), value=float("-inf"))
+        nb = -(-(t1 - t0) // bn)
+        s = scores(t0, t1, nb * bn)                      # (GH, M, nb·bn); fp16 values in fp16 with ``steps``
+        rows, m_rows = s.shape[:2]
         sb = s.view(rows, m_rows, nb, bn)
         if m is None:
             m = torch.full((rows, m_rows, 1), float("-inf"), dtype=grp.work, device=s.device)
@@ -309,20 +357,23 @@ def _online(grp: _Group, scores: Callable[[int, int], torch.Tensor], j0: int, j1
             acc = torch.zeros(parts, rows, m_rows, width, dtype=torch.float16 if num.fp16 else grp.work,
                               device=s.device)
             step = torch.empty(acc.shape, dtype=grp.work, device=s.device)
-        m_blk = torch.maximum(sb.to(grp.work).amax(-1).cummax(-1).values, m)   # (GH, M, nb) running max
+        blocks = grp.scratch("blocks", sb.shape, grp.work).copy_(sb) if grp.steps else sb
+        m_blk = torch.maximum(blocks.amax(-1).cummax(-1).values, m)          # (GH, M, nb) running max
         m_last = m_blk[..., -1:]
-        if steps:                                        # P = fp16(exp(fp16(s - m))), fp16 arithmetic
-            p = (sb - m_blk.to(sb.dtype)[..., None]).exp_()
+        if grp.steps:                                    # P = fp16(exp(fp16(s - m))), fp16 arithmetic
+            p = torch.sub(sb, m_blk.to(sb.dtype)[..., None], out=grp.scratch("p16", sb.shape, sb.dtype)).exp_()
         else:
             p = sb.sub_(m_blk[..., None]).exp_()
-        pp = torch.empty(rows, nb, m_rows, bn, dtype=grp.work, device=s.device).copy_(p.transpose(1, 2))
+        pp = grp.scratch("p", (rows, nb, m_rows, bn), grp.work).copy_(p.transpose(1, 2))
         weight = torch.exp(m_blk - m_last).transpose(1, 2)[..., None]       # (GH, nb, M, 1)
         rescale = torch.exp(m - m_last)
         l = l * rescale + (pp.sum(-1, keepdim=True) * weight).sum(1)
-        vb = vf[:, t0:t0 + nb * bn]
-        if vb.shape[1] < nb * bn or dv < parts * width:
-            vb = torch.nn.functional.pad(vb, (0, parts * width - dv, 0, nb * bn - vb.shape[1]))
-        pv = _blocks_pv(grp, pp, vb.unflatten(1, (nb, bn)), width)            # (parts, GH, nb, M, width)
+        vb = grp.scratch("tile values", (grp.G, grp.H, nb * bn, parts * width), grp.work)
+        vb[:, :, :min(t0 + nb * bn, kvlen) - t0, :dv].copy_(grp.kv.values(t0, min(t0 + nb * bn, kvlen)))
+        if vb.shape[2] > kvlen - t0 or dv < parts * width:
+            vb[:, :, kvlen - t0:].zero_()
+            vb[..., dv:].zero_()
+        pv = _blocks_pv(grp, pp, vb.flatten(0, 1).unflatten(1, (nb, bn)), width)   # (parts, GH, nb, M, width)
         if num.fp16:                                     # acc = fp16(acc · alpha + pv) after every block
             alpha = torch.exp(torch.cat([m, m_blk[..., :-1]], -1) - m_blk)
             for blk in range(nb):
@@ -332,7 +383,7 @@ def _online(grp: _Group, scores: Callable[[int, int], torch.Tensor], j0: int, j1
             acc = acc.mul_(rescale).add_(pv.mul_(weight).sum(2))
         m = m_last
     out = acc.to(grp.work).permute(1, 2, 0, 3).flatten(2)[..., :dv]
-    return out / (fp16(l) if steps else l), (m + l.log()).squeeze(-1), m.squeeze(-1)
+    return out / (fp16(l) if grp.steps else l), (m + l.log()).squeeze(-1), m.squeeze(-1)
 
 
 def _blocks_pv(grp: _Group, p: torch.Tensor, v: torch.Tensor, width: int) -> torch.Tensor:
@@ -344,13 +395,13 @@ def _blocks_pv(grp: _Group, p: torch.Tensor, v: torch.Tensor, width: int) -> tor
     if num.int8 is not None:
         p = quant.ascend_quant(p, num.int8.quant_scale1).to(torch.float32)
     elif not num.fp16:
-        p = p.to(grp.v.dtype).to(grp.work)
+        p = p.to(grp.vdtype).to(grp.work)
     rows, nb, m_rows, bn = p.shape
     parts = v.shape[-1] // width
-    out = torch.empty(parts, rows * nb, m_rows, width, dtype=p.dtype, device=p.device)
+    out = grp.scratch("pv", (parts, rows * nb, m_rows, width), p.dtype)
     for c in range(parts):
         torch.bmm(p.flatten(0, 1), v[..., c * width:(c + 1) * width].flatten(0, 1), out=out[c])
     out = out.unflatten(1, (rows, nb))
     if num.int8 is not None:
         return fp16(out.mul_(num.int8.deq_scale2))
-    return out.to(torch.float16) if num.fp16 else out
+    return grp.scratch("pv16", out.shape, torch.float16).copy_(out) if num.fp16 else out

@@ -102,7 +102,7 @@ def run_prefill(call: PromptCall, block: torch.Tensor, out: torch.Tensor, lse: O
             q = h.q[b0:b1, :, sp.q_off:sp.q_off + sp.qlen]
             if src.rope is not None:
                 q = torch.cat([q, src.rope[0][b0:b1, :, sp.q_off:sp.q_off + sp.qlen]], -1)
-            core.attend(q, *store.take(b0, b1, sp), sp, b0, setup, functools.partial(dest.rows, b0, b1, sp))
+            core.attend(q, store.reader(b0, b1, sp), sp, b0, setup, functools.partial(dest.rows, b0, b1, sp))
 
 
 def run_decode(call: IncreCall, block: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
@@ -119,7 +119,7 @@ def run_decode(call: IncreCall, block: torch.Tensor, out: torch.Tensor, lse: Opt
         if sp.kvlen == 0:
             dest.empty(b0, b1)
             continue
-        core.attend(h.q[b0:b1], *store.take(b0, b1, sp), sp, b0, setup, functools.partial(dest.rows, b0, b1))
+        core.attend(h.q[b0:b1], store.reader(b0, b1, sp), sp, b0, setup, functools.partial(dest.rows, b0, b1))
 
 
 def decode_store(call: IncreCall) -> KeyStore:

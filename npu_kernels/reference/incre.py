@@ -25,8 +25,8 @@ from .spans import Span
 
 def key_values(call: incre.IncreCall) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys/values as (B, KV_N, capacity, D) in the query dtype (pages gathered, int8 anti-quantised)."""
-    whole = Span(1, call.capacity, 0, 0, 0, 0, INT_MAX, INT_MAX, 0)
-    return execute.decode_store(call).take(0, call.heads.B, whole)
+    whole = execute.decode_store(call).reader(0, call.heads.B, Span(1, call.capacity, 0, 0, 0, 0, INT_MAX, INT_MAX, 0))
+    return whole.keys(0, call.capacity), whole.values(0, call.capacity)
 
 
 def decode_attention(call: incre.IncreCall, compute_dtype: torch.dtype = torch.float32

@@ -1,10 +1,15 @@
-"""Keys and values of a call's batches, addressed as the kernels address them (spec ops §1.9-§1.12, §4.4).
+"""Keys and values of a call's batches, read as the kernels address them (spec ops §1.9-§1.12, §4.4).
 
 Batch b's key j is the shared prefix's key j when ``j < prefix``, else its own key ``t = j - prefix``:
-row ``kv_off + t`` of batch b, or in a paged cache slot ``t % page`` of block ``table[b, t // page]``.
+row ``kv_off + t`` of batch b, or in a paged cache slot ``t % page`` of block ``table[b, t // page]``
+(gathered with ``paged_attention.paged_rows``, which reads ND and NZ caches).
 int8 keys/values are anti-quantised to the query dtype, ``(x + offset) * scale`` (``antiquant``), with
 parameters per channel, per token (by position t) or per row (by storage: batch or block, and row), as
 ``ops.sources.AntiQuant`` describes. Rope keys are stored like the keys and appended along D.
+
+A ``Reader`` gives any range of keys or values of a group of batches: a view of the inputs where nothing
+is gathered, converted or appended, else a copy of that range only, so that no copy of all keys of a
+paged cache is made when a computation walks them in ranges.
 
 Block ids: an id outside ``[0, blocks)`` never reads outside the cache; its slots read as zero keys and
 zero values (after anti-quantisation). With ``NPUK_CHECK_BLOCK_TABLE=1`` such an id inside a batch's kv
@@ -21,6 +26,7 @@ import torch
 from ..env import check_block_table
 from ..errors import require
 from ..ops.sources import PER_CHANNEL, PER_TOKEN, AntiQuant
+from .paged_attention import paged_rows
 from .spans import Span
 
 
@@ -32,13 +38,6 @@ def antiquant(x: torch.Tensor, scale: torch.Tensor, offset: Optional[torch.Tenso
     if offset is not None:
         y = y + offset.to(work)
     return (y * scale.to(work)).to(dtype)
-
-
-def paged_rows(store: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Blocks ``ids`` (G, nblk) of ``store`` (blocks, KV_N, page, ...) as (G, KV_N, nblk * page, ...)."""
-    g = store.index_select(0, ids.reshape(-1))                       # (G * nblk, KV_N, page, ...)
-    g = g.unflatten(0, ids.shape).transpose(1, 2)                    # (G, KV_N, nblk, page, ...)
-    return g.flatten(2, 3)
 
 
 @dataclass(frozen=True)
@@ -55,69 +54,93 @@ class KeyStore:
     key_quant: Optional[AntiQuant] = None
     value_quant: Optional[AntiQuant] = None
 
-    def take(self, b0: int, b1: int, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (G, KV_N, kvlen, D [+ rope]) and values (G, KV_N, kvlen, Dv) of batches ``b0..b1-1``, which
-        share ``span``: views of the inputs where no gathering, prefix, rope or anti-quantisation applies."""
-        own = span.kvlen - span.prefix
-        slots = bad = None
-        if self.table is not None:
-            slots, bad = self._blocks(b0, b1, own)
-        k = self._own(self.k, b0, b1, span, own, slots)
-        v = self._own(self.v, b0, b1, span, own, slots)
-        if self.key_quant is not None:
-            k = antiquant(k, *self._params(self.key_quant, k.shape[-1], b0, b1, span, own, slots), self.dtype)
-        if self.value_quant is not None:
-            v = antiquant(v, *self._params(self.value_quant, v.shape[-1], b0, b1, span, own, slots), self.dtype)
-        if self.rope is not None:
-            k = torch.cat([k, self._own(self.rope, b0, b1, span, own, slots)], -1)
-        if bad is not None:
-            zero = bad[:, None, :own, None]
-            k, v = k.masked_fill(zero, 0), v.masked_fill(zero, 0)
-        if self.prefix is not None:
-            k, v = (torch.cat([self._prefix(t, aq, span.prefix, b1 - b0), x], 2)
-                    for t, aq, x in zip(self.prefix, (self.key_quant, self.value_quant), (k, v)))
-        return k, v
+    def reader(self, b0: int, b1: int, span: Span) -> "Reader":
+        """The keys ``[0, span.kvlen)`` of batches ``b0 .. b1 - 1``, which share ``span`` (block ids checked
+        now)."""
+        return Reader(self, b0, b1, span)
 
-    def _blocks(self, b0: int, b1: int, own: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Block ids of the keys ``[0, own)`` of batches ``b0..b1-1`` (G, nblk), ids outside the cache
-        replaced by 0, and which keys those were (G, nblk * page), or None when every id is valid."""
-        nblk = -(-own // self.page)
-        ids = self.table[b0:b1, :nblk].long()
-        blocks = self.k.shape[0]
+
+class Reader:
+    """Keys (G, KV_N, n, D [+ rope]) and values (G, KV_N, n, Dv) of a group of batches, by key range."""
+
+    def __init__(self, store: KeyStore, b0: int, b1: int, span: Span):
+        self.store, self.b0, self.b1, self.span = store, b0, b1, span
+        self.heads = store.k.shape[1]
+        self.key_dim = store.k.shape[-1] + (0 if store.rope is None else store.rope.shape[-1])
+        self.value_dim = store.v.shape[-1]
+        self.key_dtype = store.k.dtype if store.key_quant is None else store.dtype
+        self.value_dtype = store.v.dtype if store.value_quant is None else store.dtype
+        self.ids = self.outside = None
+        if store.table is not None:
+            self.ids, self.outside = self._blocks(span.kvlen - span.prefix)
+
+    def keys(self, j0: int, j1: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Keys ``[j0, j1)``; in ``dtype`` and contiguous when given, else possibly a view."""
+        st = self.store
+        return self._read(st.k, st.key_quant, st.rope, 0 if st.prefix is None else st.prefix[0], j0, j1, dtype)
+
+    def values(self, j0: int, j1: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        st = self.store
+        return self._read(st.v, st.value_quant, None, 0 if st.prefix is None else st.prefix[1], j0, j1, dtype)
+
+    def _read(self, t, aq, rope, prefix, j0, j1, dtype) -> torch.Tensor:
+        parts = []
+        p = self.span.prefix
+        if j0 < p:                                   # the shared prefix: per-channel parameters only
+            x = prefix[:, :, j0:min(j1, p)]
+            if aq is not None:
+                width = x.shape[-1]
+                x = antiquant(x, aq.scale[:1, :, None, :width],
+                              None if aq.offset is None else aq.offset[:1, :, None, :width], self.store.dtype)
+            parts.append(x.expand(self.b1 - self.b0, *x.shape[1:]))
+        if j1 > p or not parts:
+            t0, t1 = max(j0 - p, 0), max(j1 - p, 0)
+            x = self._own(t, t0, t1)
+            if aq is not None:
+                x = antiquant(x, *self._params(aq, x.shape[-1], t0, t1), self.store.dtype)
+            if rope is not None:
+                x = torch.cat([x, self._own(rope, t0, t1)], -1)
+            if self.outside is not None:
+                x = x.masked_fill(self.outside[:, None, t0:t1, None], 0)
+            parts.append(x)
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
+        return x if dtype is None else x.to(dtype, memory_format=torch.contiguous_format)
+
+    def _blocks(self, own: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Block ids of the keys ``[0, own)`` (G, nblk), ids outside the cache replaced by 0, and which keys
+        those were (G, nblk · page), or None when every id is valid."""
+        st = self.store
+        nblk = -(-own // st.page)
+        ids = st.table[self.b0:self.b1, :nblk].long()
+        blocks = st.k.shape[0]
         outside = (ids < 0) | (ids >= blocks)
         if not bool(outside.any()):
             return ids, None
         if check_block_table():
             at = int(outside.flatten().nonzero()[0])
-            b, p = b0 + at // nblk, at % nblk
-            require(False, f"block_table[{b}, {p}]", int(ids.flatten()[at]),
-                    f"block id outside [0, {blocks}) for keys {p * self.page}..{min((p + 1) * self.page, own) - 1} "
+            b, pos = self.b0 + at // nblk, at % nblk
+            require(False, f"block_table[{b}, {pos}]", int(ids.flatten()[at]),
+                    f"block id outside [0, {blocks}) for keys {pos * st.page}..{min((pos + 1) * st.page, own) - 1} "
                     f"of batch {b} (NPUK_CHECK_BLOCK_TABLE=1)")
-        return ids.masked_fill(outside, 0), outside.repeat_interleave(self.page, 1)
+        return ids.masked_fill(outside, 0), outside.repeat_interleave(st.page, 1)
 
-    def _own(self, t: torch.Tensor, b0: int, b1: int, span: Span, own: int,
-             slots: Optional[torch.Tensor]) -> torch.Tensor:
-        if slots is None:
-            return t[b0:b1, :, span.kv_off:span.kv_off + own]
-        return paged_rows(t, slots)[:, :, :own]
+    def _own(self, t: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """Own keys ``[t0, t1)`` of ``t`` (stored like the keys: (B or blocks, KV_N, rows, ...))."""
+        if self.ids is None:
+            off = self.span.kv_off
+            return t[self.b0:self.b1, :, off + t0:off + t1]
+        page = self.store.page
+        c0 = t0 // page
+        return paged_rows(t, self.ids[:, c0:-(-t1 // page)])[:, :, t0 - c0 * page:t1 - c0 * page]
 
-    def _params(self, aq: AntiQuant, width: int, b0: int, b1: int, span: Span, own: int,
-                slots: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Scale and offset broadcastable against the own keys (G, KV_N, own, width)."""
-        def view(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            if p is None:
+    def _params(self, aq: AntiQuant, width: int, t0: int, t1: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Scale and offset broadcastable against the own keys ``[t0, t1)`` (G, KV_N, n, width)."""
+        def view(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            if x is None:
                 return None
             if aq.mode == PER_CHANNEL:
-                return p[:1, :, None, :width]
+                return x[:1, :, None, :width]
             if aq.mode == PER_TOKEN:
-                return p[b0:b1, :, :own, None]
-            return self._own(p[..., None], b0, b1, span, own, slots)          # per row, stored like the keys
+                return x[self.b0:self.b1, :, t0:t1, None]
+            return self._own(x[..., None], t0, t1)                           # per row, stored like the keys
         return view(aq.scale), view(aq.offset)
-
-    def _prefix(self, t: torch.Tensor, aq: Optional[AntiQuant], length: int, batches: int) -> torch.Tensor:
-        p = t[:, :, :length]
-        if aq is not None:                                 # a shared prefix takes per-channel parameters
-            width = p.shape[-1]
-            p = antiquant(p, aq.scale[:1, :, None, :width],
-                          None if aq.offset is None else aq.offset[:1, :, None, :width], self.dtype)
-        return p.expand(batches, *p.shape[1:])
