@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
+import runtime
 from npu_kernels import alloc, caches, launcher, tasks
 from npu_kernels.device import forced_execution
 
@@ -51,10 +52,12 @@ def recording():
     previous_recorder = launcher.set_recorder(lambda kernel, grid, args, options: None)
     previous_submitter = tasks.set_submitter(None)
     alloc.empty = cached
+    caches.release()
     try:
         with forced_execution("compiled"):
             yield
     finally:
+        caches.release()                       # plans made inside are for compiled kernels
         alloc.empty = real_empty
         launcher.set_recorder(previous_recorder)
         tasks.set_submitter(previous_submitter)
@@ -69,10 +72,7 @@ def _lengths(case: Case, kwargs: dict) -> tuple[dict, dict]:
 
 def _update_us(op, call, a: dict, b: dict, rounds: int) -> float:
     """µs per operator of a task update on the host backend (``LAYERS`` calls in one task group)."""
-    import runtime
-
-    previous = runtime.set_backend("host")
-    tasks.set_submitter(runtime.tasks.submit)
+    previous, submitter = runtime.set_backend("host"), tasks.set_submitter(runtime.tasks.submit)
     try:
         g = runtime.NPUGraph()
         s, u = runtime.Stream(), runtime.Stream()
@@ -96,7 +96,7 @@ def _update_us(op, call, a: dict, b: dict, rounds: int) -> float:
         total, _ = timing.host_us(update, warmup=2, rounds=rounds, per_round=5)
         return total / LAYERS
     finally:
-        tasks.set_submitter(None)
+        tasks.set_submitter(submitter)
         runtime.set_backend(previous)
 
 

@@ -5,10 +5,10 @@
                      graphs on the host backend).
 ``NPUK_COMPILE_ONLY`` ``1``: never switch Triton to the interpreter, even on the CPU, so that kernels can
                      be compiled ahead of time for a GPU target (``npu_kernels.aot``); nothing can run.
-``NPUK_CPU_KERNELS`` ``triton`` (default) or ``native``: how operators run when the device is the CPU.
-                     ``triton`` runs the Triton kernels through Triton's interpreter (slow); ``native``
-                     runs the vectorised PyTorch execution path (``npu_kernels.reference.execute``) from
-                     the same plan and parameter block.
+``NPUK_CPU_KERNELS`` ``native`` (default) or ``triton``: how operators run when the device is the CPU.
+                     ``native`` runs the vectorised PyTorch execution path (``npu_kernels.reference.execute``)
+                     from the same plan and parameter block; ``triton`` runs the Triton kernels through
+                     Triton's interpreter (slow; how the kernel tests check the kernels without a GPU).
 ``NPUK_CHECK_BLOCK_TABLE`` ``1``: check every block id that a paged call reads (inside a batch's kv
                      length) and raise an error naming the batch, the position and the id when it is
                      outside [0, number of blocks). Off by default: an invalid id then reads as a zero
@@ -38,7 +38,7 @@ _CPU_KERNELS = ("native", "triton")
 
 def cpu_kernels() -> str:
     """Value of ``NPUK_CPU_KERNELS``, checked."""
-    value = os.environ.get("NPUK_CPU_KERNELS", "triton").strip().lower() or "triton"
+    value = os.environ.get("NPUK_CPU_KERNELS", "native").strip().lower() or "native"
     if value not in _CPU_KERNELS:
         raise ValueError(f"NPUK_CPU_KERNELS={value!r}: expected one of {', '.join(_CPU_KERNELS)}")
     return value

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import npu_kernels as nk
-from npu_kernels import alloc
+from npu_kernels import alloc, caches
 from npu_kernels.env import hypothesis_profile
 from npu_kernels.reference import tolerance
 
@@ -41,6 +41,49 @@ def poison_outputs(monkeypatch):
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     return nk.npu_device()
+
+
+def _cpu_kernels(monkeypatch, how: str) -> None:
+    """Run operators on the CPU as ``how`` (``NPUK_CPU_KERNELS``); plans record how they run, so the
+    plan caches are emptied now and when the test ends."""
+    monkeypatch.setenv("NPUK_CPU_KERNELS", how)
+    caches.release()
+
+
+@pytest.fixture
+def native_path(monkeypatch, device):
+    """The CPU execution path (vectorised PyTorch)."""
+    if device.type != "cpu":
+        pytest.skip("the native path runs on the CPU only")
+    _cpu_kernels(monkeypatch, "native")
+    yield
+    caches.release()
+
+
+@pytest.fixture
+def triton_path(monkeypatch, device):
+    """The Triton kernels: on the GPU, or in Triton's interpreter on the CPU."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels need a GPU or Triton's interpreter (TRITON_INTERPRET=1 when triton was imported)")
+    _cpu_kernels(monkeypatch, "triton")
+    yield
+    caches.release()
+
+
+@pytest.fixture(params=["native", "triton"])
+def path(request):
+    """Both: the CPU execution path and the Triton kernels."""
+    request.getfixturevalue(f"{request.param}_path")
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def kernel_tests_run_the_kernels(request):
+    """Tests marked ``kernels`` check the Triton kernels against the reference: on the CPU they run them
+    in Triton's interpreter; every other test runs the default (the native path on the CPU)."""
+    if request.node.get_closest_marker("kernels") and "path" not in request.fixturenames \
+            and "native_path" not in request.fixturenames:
+        request.getfixturevalue("triton_path")
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:

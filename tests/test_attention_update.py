@@ -19,7 +19,7 @@ from npu_kernels import reference as ref
 from npu_kernels.ops import attention_update
 from npu_kernels.reference import tolerance
 
-from .test_kv_cache import FEWER, native_path, path, triton_path  # noqa: F401  (fixtures)
+from .test_kv_cache import FEWER
 
 DECODE_EMPTY = -3.4e38          # lse of a decode-path row without keys
 INF = float("inf")

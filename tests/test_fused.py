@@ -3,6 +3,7 @@ operators (spec ops §4)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import example, given
 
@@ -11,6 +12,8 @@ from npu_kernels.masks import INT_MAX
 
 from .conftest import assert_close
 from .fused_cases import FCase, fcases, make_inputs
+
+pytestmark = pytest.mark.kernels     # the Triton kernels against the reference (the interpreter on the CPU)
 
 
 def assert_lse_close(lse: torch.Tensor, ref: torch.Tensor) -> None:

@@ -18,6 +18,8 @@ from npu_kernels.reference import incre as reference_incre
 from .conftest import assert_close, tolerance
 from .incre_cases import Case, cases, make_inputs
 
+pytestmark = pytest.mark.kernels     # the Triton kernels against the reference (the interpreter on the CPU)
+
 
 def check(case: Case, device) -> torch.Tensor:
     """Kernel against reference. P is rounded to the input dtype before P·V (as on the NPU), so a one-ulp

@@ -10,7 +10,6 @@ interpreter mode (``TRITON_INTERPRET=1`` before it was imported, which ``npu_ker
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -25,26 +24,6 @@ from .conftest import compile_only
 
 F16, BF16, I8 = torch.float16, torch.bfloat16, torch.int8
 FEWER = settings(max_examples=max(5, settings.default.max_examples // 4))   # the interpreter is slow
-
-
-@pytest.fixture
-def native_path(monkeypatch, device):
-    if device.type != "cpu":
-        pytest.skip("the native path runs on the CPU only")
-    monkeypatch.setenv("NPUK_CPU_KERNELS", "native")
-
-
-@pytest.fixture
-def triton_path(monkeypatch, device):
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton kernels need a GPU or Triton's interpreter (TRITON_INTERPRET=1 when triton was imported)")
-    monkeypatch.setenv("NPUK_CPU_KERNELS", "triton")
-
-
-@pytest.fixture(params=["native", "triton"])
-def path(request):
-    request.getfixturevalue(f"{request.param}_path")
-    return request.param
 
 
 def random_bits(shape, dtype, gen: torch.Generator, device) -> torch.Tensor:

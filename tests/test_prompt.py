@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import example, given
 
@@ -10,6 +11,8 @@ from npu_kernels.masks import INT_MAX
 
 from .conftest import assert_close
 from .prompt_cases import Case, cases, make_inputs
+
+pytestmark = pytest.mark.kernels     # the Triton kernels against the reference (the interpreter on the CPU)
 
 
 def check(case: Case, device) -> None:

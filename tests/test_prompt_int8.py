@@ -25,6 +25,8 @@ from npu_kernels.reference.prompt import kernel_block_n
 from .conftest import assert_close, compile_only
 from .prompt_cases import Case, cases, make_inputs
 
+pytestmark = pytest.mark.kernels     # the Triton kernels against the reference (the interpreter on the CPU)
+
 QS1 = 127.0                 # P in (0, 1] onto [0, 127]
 Q_RANGE = 30.0              # int8 q/k/v = round(30 * randn)
 
@@ -90,7 +92,9 @@ def assert_int8_close(out: torch.Tensor, ref: torch.Tensor) -> None:
 def check(qc: QCase, device) -> torch.Tensor:
     q, k, v, kw = make_quant_inputs(qc, device)
     out = nk.npu_prompt_flash_attention(q, k, v, **kw)
-    ref = nk.reference.npu_prompt_flash_attention(q, k, v, block_n=kernel_block_n(q, k, v, **kw), **kw)
+    # the NPU's fp16 high-performance path (float16 in, int8 out) is followed step by step (spec ops §1.8)
+    ref = nk.reference.npu_prompt_flash_attention(q, k, v, block_n=kernel_block_n(q, k, v, **kw), emulate_fp16=True,
+                                                  **kw)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     if qc.path == "b":
         assert out.dtype == torch.float16

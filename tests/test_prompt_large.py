@@ -10,6 +10,8 @@ from npu_kernels.masks import INT_MAX
 
 from .conftest import assert_close
 
+pytestmark = pytest.mark.kernels     # the Triton kernels against the reference (the interpreter on the CPU)
+
 # int32 itself, but batch 2 starts at 2 * BATCH_STRIDE > 2**31: the product must be formed in int64
 BATCH_STRIDE = 2**30 + 2048
 
