@@ -19,3 +19,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# A lent GPU: tests on CUDA, compute-sanitizer on four calls, the quick benchmark (bench/gpu_check.py);
+# results in bench/results/gpu-check-<gpu>-<date>/. Without a GPU it lists what it would run.
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) -m bench.gpu_check
