@@ -181,7 +181,7 @@ def fcases(draw) -> FCase:
     token = layout in TOKEN
     B = 1 if layout == "NSD" else draw(st.integers(1, 2))
     decode = layout in DECODE_CAPABLE and draw(st.booleans())
-    S1 = 1 if decode else draw(st.integers(2, 24))
+    S1 = 1 if decode else draw(st.integers(2, 16 if layout == "BNSD_NBSD" else 24))    # BNSD_NBSD: <= 16 rows
     S2 = draw(st.integers(1, 36))
     D = draw(st.sampled_from((16, 32)))
     paged = draw(st.sampled_from((None, "3d", "4d"))) if layout.split("_")[0] in ("BSH", "BNSD", "TND") else None
