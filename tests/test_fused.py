@@ -150,3 +150,17 @@ def test_decode_sliding_window(device):
                                                            num_key_value_heads=case.kv_heads, input_layout="BSH",
                                                            scale=kw["scale"])[0]
         assert_close(out[b:b + 1], one, case.dtype)
+
+
+def test_more_sequences_than_tokens(device):
+    """Token-major lengths may name sequences without query tokens, so there can be more sequences than
+    tokens (the parameter block grows to hold them; the kernel's grid still covers the tokens)."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(t, 2, 16, generator=g).half().to(device) for t in (3, 9, 9))
+    kw = dict(num_heads=2, input_layout="TND", scale=0.25, softmax_lse_flag=True, sparse_mode=3,
+              atten_mask=torch.ones(2048, 2048, dtype=torch.bool, device=device).triu(1),
+              actual_seq_lengths=[0, 1, 1, 3, 3], actual_seq_lengths_kv=[2, 4, 4, 7, 9])
+    out, lse = nk.npu_fused_infer_attention_score(q, k, v, **kw)
+    ref, ref_lse = nk.reference.npu_fused_infer_attention_score(q, k, v, **kw)
+    assert_close(out, ref, torch.float16)
+    assert_lse_close(lse, ref_lse)

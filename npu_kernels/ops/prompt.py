@@ -217,9 +217,9 @@ def _tail(qlens: list[int], offsets: tuple, tiles: int, block_m: int) -> list[in
 
 
 def token_grid(call: PromptCall) -> bool:
-    """A token-major call whose grid covers the token axis (``prefill.token_grid``): the parameter block
-    has a row per token and one more (more rows only when there are more batches than tokens)."""
-    return call.sources.varlen and call.heads.B == call.heads.S1 + 1
+    """A token-major call: its grid covers the token axis (``prefill.token_grid``), whatever the number
+    of batches in its parameter block."""
+    return call.sources.varlen
 
 
 def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
