@@ -317,6 +317,7 @@ from npu_kernels.masks import COMPRESSED_MASK
 from npu_kernels.ops import prompt
 from npu_kernels.reference import execute
 S, N, D, dtype, mode = int(sys.argv[1]), int(sys.argv[2]), 64, getattr(torch, sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(1)
 q, k, v = (torch.randn(1, N, S, D).to(dtype) for _ in range(3))
 triu = torch.ones(COMPRESSED_MASK, COMPRESSED_MASK, dtype=torch.bool).triu(1)
 kw = dict(num_heads=N, input_layout="BNSD", scale_value=0.125, sparse_mode=mode, atten_mask=triu, pre_tokens=700)

@@ -3,26 +3,31 @@
 ``attend`` computes the valid rows of a group of batches that share one span (``spans.Span``), in chunks
 of rows so that memory stays O(rows × keys) per chunk, and hands each chunk to a sink. Per chunk:
 
-* keys: only ``Span.key_range`` of the chunk's rows (causal and band modes skip what no row reaches);
+* keys: only ``Span.key_range`` of the chunk's rows (causal and band modes skip what no row reaches),
+  read by range through ``keys.Reader`` (paged caches gathered, int8 anti-quantised, range by range);
 * scores ``scale · q·kᵀ`` (+ pse after the scale); keys outside a row's band, and keys the user mask
   marks (non-zero = masked out), score ``fill``;
 * softmax and P·V by one of three methods, each a reading of the same semantics:
-  - ``_exact``: the row softmax; P rounded to the values' dtype before P·V (as the kernels);
+  - ``_exact``: the row softmax; P rounded to the values' dtype (against the row maximum) before P·V;
   - ``_online``: flash attention's online softmax over key blocks of ``Numerics.block_n``, P against the
-    running maximum. With ``Numerics.fp16`` the NPU's fp16 high-performance path (spec ops §1.8): scores
-    rounded to fp16 after Q·Kᵀ and after the scale, P = fp16(exp(fp16(s - m))), each block's P·V rounded
-    to fp16, the accumulator kept in fp16, out = acc / fp16(l). With ``Numerics.int8`` the int8
-    pipeline (spec ops §2.4): FP19 dequant scales, fp16 scores, P quantised with ``quant_scale1`` per key
-    block, int8 P·V exact, dequantised to fp16, out = acc / fp16(l). Blocks start at key 0 of the batch;
-    a chunk starts at the block holding its first key: the blocks before hold only fill scores for its
-    rows, which leave the result unchanged (their weight is multiplied by exp(fill - m) = 0 once a real
-    score is seen);
-  - ``_sdpa``: torch's CPU flash attention (``aten._scaled_dot_product_flash_attention_for_cpu``) where
-    its semantics are those of ``_exact``: float32 math on fp16/bf16 inputs with D = Dv, P rounded to the
-    input dtype before P·V (against the running maximum of its key blocks, as the kernels), lse = m + log l.
-    Masked keys get -inf instead of ``fill``: identical for every row that keeps a key (exp(fill - m) is 0
-    unless a real score lies within 104 of ``fill``, which finite fp16/bf16 inputs cannot reach for
-    the fp32 fill); rows without a kept key are fixed up below.
+    running maximum, in tiles of ``TILE_KEYS`` keys: per tile one cumulative maximum gives the running
+    maxima, one batched product every block's P·V, and l (and a float accumulator) follow the closed
+    form of the recurrence. With ``Numerics.fp16`` the NPU's fp16 high-performance path (spec ops §1.8):
+    scores rounded to fp16 after Q·Kᵀ and after the scale, P = fp16(exp(fp16(s - m))), each block's P·V
+    rounded to fp16, the accumulator kept in fp16 and rounded after every block (the one step that runs
+    block by block), out = acc / fp16(l). With ``Numerics.int8`` the int8 pipeline (spec ops §2.4):
+    FP19 dequant scales, fp16 scores, P quantised with ``quant_scale1`` per key block, int8 P·V exact,
+    dequantised to fp16, out = acc / fp16(l). Blocks start at key 0 of the batch; a chunk starts at the
+    block holding its first key: the blocks before hold only fill scores for its rows, which leave the
+    result unchanged (their weight is multiplied by exp(fill - m) = 0 once a real score is seen);
+  - ``_Group.flash``: torch's CPU flash attention (``aten._scaled_dot_product_flash_attention_for_cpu``)
+    where its semantics are those of ``_exact``: float32 math on fp16/bf16 inputs with D = Dv, P rounded
+    to the input dtype before P·V (against the running maximum of its key blocks, as the kernels),
+    lse = m + ln l; at least ``FLASH_ROWS`` query rows (it repacks keys per call). No mask and a full or
+    top-left causal band: all rows in one call; else per chunk with an additive mask (pse, -inf where
+    masked). -inf instead of ``fill`` changes nothing for a row that keeps a key unless one of its real
+    scores lies within 104 of ``fill`` (not a finite fp32 score for the fp32 fill; |score| near 1e12 for
+    the decode fill); rows without a kept key are fixed up below.
 * rows without a key in their band: 0, lse +inf; rows whose every score is ``fill`` (all keys in the
   band masked): the result of attending uniformly to all keys of the batch (the mean of the values,
   computed by the same method, ``_Group.uniform``), lse = fill + ln(kvlen); 0 and +inf instead with
