@@ -218,22 +218,26 @@ def rows(variants: Sequence[Variant], archs: Sequence[int] = ARCHS) -> Iterator[
                 yield row
 
 
-def _prefill_variant(name: str, call, out: torch.Tensor, lse, tensors: tuple) -> Variant:
+def _prefill_variant(name: str, call, out: torch.Tensor, lse, tensors: tuple, meta: tuple = ()) -> Variant:
     """A prefill-kernel call planned for a GPU; ``tensors``: Q, K, V, O, LSE, MASK, PSE as the operator
-    passes them (the parameter block is appended)."""
+    passes them (the parameter block is appended); ``meta``: constexprs added to the plan's."""
+    from dataclasses import replace
+
     from . import tasks
     from .kernels import prefill
     from .ops import prompt
 
     def launch():
         p = prompt.plan(call, out, lse, on_gpu=True)
-        prefill.launch(p.static, *tensors, tasks.device_block(p.params, out.device),
-                       scales=call.quant.kernel_scales(), sources=call.sources.tensors())
+        prefill.launch(replace(p.static, meta=p.static.meta + meta), *tensors,
+                       tasks.device_block(p.params, out.device), scales=call.quant.kernel_scales(),
+                       sources=call.sources.tensors())
 
     return Variant(name, launch)
 
 
-def _planned_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict) -> Variant:
+def _planned_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict,
+                     meta: tuple = ()) -> Variant:
     """A prompt call with its dummies and views as the operator makes them."""
     from .ops import prompt
 
@@ -243,11 +247,12 @@ def _planned_prefill(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     mask = call.mask.view(torch.uint8) if call.mask is not None and call.mask.dtype == torch.bool else call.mask
     h = call.heads
     tensors = (h.q, h.k, h.v, o4, h.q, h.q if mask is None else mask, h.q if call.pse is None else call.pse)
-    return _prefill_variant(name, call, o, None, tensors)
+    return _prefill_variant(name, call, o, None, tensors, meta)
 
 
 def prefill_variants() -> list[Variant]:
-    """Representative prefill variants, planned for a GPU."""
+    """Representative prefill variants, planned for a GPU (``*-fp16path``: the NPU's fp16 path, FP16_PATH,
+    which the plan sets for PFA's default fp16 calls)."""
     cases = [
         ("fp16-d128", torch.float16, 128, 128, {}),
         ("bf16-d128-causal", torch.bfloat16, 128, 128, {"sparse_mode": 3, "atten_mask": "compressed"}),
@@ -259,6 +264,9 @@ def prefill_variants() -> list[Variant]:
         ("fp16-d256", torch.float16, 256, 256, {}),
         ("bf16-d512-band", torch.bfloat16, 512, 512, {"sparse_mode": 4, "atten_mask": "compressed"}),
         ("fp16-d80-gqa", torch.float16, 80, 80, {"num_key_value_heads": 1}),
+        ("fp16-d128-fp16path", torch.float16, 128, 128, {"meta": (("FP16_PATH", True),)}),
+        ("fp16-d128-causal-fp16path", torch.float16, 128, 128,
+         {"sparse_mode": 3, "atten_mask": "compressed", "meta": (("FP16_PATH", True),)}),
     ]
     out = []
     for name, dtype, d, dv, extra in cases:
@@ -275,7 +283,7 @@ def prefill_variants() -> list[Variant]:
             kw["atten_mask"] = torch.zeros(s, s, dtype=torch.bool)
         if extra.get("pse_shift"):
             kw["pse_shift"] = torch.zeros(1, n, s, s, dtype=dtype)
-        out.append(_planned_prefill(name, q, k, v, kw))
+        out.append(_planned_prefill(name, q, k, v, kw, extra.get("meta", ())))
     return out
 
 

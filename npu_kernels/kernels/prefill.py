@@ -26,9 +26,10 @@ blocks (``PAGE_TILES``) reads one block-table entry per key block; a block id ou
 
 Arithmetic. The float path computes in fp32 with exp2: log2(e) is folded into the scale (and into pse),
 FILL is kept as is, and the row maximum is turned back to natural log for ``softmax_lse``.
-``FP16_PATH`` follows the NPU's fp16 high-performance path step by step (``reference.core``'s
-emulation): scores rounded to fp16 after Q·Kᵀ and after the fp16 scale, P = fp16(exp(fp16(s - m))), P·V
-rounded to fp16 and the accumulator kept in fp16, out = acc / fp16(l). QUANT_MODE=1 is the int8
+``FP16_PATH`` follows the NPU's fp16 high-performance path (``reference.core``'s emulation, within the
+fp16 tolerance): scores rounded to fp16 after Q·Kᵀ and after the fp16 scale, P = fp16(exp(fp16(s - m))),
+P·V rounded to fp16 and the accumulator kept in fp16 (updated in fp16 arithmetic with the rescale factor
+rounded to fp16; l sums the exp values before they are rounded, spec ops §1.8), out = acc / fp16(l). QUANT_MODE=1 is the int8
 full-quantisation pipeline (spec ops §2.4): int8 Q·Kᵀ into int32, dequant with the FP19 ``deq_scale1``
 to fp16, scale and pse in fp16, P = fp16(exp(fp16(s - m))) quantised to int8 with ``quant_scale1``
 (AscendQuant), int8 P·V into int32, dequant with ``deq_scale2`` to fp16, accumulation in fp32, division
@@ -403,12 +404,16 @@ def _block(
 
     if FOLD:                                             # max(qk) * scale = max(qk * scale) for a scale >= 0
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
-    else:
-        b_m_new = tl.maximum(b_m, tl.max(b_s.to(tl.float32), 1))
+    else:                                                # (exact in the scores' dtype)
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1).to(tl.float32))
     if QUANT_MODE == 1 or FP16_PATH:                     # natural exp of fp16 differences, P in fp16
         b_alpha = tl.exp(b_m - b_m_new)
-        b_p = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32)).to(tl.float16)
-        b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
+        b_e = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32))
+        b_p = b_e.to(tl.float16)
+        if FP16_PATH:                                    # l sums the exp values before P is rounded
+            b_l = b_l * b_alpha + tl.sum(b_e, 1)
+        else:
+            b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
     else:
         b_alpha = tl.math.exp2(b_m - b_m_new)
         if FOLD:
@@ -416,9 +421,8 @@ def _block(
         else:
             b_p = tl.math.exp2(b_s - b_m_new[:, None])                      # [BM, BN]
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
-    if FP16_PATH:                                        # acc = fp16(acc * alpha + fp16(P·V))
-        b_pv = tl.dot(b_p, b_v).to(tl.float16).to(tl.float32)
-        b_acc = (b_acc.to(tl.float32) * b_alpha[:, None] + b_pv).to(tl.float16)
+    if FP16_PATH:                                        # acc = fp16(acc * alpha + fp16(P·V)), in fp16
+        b_acc = b_acc * b_alpha.to(tl.float16)[:, None] + tl.dot(b_p, b_v).to(tl.float16)
     elif QUANT_MODE == 1:
         b_acc = b_acc * b_alpha[:, None] + _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
     else:
