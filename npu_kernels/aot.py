@@ -257,6 +257,7 @@ def prefill_variants() -> list[Variant]:
         ("fp16-d128", torch.float16, 128, 128, {}),
         ("bf16-d128-causal", torch.bfloat16, 128, 128, {"sparse_mode": 3, "atten_mask": "compressed"}),
         ("fp16-d128-causal", torch.float16, 128, 128, {"sparse_mode": 3, "atten_mask": "compressed"}),
+        ("fp16-d128-causal-hp", torch.float16, 128, 128, {"sparse_mode": 13, "atten_mask": "compressed"}),
         ("bf16-d128", torch.bfloat16, 128, 128, {}),
         ("bf16-d64-causal", torch.bfloat16, 64, 64, {"sparse_mode": 3, "atten_mask": "compressed"}),
         ("fp16-d128-mask-pse", torch.float16, 128, 128, {"atten_mask": "full", "pse_shift": True}),

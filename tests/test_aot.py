@@ -31,3 +31,25 @@ def test_tensor_cores_used(compiled):
             continue
         expected = {"mma"} if r["arch"] == 80 else {"wgmma"} if r["kernel"] == "prefill" else {"mma", "wgmma"}
         assert r["tensor_cores"] in expected, r
+
+
+def test_dense_prefill_targets_on_sm90(compiled):
+    """The dense float prefill kernels on sm_90 as compiled for a launch: fp16 (the fp32 compute path:
+    FIA's default, PFA's high precision) and bf16 at D = 128, without mask and causal, issue at most 160
+    instructions per warp per 32 keys in the main loop, read K/V through TMA and do not spill; D = 64 and
+    D = 256 do not spill."""
+    rows = {(r["variant"], r["arch"]): r for r in compiled if r["kernel"] == "prefill" and not r["error"]}
+    for name in ("bsnd-fp16-hp-d128", "fp16-d128-causal-hp", "bf16-d128", "bf16-d128-causal"):
+        r = rows[(name, 90)]
+        assert r["per_32_keys"] <= 160 and r["spill_bytes"] == 0 and r["loop_loads"]["tma"] > 0, r
+    for name in ("bf16-d64-causal", "fp16-d256"):
+        assert rows[(name, 90)]["spill_bytes"] == 0, rows[(name, 90)]
+
+
+def test_shared_memory_fits(compiled):
+    """No launch asks for more shared memory than its arch has (it would fail at launch)."""
+    from bench.report import SHARED_LIMIT
+
+    over = [f"{r['kernel']}/{r['variant']}/sm_{r['arch']}: {r['shared_bytes']}" for r in compiled
+            if not r["error"] and r["shared_bytes"] > SHARED_LIMIT[r["arch"]]]
+    assert not over, "\n".join(over)
