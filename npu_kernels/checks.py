@@ -205,3 +205,28 @@ def pse_covers(pse_shift: torch.Tensor, rows: int, cols: int) -> None:
 def broadcast_stride(t: torch.Tensor, dim: int) -> int:
     """Stride of ``dim``, 0 when the dim has size 1 (shared by all batches)."""
     return 0 if t.shape[dim] == 1 else int(t.stride(dim))
+
+
+def block_id_error(batch: int, position: int, block_id: int, blocks: int, first_key: int, last_key: int) -> None:
+    """The error of ``NPUK_CHECK_BLOCK_TABLE=1`` for a block id outside the cache."""
+    require(False, f"block_table[{batch}, {position}]", block_id,
+            f"block id outside [0, {blocks}) for keys {first_key}..{last_key} of batch {batch} "
+            "(NPUK_CHECK_BLOCK_TABLE=1)")
+
+
+def block_table_ids(table: torch.Tensor, kvlens: list[int], page: int, blocks: int) -> None:
+    """``NPUK_CHECK_BLOCK_TABLE=1`` on the kernels' path: every block id a batch reads (the first
+    ceil(kvlen / page) of its row) lies in [0, blocks). Reads the table on the host (a synchronisation on a
+    GPU, so not inside a graph capture)."""
+    if table.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("NPUK_CHECK_BLOCK_TABLE=1 reads block tables on the host: it cannot check a call "
+                           "inside a graph capture")
+    rows = table.cpu()
+    for b, kvlen in enumerate(kvlens):
+        if kvlen <= 0:
+            continue
+        ids = rows[b, :-(-kvlen // page)]
+        bad = ((ids < 0) | (ids >= blocks)).nonzero()
+        if len(bad):
+            pos = int(bad[0])
+            block_id_error(b, pos, int(ids[pos]), blocks, pos * page, min((pos + 1) * page, kvlen) - 1)

@@ -32,3 +32,8 @@ def pack(rows: list[tuple[int, ...]], tail: Sequence[int] = ()) -> torch.Tensor:
         raise ValueError(f"parameter block: every row needs {FIELDS} fields")
     words.extend(tail)
     return torch.frombuffer(words, dtype=torch.int32) if words else torch.empty(0, dtype=torch.int32)
+
+
+def field(block: torch.Tensor, batches: int, index: tl.constexpr) -> list[int]:
+    """Field ``index`` (e.g. ``KVLEN``) of the first ``batches`` rows of a parameter block, on the host."""
+    return block[:batches * FIELDS].view(batches, FIELDS)[:, index.value].tolist()

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from . import caches, launcher
+from .env import check_block_table
 
 MAX_PLANS = 4096
 
@@ -220,7 +221,7 @@ class Prepared:
     ``extras``: tensors of the call that are views of no argument; the arguments must be extended with
     them (``(*args, *extras)``), and a plan with extras serves only the call that made it."""
 
-    __slots__ = ("static", "views", "bound", "execution", "extras", "launch")
+    __slots__ = ("static", "views", "bound", "execution", "extras", "launch", "checked")
 
     def __init__(self, call, static, ops: tuple, args: tuple, execution: str, launch):
         """``launch(operands, block)``: the call's kernel launches (traced once for compiled kernels)."""
@@ -230,9 +231,13 @@ class Prepared:
         self.views = views[:len(ops)]
         self.bound = Bound(call, tuple(p for p, _ in found), views[len(ops):])
         self.launch = Traced(launch, ops, self.views) if execution == "compiled" else launch
+        # NPUK_CHECK_BLOCK_TABLE on the kernels' path (the CPU path checks the ids it reads itself)
+        self.checked = check_block_table() and execution != "native"
 
     def run(self, block, args: tuple) -> None:
         """Enqueue the call's work over ``args`` (``tasks.Task.run``)."""
+        if self.checked:
+            self.check_blocks(block, self.bound.bind(args))
         if self.execution == "compiled":
             self.launch(args, block)
             return
@@ -245,6 +250,9 @@ class Prepared:
     def native(self, ops: tuple, block, args: tuple) -> None:
         """The call on the CPU execution path (``npu_kernels.reference.execute``)."""
         raise NotImplementedError
+
+    def check_blocks(self, block, call) -> None:
+        """The block ids a paged ``call`` reads (``checks.block_table_ids``); nothing to check otherwise."""
 
 
 class Recent:

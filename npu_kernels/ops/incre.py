@@ -353,6 +353,11 @@ class Prepared(plans.Prepared):
 
         execute.decode(self.bound.bind(args), block, ops[11], ops[12] if self.has_lse else None)
 
+    def check_blocks(self, block: torch.Tensor, call: IncreCall) -> None:
+        if call.paged is not None:
+            kvlens = params.field(block.cpu(), call.heads.B, params.KVLEN)
+            checks.block_table_ids(call.paged.table, kvlens, call.paged.block_size, call.heads.k.shape[0])
+
 
 def output(call: IncreCall) -> torch.Tensor:
     """Output of the query's shape (spec ops §3.1: empty_like(query)) in the output dtype."""

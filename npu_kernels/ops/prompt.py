@@ -291,6 +291,12 @@ class Prepared(plans.Prepared):
 
         execute.prefill(self.bound.bind(args), block, ops[3], ops[4] if self.has_lse else None)
 
+    def check_blocks(self, block: torch.Tensor, call: PromptCall) -> None:
+        src = call.sources
+        if src.table is not None:
+            kvlens = params.field(block.cpu(), call.heads.B, params.KVLEN)
+            checks.block_table_ids(src.table, kvlens, src.page_size, call.heads.k.shape[0])
+
 
 def launch(static: prefill.PrefillConfig, ops: tuple, block: torch.Tensor) -> None:
     """The prefill kernel on the tensors of ``operands``."""
