@@ -48,14 +48,14 @@ def _nvidia_smi() -> dict:
 
 
 def environment() -> dict:
-    """GPU name (or "cpu: <processor>"), driver, clocks and power limit, library versions, git sha and the
-    date (UTC)."""
+    """GPU name (or "cpu: <processor model>"), driver, clocks and power limit, library versions, git sha,
+    the date (UTC) and the CPU."""
     import triton
 
     on_gpu = torch.cuda.is_available()
     smi = _nvidia_smi() if on_gpu else {}
     return {
-        "gpu": torch.cuda.get_device_name() if on_gpu else f"cpu: {platform.processor() or platform.machine()}",
+        "gpu": torch.cuda.get_device_name() if on_gpu else f"cpu: {cpu_model()}",
         "driver": smi.pop("driver", ""),
         **smi,
         "torch": torch.__version__,
