@@ -16,6 +16,8 @@ from npu_kernels.ops import incre
 
 from .conftest import assert_close
 
+pytestmark = pytest.mark.kernels
+
 B, N, KV_N, D, PAGE, BLOCKS = 2, 4, 2, 32, 32, 5
 TABLE = [[0, -1, 2], [BLOCKS, 3, 2**31 - 1]]          # ids outside [0, BLOCKS) inside both kv lengths
 

@@ -19,6 +19,8 @@ from npu_kernels.reference import tolerance
 
 from .conftest import assert_close
 
+pytestmark = pytest.mark.kernels
+
 
 def launch(call: prompt.PromptCall, out: torch.Tensor, lse=None, block=None, grid=None, **meta) -> None:
     """The prefill kernel for ``call`` writing ``out`` (and ``lse``, the kernel's (B, N, S1) view), with

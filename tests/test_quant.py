@@ -193,6 +193,7 @@ def test_device_helpers_match_torch_on_extreme_values(device):
     assert torch.equal(outs[2].cpu(), quant.ifa_channel_quant(x, s))
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name, value", [("quant_scale2", float("nan")), ("quant_scale1", 1e6),
                                          ("quant_scale2", 1e6)])
 def test_int8_pipeline_with_extreme_scales_matches_reference(name, value, device):

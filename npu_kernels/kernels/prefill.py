@@ -406,9 +406,9 @@ def _block(
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
     else:                                                # (exact in the scores' dtype)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1).to(tl.float32))
-    if QUANT_MODE == 1 or FP16_PATH:                     # natural exp of fp16 differences, P in fp16
-        b_alpha = tl.exp(b_m - b_m_new)
-        b_e = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32))
+    if QUANT_MODE == 1 or FP16_PATH:                     # exp of fp16 differences (in fp32), P in fp16
+        b_alpha = tl.math.exp2((b_m - b_m_new) * LOG2E)
+        b_e = tl.math.exp2((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32) * LOG2E)
         b_p = b_e.to(tl.float16)
         if FP16_PATH:                                    # l sums the exp values before P is rounded
             b_l = b_l * b_alpha + tl.sum(b_e, 1)
