@@ -263,6 +263,7 @@ def prefill_variants() -> list[Variant]:
         ("fp16-d128-mask-pse", torch.float16, 128, 128, {"atten_mask": "full", "pse_shift": True}),
         ("bf16-d192-dv128", torch.bfloat16, 192, 128, {}),
         ("fp16-d256", torch.float16, 256, 256, {}),
+        ("bf16-d256", torch.bfloat16, 256, 256, {}),
         ("bf16-d512-band", torch.bfloat16, 512, 512, {"sparse_mode": 4, "atten_mask": "compressed"}),
         ("fp16-d80-gqa", torch.float16, 80, 80, {"num_key_value_heads": 1}),
         ("fp16-d128-fp16path", torch.float16, 128, 128, {"meta": (("FP16_PATH", True),)}),

@@ -569,14 +569,19 @@ def _tma_layout(strides: tuple, sizes: tuple, meta: dict) -> bool:
                for s in (strides[0:4], strides[4:8], strides[8:12]))
 
 
-def block_config(d: int, dv: int, on_gpu: bool) -> tuple[int, int, int, int]:
+def block_config(d: int, dv: int, on_gpu: bool, tiles: int = 0) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for head dims d/dv on the GPU launches compile for
-    (``launcher.target_arch``). Chosen from the static report (``python -m bench report``): no spills,
-    the fewest main-loop instructions per key, shared memory within the arch's limit."""
+    (``launcher.target_arch``). Chosen from the static report (``python -m bench report``): no spills in
+    the main loop, the fewest main-loop instructions per key, shared memory within the arch's limit.
+    ``tiles``: [BLOCK_M, BLOCK_N] tiles each key block reads besides Q/K/V (user mask, pse); they take
+    32-key blocks. Calls whose numerics depend on the key block (the int8 pipeline quantises P per block)
+    pass 0, so that their block is the one the reference reads here with the default."""
     if not on_gpu:
         return 32, 32, 4, 1
     width = max(d, dv)
     hopper = (launcher.target_arch() or 90) >= 90
+    if width <= 128 and tiles:
+        return 128, 32, 8, 2
     if width <= 128:
         return (128, 128, 8, 3) if hopper else (128, 64, 8, 2)
     if width <= 256:
