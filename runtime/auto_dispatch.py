@@ -9,12 +9,19 @@ mode on the update stream shared by all graphs, then records the record's event 
 
 Handlers are looked up by ``func.__name__`` (``"op.overload"``), then by the packet name (``"op"``).
 As in torch_npu, a key of an update dict that names no argument of a record is left out for that record
-(one dict may serve records of different operators); a key that no record of the update uses is an error.
+(one dict may serve records of different operators); a key that no record of the update uses is ignored
+as torch_npu ignores it, with a warning naming it.
+
+The built-in handlers are torch_npu's (``torch_npu/npu/_npugraph_handlers``): the fused operator v1 and v2
+(the functional form captured as ``.out`` with the maximal workspace and outputs allocated at capture;
+lengths ``actual_seq_lengths(_kv)`` / ``actual_seq_qlen`` / ``actual_seq_kvlen``), ``_npu_paged_attention``
+(``context_lens``, argument 7) and ``npu_multi_head_latent_attention.out`` (``context_lens``, argument 5).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -177,8 +184,9 @@ def update(npu_graph, cpu_update_input: list) -> None:
         )
     unused = {key for update_input in inputs for key in update_input}.difference(*map(updatable_keys, records))
     if unused:
-        raise RuntimeError(f"NPUGraph.update: no captured call has an argument named {sorted(unused)}; the "
-                           f"updatable calls are {', '.join(str(r.func) for r in records)}")
+        warnings.warn(f"NPUGraph.update: no captured call has an argument named {sorted(unused)} (left out, as "
+                      f"torch_npu does); the updatable calls are {', '.join(str(r.func) for r in records)}",
+                      stacklevel=3)
     u = update_stream()
     with stream(u):
         for record, update_input in zip(records, inputs):
@@ -189,11 +197,32 @@ def update(npu_graph, cpu_update_input: list) -> None:
             record.event.record(u)
 
 
-_FUSED_OUTPUT_ARGS = ("input_layout", "quant_scale2", "block_table", "num_heads", "num_key_value_heads",
-                      "softmax_lse_flag", "query_rope")
+class _CapturedAsOut(NpuGraphOpHandler):
+    """A fused operator's functional form, captured as its out form ``INTO`` (which returns nothing) with the
+    maximal workspace (``WORKSPACE``) and the outputs of ``INFER_OUTPUT`` (called with the ``OUTPUT_ARGS``
+    the call has), allocated at capture, which the call returns."""
+
+    INTO = WORKSPACE = INFER_OUTPUT = ""
+    OUTPUT_ARGS: tuple = ()
+
+    @classmethod
+    def prepare_capture(cls, func, args, kwargs):
+        ops = torch.ops.npu
+        workspace = getattr(ops, cls.WORKSPACE)(*args, **kwargs)
+        query, _, value = args
+        out, lse = getattr(ops, cls.INFER_OUTPUT)(query, value,
+                                                  **{k: v for k, v in kwargs.items() if k in cls.OUTPUT_ARGS})
+        kwargs = dict(kwargs, workspace=workspace, attention_out=out, softmax_lse=lse)
+        return getattr(ops, cls.INTO).default, args, kwargs
+
+    @classmethod
+    def postprocess_result(cls, result, kwargs):
+        return kwargs["attention_out"], kwargs["softmax_lse"]
 
 
-_FUSED_SPECS = [("arg", 5, "actual_seq_lengths"), ("arg", 6, "actual_seq_lengths_kv")]
+def _specs(op: str, specs: list) -> dict:
+    """``UPDATE_SPECS`` of ``specs`` under torch_npu's names of ``op``: packet, ``.default`` and ``.out``."""
+    return {name: specs for name in (op, f"{op}.default", f"{op}.out")}
 
 
 @register_npu_graph_handler(["npu_fused_infer_attention_score.out", "_npu_fused_infer_attention_score_into",
@@ -203,26 +232,47 @@ class FusedInferAttentionScoreOutHandler(NpuGraphOpHandler):
     as it is; updates replace ``actual_seq_lengths``, ``actual_seq_lengths_kv`` ... by name. The specs
     are torch_npu's (positional slots 5 and 6); here those arguments are keywords and match by name."""
 
-    UPDATE_SPECS = {name: _FUSED_SPECS for name in (
-        "npu_fused_infer_attention_score", "npu_fused_infer_attention_score.default",
-        "npu_fused_infer_attention_score.out")}
+    UPDATE_SPECS = _specs("npu_fused_infer_attention_score",
+                          [("arg", 5, "actual_seq_lengths"), ("arg", 6, "actual_seq_lengths_kv")])
 
 
 @register_npu_graph_handler(["npu_fused_infer_attention_score", "npu_fused_infer_attention_score.default"])
-class FusedInferAttentionScoreHandler(FusedInferAttentionScoreOutHandler):
-    """FIA v1, functional: captured in its out form, with the maximal workspace and the outputs allocated
-    at capture, which the call returns."""
+class FusedInferAttentionScoreHandler(_CapturedAsOut, FusedInferAttentionScoreOutHandler):
+    """FIA v1, functional: captured as ``.out``."""
 
-    @classmethod
-    def prepare_capture(cls, func, args, kwargs):
-        ops = torch.ops.npu
-        workspace = ops._npu_fused_infer_attention_score_get_max_workspace(*args, **kwargs)
-        query, _, value = args
-        out, lse = ops._npu_fused_infer_attention_score_infer_output(
-            query, value, **{k: v for k, v in kwargs.items() if k in _FUSED_OUTPUT_ARGS})
-        kwargs = dict(kwargs, workspace=workspace, attention_out=out, softmax_lse=lse)
-        return ops._npu_fused_infer_attention_score_into.default, args, kwargs
+    INTO = "_npu_fused_infer_attention_score_into"
+    WORKSPACE = "_npu_fused_infer_attention_score_get_max_workspace"
+    INFER_OUTPUT = "_npu_fused_infer_attention_score_infer_output"
+    OUTPUT_ARGS = ("input_layout", "quant_scale2", "block_table", "num_heads", "num_key_value_heads",
+                   "softmax_lse_flag", "query_rope")
 
-    @classmethod
-    def postprocess_result(cls, result, kwargs):
-        return kwargs["attention_out"], kwargs["softmax_lse"]
+
+@register_npu_graph_handler(["npu_fused_infer_attention_score_v2.out", "_npu_fused_infer_attention_score_v2_into",
+                             "_npu_fused_infer_attention_score_v2_into.default"])
+class FusedInferAttentionScoreV2OutHandler(NpuGraphOpHandler):
+    """FIA v2 ``.out`` (``_npu_fused_infer_attention_score_v2_into``): captured as it is; updates replace
+    ``actual_seq_qlen`` and ``actual_seq_kvlen`` (torch_npu's slots 7 and 8, keywords here) by name."""
+
+    UPDATE_SPECS = _specs("npu_fused_infer_attention_score_v2",
+                          [("arg", 7, "actual_seq_qlen"), ("arg", 8, "actual_seq_kvlen")])
+
+
+@register_npu_graph_handler(["npu_fused_infer_attention_score_v2", "npu_fused_infer_attention_score_v2.default"])
+class FusedInferAttentionScoreV2Handler(_CapturedAsOut, FusedInferAttentionScoreV2OutHandler):
+    """FIA v2, functional: captured as ``.out``."""
+
+    INTO = "_npu_fused_infer_attention_score_v2_into"
+    WORKSPACE = "_npu_fused_infer_attention_score_v2_get_max_workspace"
+    INFER_OUTPUT = "_npu_fused_infer_attention_score_v2_infer_output"
+    OUTPUT_ARGS = ("query_dtype", "value_dtype", "input_layout", "quant_scale_out", "block_table", "num_query_heads",
+                   "num_key_value_heads", "return_softmax_lse", "query_rope", "out_dtype")
+
+
+@register_npu_graph_handler(["_npu_paged_attention.default", "npu_multi_head_latent_attention.out"])
+class ContextLensHandler(NpuGraphOpHandler):
+    """Operators that write ``out`` and take their kv lengths as a ``context_lens`` tensor: captured as they
+    are, updates replace ``context_lens`` (positional). ``npu_multi_head_latent_attention.out`` is not an
+    operator of npu_kernels; its entry is torch_npu's, for an operator of that name a user defines."""
+
+    UPDATE_SPECS = {"_npu_paged_attention.default": [("arg", 7, "context_lens")],
+                    "npu_multi_head_latent_attention.out": [("arg", 5, "context_lens")]}

@@ -12,9 +12,10 @@
 ``install()`` puts ``torch_npu`` (with ``npu``, ``_C`` and ``testing`` submodules), ``torchair`` (with
 ``configs.compiler_config``, ``core.utils``, ``scope``, ``ops``) and ``torch.npu`` into ``sys.modules``,
 sets ``torch.npu``, ``Tensor.npu()``, ``Tensor.is_npu``, ``Module.npu()`` and a ``torch.Generator`` that
-accepts ``device="npu"``, and enters ``NpuDeviceMode`` (device strings ``"npu"`` / ``"npu:N"``, pinned
-memory, see ``devices``). Nothing is patched before it; ``uninstall()`` restores every attribute and
-module entry. ``set_soc_version`` chooses the emulated A2/A3 part (``platform``).
+accepts ``device="npu"``, defines the ``torch.ops.atb`` operators (``atb``), and enters ``NpuDeviceMode``
+(device strings ``"npu"`` / ``"npu:N"``, pinned memory, see ``devices``). Nothing is patched before it;
+``uninstall()`` restores every attribute and module entry and removes the ``atb`` operators.
+``set_soc_version`` chooses the emulated A2/A3 part (``platform``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import torch
 from torch.overrides import _get_current_function_mode_stack
 
-from . import devices, modules, rng
+from . import atb, devices, modules, rng
 from .modules import NotEmulatedError
 from .platform import set_soc_version
 
@@ -43,6 +44,7 @@ class Installation:
         self.names = devices.device_names()
         self.mode = devices.NpuDeviceMode(self.names)
         self.finder = modules.NotEmulatedFinder()
+        self.atb = None              # the torch.ops.atb library while installed
 
     def set_attr(self, obj, name: str, value) -> None:
         self.saved.append((obj, name, vars(obj).get(name, _ABSENT)))
@@ -69,6 +71,7 @@ class Installation:
             if dynamo_tensor is not None:
                 self.set_item(dynamo_tensor.all_tensor_attrs, name, method)
         self.set_attr(torch.nn.Module, "npu", devices.module_npu)
+        self.atb = atb.library()
         sys.meta_path.insert(0, self.finder)
         self.mode.__enter__()
 
@@ -80,6 +83,7 @@ class Installation:
                                "thread that called install()) first")
         self.mode.__exit__(None, None, None)
         sys.meta_path.remove(self.finder)
+        self.atb._destroy()
         for obj, name, previous in reversed(self.saved):
             if isinstance(obj, dict):
                 if previous is _ABSENT:

@@ -39,6 +39,7 @@ def assert_pristine():
     assert not compat.installed()
     assert not hasattr(torch, "npu") and not hasattr(torch.Tensor, "npu") and not hasattr(torch.Tensor, "is_npu")
     assert not hasattr(torch.nn.Module, "npu") and torch.Generator is torch._C.Generator
+    assert not hasattr(torch.ops.atb, "_npu_paged_attention")
     assert not any(n in sys.modules for n in NAMES)
     assert not any(isinstance(m, NpuDeviceMode) for m in _get_current_function_mode_stack())
     with pytest.raises(RuntimeError, match="npu"):

@@ -109,18 +109,24 @@ def test_register_handler_under_one_name_or_a_list(torch_npu, registry):
         register_npu_graph_handler(3)
 
 
-def test_fused_handler_names_and_specs(torch_npu):
+@pytest.mark.parametrize("names, specs", [
+    (("npu_fused_infer_attention_score", "npu_fused_infer_attention_score.default",
+      "npu_fused_infer_attention_score.out"), [("arg", 5, "actual_seq_lengths"), ("arg", 6, "actual_seq_lengths_kv")]),
+    (("npu_fused_infer_attention_score_v2", "npu_fused_infer_attention_score_v2.default",
+      "npu_fused_infer_attention_score_v2.out"), [("arg", 7, "actual_seq_qlen"), ("arg", 8, "actual_seq_kvlen")]),
+    (("_npu_paged_attention.default",), [("arg", 7, "context_lens")]),
+    (("npu_multi_head_latent_attention.out",), [("arg", 5, "context_lens")])])
+def test_builtin_handler_names_and_specs(torch_npu, names, specs):
+    """torch_npu's built-in handlers (``_npugraph_handlers``), under its names and update specs."""
     from torch_npu.npu._npugraph_handlers.npugraph_handler import _NPU_GRAPH_OP_HANDLERS
 
-    for name in ("npu_fused_infer_attention_score", "npu_fused_infer_attention_score.default",
-                 "npu_fused_infer_attention_score.out"):
-        specs = _NPU_GRAPH_OP_HANDLERS[name].get_update_specs(name)
-        assert ("arg", 5, "actual_seq_lengths") in specs and ("arg", 6, "actual_seq_lengths_kv") in specs
+    for name in names:
+        assert _NPU_GRAPH_OP_HANDLERS[name].get_update_specs(name) == specs
 
 
 def test_update_dict_serves_the_records_that_take_its_keys(torch_npu):
     """One dict, broadcast to every record, updates the calls that have the key and leaves the others;
-    a key no captured call has is an error."""
+    a key no captured call has is left out, as torch_npu does, with a warning naming it."""
     q, k, v, kw = decode_state([29, 3])
     full = {key: value for key, value in kw.items() if key != "actual_seq_lengths_kv"}
     g = torch.npu.NPUGraph()
@@ -132,8 +138,105 @@ def test_update_dict_serves_the_records_that_take_its_keys(torch_npu):
     torch.npu.synchronize()
     assert_attention(with_lengths, q, k, v, kw, [64, 40])
     assert_attention(without, q, k, v, kw, [64, 64])
-    with pytest.raises(RuntimeError, match=r"no captured call has an argument named \['actual_seq_lenghts_kv'\]"):
-        g.update([{"actual_seq_lenghts_kv": [1, 1]}])
+    with pytest.warns(UserWarning, match=r"no captured call has an argument named \['actual_seq_lenghts_kv'\]"):
+        g.update([{"actual_seq_lenghts_kv": [1, 1], "actual_seq_lengths_kv": [3, 64]}])
+    g.replay()
+    torch.npu.synchronize()
+    assert_attention(with_lengths, q, k, v, kw, [3, 64])
+
+
+def test_v2_functional_and_out_forms_inside_auto_dispatch_capture(torch_npu):
+    """The fused operator v2, functional (captured as ``.out`` with the maximal workspace) and ``.out``:
+    ``actual_seq_kvlen`` updates both."""
+    q, k, v, _ = decode_state(None)
+    kw = dict(num_query_heads=2, input_layout="BNSD", softmax_scale=0.25, actual_seq_kvlen=[29, 3])
+    workspace = torch_npu._npu_fused_infer_attention_score_v2_get_max_workspace(q, k, v, **kw)
+    out, lse = torch_npu._npu_fused_infer_attention_score_v2_infer_output(q, v, num_query_heads=2,
+                                                                           input_layout="BNSD")
+    g = torch.npu.NPUGraph()
+    with torch.npu.graph(g, auto_dispatch_capture=True):
+        functional, _ = torch_npu.npu_fused_infer_attention_score_v2(q, k, v, **kw)
+        returned = torch_npu.npu_fused_infer_attention_score_v2.out(q, k, v, workspace=workspace, out=[out, lse], **kw)
+    assert returned[0] is out and returned[1] is lse
+    for lengths in ([64, 40], [5, 64]):
+        g.update(cpu_update_input=[{"actual_seq_kvlen": lengths}])
+        g.replay()
+        torch.npu.synchronize()
+        want = nk.reference.npu_fused_infer_attention_score_v2(q, k, v, **dict(kw, actual_seq_kvlen=lengths))[0]
+        for got in (functional, out):
+            torch.testing.assert_close(got.float(), want.float(), atol=2e-3, rtol=2e-3)
+
+
+FILL = 7.0     # what ``out`` holds before a replay: rows of empty requests keep it
+
+
+def paged_state():
+    """Paged attention operands: 4 query rows, N=4, KV_N=2, D=16, 8 blocks of 16 tokens, 2 blocks per request."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 4, 16, generator=g).half().npu()
+    key_cache, value_cache = (torch.randn(8, 16, 2, 16, generator=g).half().npu() for _ in range(2))
+    table = torch.randperm(8, generator=g).reshape(4, 2).int().npu()
+    return dict(query=q, key_cache=key_cache, value_cache=value_cache, num_kv_heads=2, num_heads=4,
+                scale_value=0.25, block_table=table)
+
+
+def paged_reference(params, lens):
+    want = torch.full((4, 4, 16), FILL, dtype=torch.float16).npu()
+    nk.reference._npu_paged_attention(*params.values(), torch.tensor(lens, dtype=torch.int32), want)
+    return want
+
+
+@pytest.mark.parametrize("order", ["update_then_replay", "replay_then_update"])
+def test_paged_attention_inside_auto_dispatch_capture(torch_npu, order):
+    """``_npu_paged_attention`` under torch_npu's name and under ``torch.ops.atb`` (keywords, as vLLM-Ascend
+    calls it): each call is recorded, ``context_lens`` (argument 7) updated; rows of empty requests are
+    left as they were."""
+    params = paged_state()
+    outs = [torch.empty(4, 4, 16, dtype=torch.float16).npu() for _ in range(2)]
+    lens = torch.tensor([32, 32, 32, 32], dtype=torch.int32)
+    g = torch.npu.NPUGraph()
+    with torch.npu.graph(g, auto_dispatch_capture=True):
+        torch_npu._npu_paged_attention(**params, context_lens=lens, out=outs[0])
+        torch.ops.atb._npu_paged_attention(**params, context_lens=lens, out=outs[1])
+    assert [r.func.__name__ for r in g._records] == ["_npu_paged_attention.default"] * 2
+    for step in ([3, 30, 0, 0], [1, 17, 32, 2], [32, 5, 17, 0]):
+        for out in outs:
+            out.fill_(FILL)
+        update = [{"context_lens": torch.tensor(step, dtype=torch.int32)}]
+        if order == "replay_then_update":
+            g.replay()
+            g.update(cpu_update_input=update)
+        else:
+            g.update(cpu_update_input=update)
+            g.replay()
+        torch.npu.synchronize()
+        for out in outs:
+            torch.testing.assert_close(out.float(), paged_reference(params, step).float(), atol=2e-3, rtol=2e-3)
+
+
+def test_atb_namespace_holds_the_atb_operators(torch_npu):
+    """``torch.ops.atb.<name>``: the ``npu`` operator's schema under torch_npu's ATB namespace, same results."""
+    from runtime.compat import atb
+
+    for name in atb.OPERATORS:
+        npu_schema = str(getattr(torch.ops.npu, name).default._schema)
+        assert str(getattr(torch.ops.atb, name).default._schema) == npu_schema.replace("npu::", "atb::", 1)
+    g = torch.Generator().manual_seed(1)
+    key, value = (torch.randn(3, 2, 16, generator=g).half().npu() for _ in range(2))
+    slots = torch.tensor([0, 17, 33], dtype=torch.int32).npu()
+    caches = [torch.zeros(4, 16, 2, 16, dtype=torch.float16).npu() for _ in range(4)]
+    torch.ops.atb._npu_reshape_and_cache(key, value, caches[0], caches[1], slots)
+    torch.ops.atb._npu_reshape_and_cache_siso(key, caches[2], slots)
+    torch_npu._npu_reshape_and_cache(key, value, caches[3], caches[3].clone(), slots)
+    assert torch.equal(caches[0].view(-1, 2, 16)[slots.long()], key)
+    assert torch.equal(caches[1].view(-1, 2, 16)[slots.long()], value)
+    assert torch.equal(caches[2], caches[0]) and torch.equal(caches[3], caches[0])
+    params = paged_state()
+    lens = torch.tensor([5, 32, 0, 0], dtype=torch.int32)
+    out = torch.full((4, 4, 16), FILL, dtype=torch.float16).npu()
+    workspace = torch.ops.atb._npu_paged_attention_get_workspace(*params.values(), lens, out)
+    torch.ops.atb._npu_paged_attention(*params.values(), lens, out, workspace=workspace)
+    torch.testing.assert_close(out.float(), paged_reference(params, [5, 32, 0, 0]).float(), atol=2e-3, rtol=2e-3)
 
 
 def test_graph_dispatch_mode_update_stream_is_shared(torch_npu):
@@ -320,9 +423,11 @@ def test_submodules_hold_the_torch_npu_objects(torch_npu):
 
 
 def test_operators_come_from_npu_kernels(torch_npu):
-    public = {n for n in nk.__all__ if n.startswith(("npu_", "_npu_")) and n != "npu_device"}
-    assert public <= set(vars(torch_npu)) and "npu_device" not in vars(torch_npu)
-    assert all(getattr(torch_npu, n) is getattr(nk, n) for n in public)
+    assert {"npu_fused_infer_attention_score_v2", "_npu_fused_infer_attention_score_v2_get_max_workspace",
+            "_npu_fused_infer_attention_score_v2_infer_output", "_npu_paged_attention",
+            "_npu_paged_attention_get_workspace"} <= set(nk.OPERATORS)
+    assert all(getattr(torch_npu, n) is getattr(nk, n) for n in nk.OPERATORS)
+    assert "npu_device" not in vars(torch_npu) and "reference" not in vars(torch_npu)
 
 
 def test_supported_devices_runs_or_skips_by_part_family(torch_npu):
