@@ -13,10 +13,12 @@ event closure pass, through ``NPUGraph`` captures:
   copied into the captured buffers before each replay (``debug.aclgraph.clone_input``);
 - after ``debug.aclgraph.static_capture_size_limit`` captures the graph runs eagerly from then on;
 - outputs are the captured buffers, or clones of them (``debug.aclgraph.enable_output_clone``);
-- task update (§3.4 step 4): an ``npu`` operator call whose length lists (``actual_seq_lengths`` ...)
-  hold graph inputs is captured behind an ExternalEvent in a task group; those inputs are left out of
-  the signature, and each call replays, then updates the calls with the new lengths on the update
-  stream (after the previous replay) and records their events, without a recapture;
+- task update (§3.4 step 4): an ``npu`` operator call whose length lists (``actual_seq_lengths`` ...
+  of the fused operator v1 and v2) hold graph inputs, or ``_npu_paged_attention`` whose ``context_lens``
+  (argument 7) is a graph input, is captured behind an ExternalEvent in a task group; the ints of such
+  lists that nothing else reads are left out of the signature, and each call replays, then updates the
+  calls with the call's lengths on the update stream (after the previous replay) and records their
+  events, without a recapture;
 - captures share ``aclgraph_config.use_custom_pool`` when given, else one pool per compiled graph
   (``debug.aclgraph.disable_mempool_reuse_in_same_fx``: one pool per capture).
 ``debug.run_eagerly`` runs the graph without capture.
@@ -36,33 +38,92 @@ from .passes import apply_event_closure, drop_wait_tensors, run_in_place, stream
 
 UPDATE_KWARGS = ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len", "actual_seq_qlen",
                  "actual_seq_kvlen")
+UPDATE_TENSORS = {"_npu_paged_attention.default": (7, "context_lens")}   # op -> (position, name) of a tensor
 
 
-def updatable_nodes(graph: fx.Graph) -> dict:
-    """``npu`` operator calls whose update keyword arguments hold graph inputs: node -> those names."""
-    found = {}
-    for node in graph.nodes:
-        if node.op != "call_function" or str(node.target).split(".")[0] != "npu":
-            continue
-        names = [k for k in UPDATE_KWARGS if isinstance(node.kwargs.get(k), (list, tuple))
-                 and any(isinstance(x, fx.Node) and x.op == "placeholder" for x in node.kwargs[k])]
-        if names:
-            found[node] = names
+def _is_input(x) -> bool:
+    return isinstance(x, fx.Node) and x.op == "placeholder"
+
+
+def _slots(node: fx.Node) -> list:
+    """Where ``node`` (an ``npu`` operator call) takes lengths from graph inputs: ``("kwarg", name)`` for a
+    length list of ``UPDATE_KWARGS`` whose nodes are graph inputs, ``("arg", i)`` / ``("kwarg", name)`` for
+    a tensor of ``UPDATE_TENSORS`` that is one."""
+    slots = [("kwarg", k) for k in UPDATE_KWARGS if isinstance(node.kwargs.get(k), (list, tuple))
+             and any(_is_input(x) for x in node.kwargs[k])
+             and all(_is_input(x) for x in node.kwargs[k] if isinstance(x, fx.Node))]
+    if node.target.__name__ in UPDATE_TENSORS:
+        position, name = UPDATE_TENSORS[node.target.__name__]
+        slot = ("arg", position) if len(node.args) > position else ("kwarg", name)
+        if _is_input(node.args[position] if slot[0] == "arg" else node.kwargs.get(name)):
+            slots.append(slot)
+    return slots
+
+
+def _slot(node: fx.Node, slot: tuple):
+    kind, where = slot
+    return node.args[where] if kind == "arg" else node.kwargs[where]
+
+
+def _value(held, values: dict):
+    """The value of a slot's graph input, or its list with graph inputs replaced by their values."""
+    if isinstance(held, fx.Node):
+        return values[held]
+    return [values[x] if isinstance(x, fx.Node) else x for x in held]
+
+
+def _nodes(value) -> set:
+    """The nodes in an argument value (nested lists, tuples, dicts)."""
+    found: set = set()
+    fx.node.map_arg(value, found.add)
     return found
 
 
-class _UpdatedCall:
-    """A call captured in a task group behind ``event``; re-issued with new lengths at each call."""
+def updatable_nodes(graph: fx.Graph) -> dict:
+    """``npu`` operator calls that take lengths from graph inputs: node -> their slots (``_slots``)."""
+    found = {}
+    for node in graph.nodes:
+        if node.op == "call_function" and str(node.target).split(".")[0] == "npu":
+            slots = _slots(node)
+            if slots:
+                found[node] = slots
+    return found
 
-    def __init__(self, node: fx.Node, names: list, args, kwargs, event, handle):
-        self.node, self.names, self.args, self.kwargs = node, names, args, kwargs
+
+def update_only_inputs(updatable: dict) -> set:
+    """The graph inputs held in the length lists of updatable calls and read nowhere else: a new value needs
+    no recapture."""
+    listed = {x for node, slots in updatable.items() for slot in slots if isinstance(_slot(node, slot), (list, tuple))
+              for x in _nodes(_slot(node, slot))}
+
+    def only_in_slots(p: fx.Node) -> bool:
+        for user in p.users:
+            slots = updatable.get(user, [])
+            rest = [a for i, a in enumerate(user.args) if ("arg", i) not in slots] + \
+                   [v for k, v in user.kwargs.items() if ("kwarg", k) not in slots]
+            if not slots or p in _nodes(rest):
+                return False
+        return True
+
+    return {p for p in listed if only_in_slots(p)}
+
+
+class _UpdatedCall:
+    """A call captured in a task group behind ``event``; re-issued with the call's lengths at each call."""
+
+    def __init__(self, node: fx.Node, slots: list, args, kwargs, event, handle):
+        self.node, self.slots, self.args, self.kwargs = node, slots, args, kwargs
         self.event, self.handle = event, handle
 
     def reissue(self, values: dict) -> None:
-        kwargs = dict(self.kwargs)
-        for name in self.names:
-            kwargs[name] = [values[x] if isinstance(x, fx.Node) else x for x in self.node.kwargs[name]]
-        self.node.target(*self.args, **kwargs)
+        args, kwargs = list(self.args), dict(self.kwargs)
+        for slot in self.slots:
+            kind, where = slot
+            if kind == "arg":
+                args[where] = _value(_slot(self.node, slot), values)
+            else:
+                kwargs[where] = _value(_slot(self.node, slot), values)
+        self.node.target(*args, **kwargs)
 
 
 class _CaptureInterpreter(fx.Interpreter):
@@ -157,9 +218,9 @@ class GraphRunner:
         run_in_place(gm, reinplace=not config.debug.aclgraph.disable_reinplace_inplaceable_ops_pass)
         self.stream_scopes = apply_event_closure(gm)
         self.updatable = updatable_nodes(gm.graph)
-        lengths = {x for node, names in self.updatable.items() for name in names for x in node.kwargs[name]}
+        update_only = update_only_inputs(self.updatable)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        self.update_inputs = {i for i, p in enumerate(placeholders) if p in lengths}
+        self.update_inputs = {i for i, p in enumerate(placeholders) if p in update_only}
         self.mutated = mutated_inputs(gm.graph)   # captured as they are
         self.captures: dict = {}     # input signature -> _Capture
         self.capture_count = 0
@@ -167,7 +228,7 @@ class GraphRunner:
         self.pool = None             # this graph's pool, shared by its captures
 
     def _signature(self, args) -> tuple:
-        """Shapes, dtypes and values of the inputs, less the lengths that task update changes."""
+        """Shapes, dtypes and values of the inputs, less the lengths that only task update reads."""
         return tuple(None if i in self.update_inputs
                      else (tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else (type(a), a)
                      for i, a in enumerate(args))

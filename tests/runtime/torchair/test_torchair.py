@@ -494,3 +494,63 @@ def test_out_form_writes_the_callers_outputs_and_is_task_updated(rt, device, run
         torch.testing.assert_close(got.float(), 2 * want.float(), atol=4e-3, rtol=2e-3)
     (runner,) = runners
     assert runner.capture_count == 1 and len(runner.updatable) == 1
+
+
+def test_v2_lengths_are_task_updated(rt, device, runners):
+    """The fused operator v2 with symbolic kv lengths: captured once, its lengths task-updated per call."""
+    kw = dict(num_query_heads=2, input_layout="BNSD", softmax_scale=0.25)
+    q = torch.randn(2, 2, 1, 16, device=device).half()
+    k, v = torch.randn(2, 2, 64, 16, device=device).half(), torch.randn(2, 2, 64, 16, device=device).half()
+
+    def decode(q, k, v, n0, n1):
+        return nk.npu_fused_infer_attention_score_v2(q, k, v, actual_seq_kvlen=[n0, n1], **kw)[0] * 2
+
+    cm = compiled(decode, dynamic=True)
+    for lengths in ([5, 6], [64, 3], [10, 20]):
+        want = nk.reference.npu_fused_infer_attention_score_v2(q, k, v, actual_seq_kvlen=lengths, **kw)[0]
+        torch.testing.assert_close(cm(q, k, v, *lengths).float(), 2 * want.float(), atol=4e-3, rtol=2e-3)
+    (runner,) = runners
+    assert runner.capture_count == 1 and len(runner.updatable) == 1
+
+
+def test_paged_attention_context_lens_are_task_updated(rt, device, runners):
+    """``_npu_paged_attention`` whose ``context_lens`` (argument 7, a host tensor) is a graph input: captured
+    once, the lengths of each call task-updated; rows of empty requests keep what ``out`` held."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 4, 16, generator=g).half().to(device)
+    kc, vc = (torch.randn(8, 16, 2, 16, generator=g).half().to(device) for _ in range(2))
+    table = torch.randperm(8, generator=g)[:8].reshape(4, 2).int().to(device)
+    out = torch.empty(4, 4, 16, device=device).half()
+
+    def decode(q, kc, vc, table, context_lens, out):
+        torch.ops.npu._npu_paged_attention(q, kc, vc, 2, 4, 0.25, table, context_lens, out)
+        return out + 1
+
+    cm = compiled(decode)
+    for lens in ([32, 5, 17, 1], [3, 30, 0, 0], [1, 1, 1, 32]):
+        context_lens = torch.tensor(lens, dtype=torch.int32)
+        want = torch.full_like(out, 7.0)
+        nk.reference._npu_paged_attention(q, kc, vc, 2, 4, 0.25, table, context_lens, want)
+        out.fill_(7.0)
+        got = cm(q, kc, vc, table, context_lens, out)
+        torch.testing.assert_close(out.float(), want.float(), atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(got.float(), want.float() + 1, atol=2e-3, rtol=2e-3)
+    (runner,) = runners
+    assert runner.capture_count == 1 and len(runner.updatable) == 1
+
+
+def test_a_length_read_elsewhere_keeps_its_captures_apart(rt, device, runners):
+    """A length that the graph also reads outside the operator's length list is part of the capture's
+    signature: a new value gets its own capture (the updated call alone would not change the rest)."""
+    kw = dict(num_heads=2, input_layout="BNSD", scale=0.25)
+    q, k = torch.randn(2, 2, 1, 16, device=device).half(), torch.randn(2, 2, 64, 16, device=device).half()
+
+    def decode(q, k, n0, n1):
+        return nk.npu_fused_infer_attention_score(q, k, k, actual_seq_lengths_kv=[n0, n1], **kw)[0] * n0
+
+    cm = compiled(decode, dynamic=True)
+    for lengths in ([5, 6], [9, 6], [5, 40]):
+        want = nk.reference.npu_fused_infer_attention_score(q, k, k, actual_seq_lengths_kv=lengths, **kw)[0]
+        torch.testing.assert_close(cm(q, k, *lengths).float(), lengths[0] * want.float(), atol=4e-2, rtol=2e-3)
+    (runner,) = runners
+    assert runner.capture_count == 2 and len(runner.updatable) == 1
