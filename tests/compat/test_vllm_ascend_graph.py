@@ -14,9 +14,10 @@ CHECKOUT = vllm_ascend_checkout()
 
 
 @pytest.mark.skipif(not CHECKOUT, reason="needs a vLLM-Ascend checkout: NPUK_VLLM_ASCEND=<path>")
-def test_full_decode_graph_and_torchair_fallback():
+def test_full_decode_graphs_and_torchair_fallback():
     proc = run_compat(str(Path(__file__).parent / "vllm_ascend_full_graph.py"), CHECKOUT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("step ") for line in lines) == 3
+    assert sum(line.startswith("paged step ") for line in lines) == 3
     assert lines[-2:] == ["torchair fallback compiled", "ok"]

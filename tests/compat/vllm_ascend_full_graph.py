@@ -5,12 +5,15 @@
   fused operator's ``.out`` in a task group behind an ExternalEvent, weak references to its tensors)
   and replays it, and ``update_full_graph_params`` task-updates the key/value lengths after each replay;
   the output is checked against the reference at every step;
+- the FULL decode graph on ATB paged attention (``full_graph_pa``: ``_npu_paged_attention`` with its
+  workspace in a task group), task-updated after each replay with ``update_paged_attention_graph_param``;
 - the compiler without npugraph_ex: torchair's reduce-overhead backend compiles a graph piece.
 
     python -m runtime.compat tests/compat/vllm_ascend_full_graph.py VLLM_ASCEND_CHECKOUT
 
 vllm itself is not installed: ``vllm_stub`` stands in for it, with values for the vllm names whose
-behaviour the code paths read. Prints a ``step ... max error`` line per replay and ``ok`` at the end.
+behaviour the code paths read. Prints a ``step ... max error`` line per replay (``paged step ...`` for the
+paged attention graph) and ``ok`` at the end.
 """
 
 import collections
@@ -30,6 +33,7 @@ import vllm_stub  # noqa: E402
 import npu_kernels as nk  # noqa: E402
 
 B, N, KV_N, D, BLOCK, BLOCKS = 4, 4, 2, 16, 128, 8     # decode batch of 4 tokens, paged KV cache
+PA_TOKENS = 3                                           # decode batch of the paged attention graph
 
 
 class CUDAGraphMode(enum.Enum):
@@ -91,11 +95,13 @@ def install_vllm():
 def common_metadata(attention_v1, block_table, lengths):
     """What vLLM's model runner hands the metadata builder for a decode step (one token per request)."""
     seq_lens = torch.tensor(lengths, dtype=torch.int32)
+    reqs = len(lengths)
     return types.SimpleNamespace(
-        num_reqs=B, num_actual_tokens=B, max_query_len=1, causal=True, context_parallel_metadata=None,
-        query_start_loc_cpu=torch.arange(B + 1, dtype=torch.int32), block_table_tensor=block_table,
+        num_reqs=reqs, num_actual_tokens=reqs, max_query_len=1, causal=True, context_parallel_metadata=None,
+        query_start_loc_cpu=torch.arange(reqs + 1, dtype=torch.int32), block_table_tensor=block_table,
         _seq_lens_cpu=seq_lens, seq_lens_cpu=seq_lens, seq_lens=seq_lens.npu(),
-        slot_mapping=torch.zeros(B, dtype=torch.int32).npu(), attn_state=attention_v1.AscendAttentionState.DecodeOnly)
+        slot_mapping=torch.zeros(reqs, dtype=torch.int32).npu(),
+        attn_state=attention_v1.AscendAttentionState.DecodeOnly)
 
 
 def main():
@@ -124,7 +130,7 @@ def main():
     def forward(query, output):
         return impl.forward_fused_infer_attention(query, None, None, context.attn_metadata[layer], output)
 
-    acl_graph.set_graph_params([B])
+    acl_graph.set_graph_params([B, PA_TOKENS])
     wrapper = acl_graph.ACLGraphWrapper(forward, config, CUDAGraphMode.FULL, CUDAGraphOptions())
     update_stream = torch.npu.Stream()
     wrapper(query, output)                                       # capture
@@ -144,8 +150,45 @@ def main():
         error = (output.float() - want.float()).abs().max().item()
         print(f"step {step} lengths {lengths} max error {error:.2e}")
         assert error < 2e-3 and replayed.data_ptr() == output.data_ptr()
+    paged_attention_graph(acl_graph, attention_v1, builder, impl, update_stream, block_table)
     torchair_fallback()
     print("ok")
+
+
+def paged_attention_graph(acl_graph, attention_v1, builder, impl, update_stream, block_table):
+    """The FULL decode graph on ``_npu_paged_attention`` (``full_graph_pa``: the operator in a task group
+    with its workspace), task-updated after each replay with ``update_paged_attention_graph_param``."""
+    from vllm_ascend.attention.utils import update_paged_attention_graph_param
+
+    g = torch.Generator().manual_seed(1)
+    query = torch.randn(PA_TOKENS, N, D, generator=g).half().npu()
+    output = torch.empty(PA_TOKENS, N, D, dtype=torch.float16).npu()
+    table = block_table[:PA_TOKENS]
+    metadata = builder.build_for_graph_capture(common_metadata(attention_v1, table, [1] * PA_TOKENS))
+    context.batch_descriptor = BatchDescriptor(PA_TOKENS, True)
+
+    def forward(query, output):
+        return impl.forward_paged_attention(query, metadata, output)
+
+    wrapper = acl_graph.ACLGraphWrapper(forward, config, CUDAGraphMode.FULL, CUDAGraphOptions())
+    wrapper(query, output)                                       # capture
+    context.capturing = False
+    params = acl_graph.get_graph_params()
+    for step, lengths in enumerate(([7, 256, 130], [200, 1, 0], [64, 3, 255])):
+        seq_lens = torch.tensor(lengths, dtype=torch.int32)
+        output.fill_(5.0)
+        wrapper(query, output)                                   # replay, then update
+        with torch.npu.stream(update_stream):
+            update_paged_attention_graph_param(update_stream, params.handles[PA_TOKENS][0],
+                                               params.events[PA_TOKENS][0], params.attn_params[PA_TOKENS][0],
+                                               table, seq_lens)
+        torch.npu.synchronize()
+        want = torch.full_like(output, 5.0)
+        nk.reference._npu_paged_attention(query, impl.key_cache, impl.value_cache, KV_N, N, D ** -0.5, table,
+                                          seq_lens, want)
+        error = (output.float() - want.float()).abs().max().item()
+        print(f"paged step {step} lengths {lengths} max error {error:.2e}")
+        assert error < 2e-3
 
 
 def torchair_fallback():
