@@ -68,38 +68,40 @@ def _extent(t: torch.Tensor) -> int:
     return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
 
 
-def view_of(t: torch.Tensor, args: tuple) -> Optional[View]:
-    """``t`` as a ``View`` of the argument whose memory holds its first element; None if there is none."""
+def views_in(t: torch.Tensor, args: tuple) -> list[View]:
+    """``t`` as a ``View`` of each argument whose memory holds its first element (usually one)."""
     storage = t.untyped_storage().data_ptr()
     ptr = t.data_ptr()
+    found = []
     for i, a in enumerate(args):
         if not isinstance(a, torch.Tensor) or a.untyped_storage().data_ptr() != storage:
             continue
         start = a.data_ptr()
-        if ptr == start or start <= ptr < start + _extent(a):
-            delta = ptr - start
-            if delta % t.element_size():
-                continue
+        delta = ptr - start
+        if (ptr == start or start <= ptr < start + _extent(a)) and delta % t.element_size() == 0:
             same = delta == 0 and t.dtype == a.dtype
-            return View(i, t.dtype, tuple(t.shape), tuple(t.stride()), delta // t.element_size(), same)
-    return None
+            found.append(View(i, t.dtype, tuple(t.shape), tuple(t.stride()), delta // t.element_size(), same))
+    return found
 
 
-def views_of(tensors, args: tuple) -> tuple[tuple, tuple]:
-    """(``View`` of each tensor (None entries stay None), extras): a tensor that is a view of no argument
-    (a copy made while validating) is appended to the extras and viewed there; the views then index
-    ``(*args, *extras)``, and a plan with extras serves only the call that made them."""
-    views, extras = [], []
+def views_of(tensors, args: tuple) -> tuple[tuple, tuple, bool]:
+    """(``View`` of each tensor (None entries stay None), extras, ambiguous). A tensor that is a view of no
+    argument (a copy made while validating) is appended to the extras and viewed there; the views then
+    index ``(*args, *extras)``. ``ambiguous``: some tensor lies in the memory of several arguments (say
+    ``value is key``), so which argument it belongs to is not known. A plan with extras, or ambiguous,
+    serves only the call that made it."""
+    views, extras, ambiguous = [], [], False
     for t in tensors:
         if t is None:
             views.append(None)
             continue
-        v = view_of(t, args) or view_of(t, (*args, *extras))
-        if v is None:
+        found = views_in(t, (*args, *extras))
+        if not found:
             extras.append(t)
-            v = view_of(t, (*args, *extras))
-        views.append(v)
-    return tuple(views), tuple(extras)
+            found = views_in(t, (*args, *extras))
+        ambiguous = ambiguous or len(found) > 1
+        views.append(found[0])
+    return tuple(views), tuple(extras), ambiguous
 
 
 # The tensors inside a validated call (frozen dataclasses, tuples and tensors), as (path, tensor) leaves.
@@ -219,14 +221,15 @@ class Prepared:
     """A kernel call planned for one signature: its static configuration, its kernel operands as views of
     the call's tensors (arguments, outputs, scratch), and the validated call for the CPU execution path.
     ``extras``: tensors of the call that are views of no argument; the arguments must be extended with
-    them (``(*args, *extras)``), and a plan with extras serves only the call that made it."""
+    them (``(*args, *extras)``). Only a ``cacheable`` plan (see ``views_of``) serves other calls."""
 
-    __slots__ = ("static", "views", "bound", "execution", "extras", "launch", "checked")
+    __slots__ = ("static", "views", "bound", "execution", "extras", "cacheable", "launch", "checked")
 
     def __init__(self, call, static, ops: tuple, args: tuple, execution: str, launch):
         """``launch(operands, block)``: the call's kernel launches (traced once for compiled kernels)."""
         found = leaves(call)
-        views, self.extras = views_of([*ops, *(t for _, t in found)], args)
+        views, self.extras, ambiguous = views_of([*ops, *(t for _, t in found)], args)
+        self.cacheable = not self.extras and not ambiguous
         self.static, self.execution = static, execution
         self.views = views[:len(ops)]
         self.bound = Bound(call, tuple(p for p, _ in found), views[len(ops):])

@@ -71,8 +71,10 @@ def test_operands_are_views_of_the_arguments(device):
     a tensor made while validating is an extra that keeps the plan out of the cache."""
     x = torch.arange(24.0, device=device).reshape(2, 3, 4)
     other = torch.zeros(5, device=device)
-    views, extras = plans.views_of([x[1], x.transpose(1, 2), x.view(torch.int32), x[1:].clone()], (other, x))
-    assert extras and views[3].arg == 2
+    views, extras, ambiguous = plans.views_of([x[1], x.transpose(1, 2), x.view(torch.int32), x[1:].clone()],
+                                              (other, x))
+    assert extras and views[3].arg == 2 and not ambiguous
+    assert plans.views_of([x[0]], (x, x[:1]))[2]                        # in two arguments' memory
     y = torch.arange(24.0, 48.0, device=device).reshape(2, 3, 4)
     assert torch.equal(views[0].tensor((other, y)), y[1]) and views[0].offset == 12 and not views[0].same
     assert torch.equal(views[1].tensor((other, y)), y.transpose(1, 2))
@@ -198,3 +200,16 @@ def test_task_update_rewrites_only_the_parameter_block(device, counted, monkeypa
         torch.testing.assert_close(out.float(), ref.float(), atol=2e-3, rtol=2e-3)
     finally:
         runtime.set_backend(previous)
+
+
+def test_arguments_sharing_memory_get_their_own_plan(device):
+    """A plan binds its tensors to the argument whose memory holds them: a call with ``value is key`` cannot
+    tell key from value, so its plan serves it alone; a call with a distinct value reads its value."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, s, 16, generator=g).half().to(device) for s in (1, 64, 64))
+    kw = dict(num_heads=2, input_layout="BNSD", scale=0.25, actual_seq_lengths_kv=[29, 3])
+    for key, value in ((k, k), (k, v), (k, k), (k, v)):
+        out = nk.npu_fused_infer_attention_score(q, key, value, **kw)[0]
+        want = nk.reference.npu_fused_infer_attention_score(q, key, value, **kw)[0]
+        torch.testing.assert_close(out.float(), want.float(), atol=2e-3, rtol=2e-3)
+

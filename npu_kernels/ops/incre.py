@@ -387,7 +387,8 @@ def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
         ws = alloc.empty((sum(pl.static.workspace),), torch.float32, out.device)
         ops = operands(call, as_bnsd(out, call.layout.out, call.heads.N), None, *scratch(pl.static, ws))
         p = Prepared(call, pl.static, ops, False, (*args, out, ws), execution(out.device))
-        _plans.put(key_, (p, call, plans.Recent()))            # IFA's tensors are all views of its arguments
+        if p.cacheable:
+            _plans.put(key_, (p, call, plans.Recent()))
         block = pl.params
     else:
         p, call, recent = hit

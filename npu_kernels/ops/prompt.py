@@ -345,7 +345,8 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
         out = output(call)
         pl = plan(call, out, None)
         p = Prepared(call, pl.static, out_view(call, out), None, (*args, out), execution(out.device))
-        _plans.put(key_, (p, call, out.shape, out.dtype, plans.Recent()))   # PFA's tensors are views of its arguments
+        if p.cacheable:
+            _plans.put(key_, (p, call, out.shape, out.dtype, plans.Recent()))
         block = pl.params
     else:
         p, call, shape, dtype, recent = p

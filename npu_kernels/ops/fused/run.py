@@ -109,7 +109,7 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
         full = (*args, out, lse, ws, own)
         prepared, block = _prepare(call, full, out, lse, scratch)
         block_buffer = workspace.block(scratch_words, ws, block.numel()) if ws is not None else None
-        if not prepared.extras:
+        if prepared.cacheable:
             _plans.put(key_, Planned(_without_batches(call), prepared, scratch_words))
     else:
         call, prepared = planned.call, planned.prepared
