@@ -17,6 +17,12 @@ median of its runs; with one torch thread the times are the calling thread's CPU
 machine; wall times are recorded too), else wall time. Peak memory: a 16k-token causal prefill (B=1, 8 heads, D=128) in a subprocess, the
 growth of its peak resident set during the call. Results: JSON and CSV under ``bench/results/`` named with
 the CPU model, and a PNG of the ratios beside them.
+
+Threads: the fp16-path emulation runs many small operations, each a parallel region when torch has more
+than one thread. On a CPU shared with other work, GNU OpenMP's default active wait then stalls every
+region on a descheduled thread (measured here at a load of 4 on 2 cores: fp16 prefill S=1024 5.9 s, and
+0.14 s with ``OMP_WAIT_POLICY=PASSIVE`` set before Python starts); ``--threads 1`` measures the work
+itself (thread CPU time).
 """
 
 from __future__ import annotations

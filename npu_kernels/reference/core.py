@@ -13,9 +13,10 @@ of rows so that memory stays O(rows × keys) per chunk, and hands each chunk to 
     running maximum, in tiles of ``TILE_KEYS`` keys: per tile one cumulative maximum gives the running
     maxima, one batched product every block's P·V, and l (and a float accumulator) follow the closed
     form of the recurrence. With ``Numerics.fp16`` the NPU's fp16 high-performance path (spec ops §1.8):
-    scores rounded to fp16 after Q·Kᵀ and after the scale, P = fp16(exp(fp16(s - m))), each block's P·V
-    rounded to fp16, the accumulator kept in fp16 and rounded after every block (the one step that runs
-    block by block), out = acc / fp16(l). With ``Numerics.int8`` the int8 pipeline (spec ops §2.4):
+    scores rounded to fp16 after Q·Kᵀ and after the scale, P = fp16(exp(fp16(s - m))) while l sums the
+    exp values before they are rounded, each block's P·V rounded to fp16, the accumulator kept in fp16
+    and updated in fp16 arithmetic with the rescale factor rounded to fp16 (the one step that runs block
+    by block), out = acc / fp16(l). With ``Numerics.int8`` the int8 pipeline (spec ops §2.4):
     FP19 dequant scales, fp16 scores, P quantised with ``quant_scale1`` per key block, int8 P·V exact,
     dequantised to fp16, out = acc / fp16(l). Blocks start at key 0 of the batch; a chunk starts at the
     block holding its first key: the blocks before hold only fill scores for its rows, which leave the
@@ -349,7 +350,7 @@ def _online(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor
     dv, kvlen = grp.Dv, grp.span.kvlen
     width = min(dv, PV_COLUMNS)
     parts = -(-dv // width)
-    m = l = acc = step = None
+    m = l = acc = None
     for t0 in range(j0 - j0 % bn, j1, tile):
         t1 = min(t0 + tile, j1)
         nb = -(-(t1 - t0) // bn)
@@ -361,29 +362,35 @@ def _online(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor
             l = torch.zeros_like(m)
             acc = torch.zeros(parts, rows, m_rows, width, dtype=torch.float16 if num.fp16 else grp.work,
                               device=s.device)
-            step = torch.empty(acc.shape, dtype=grp.work, device=s.device)
         blocks = grp.scratch("blocks", sb.shape, grp.work).copy_(sb) if grp.steps else sb
         m_blk = torch.maximum(blocks.amax(-1).cummax(-1).values, m)          # (GH, M, nb) running max
         m_last = m_blk[..., -1:]
         if grp.steps:                                    # P = fp16(exp(fp16(s - m))), fp16 arithmetic
-            p = torch.sub(sb, m_blk.to(sb.dtype)[..., None], out=grp.scratch("p16", sb.shape, sb.dtype)).exp_()
+            p = torch.sub(sb, m_blk.to(sb.dtype)[..., None], out=grp.scratch("p16", sb.shape, sb.dtype))
+            if num.fp16:                                 # l sums the exp values before P is rounded
+                e = blocks.copy_(p).exp_()
+                p_sum = e.sum(-1).transpose(1, 2)[..., None]
+                p.copy_(e)
+            else:
+                p.exp_()
         else:
             p = sb.sub_(m_blk[..., None]).exp_()
         pp = grp.scratch("p", (rows, nb, m_rows, bn), grp.work).copy_(p.transpose(1, 2))
+        if not num.fp16:
+            p_sum = pp.sum(-1, keepdim=True)
         weight = torch.exp(m_blk - m_last).transpose(1, 2)[..., None]       # (GH, nb, M, 1)
         rescale = torch.exp(m - m_last)
-        l = l * rescale + (pp.sum(-1, keepdim=True) * weight).sum(1)
+        l = l * rescale + (p_sum * weight).sum(1)
         vb = grp.scratch("tile values", (grp.G, grp.H, nb * bn, parts * width), grp.work)
         vb[:, :, :min(t0 + nb * bn, kvlen) - t0, :dv].copy_(grp.kv.values(t0, min(t0 + nb * bn, kvlen)))
         if vb.shape[2] > kvlen - t0 or dv < parts * width:
             vb[:, :, kvlen - t0:].zero_()
             vb[..., dv:].zero_()
         pv = _blocks_pv(grp, pp, vb.flatten(0, 1).unflatten(1, (nb, bn)), width)   # (parts, GH, nb, M, width)
-        if num.fp16:                                     # acc = fp16(acc · alpha + pv) after every block
-            alpha = torch.exp(torch.cat([m, m_blk[..., :-1]], -1) - m_blk)
+        if num.fp16:                                     # acc = fp16(fp16(acc · fp16(alpha)) + pv), every block
+            alpha = torch.exp(torch.cat([m, m_blk[..., :-1]], -1) - m_blk).to(torch.float16)
             for blk in range(nb):
-                torch.mul(acc, alpha[..., blk:blk + 1], out=step).add_(pv[:, :, blk])
-                acc.copy_(step)
+                acc.mul_(alpha[..., blk:blk + 1]).add_(pv[:, :, blk])
         else:
             acc = acc.mul_(rescale).add_(pv.mul_(weight).sum(2))
         m = m_last
