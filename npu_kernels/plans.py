@@ -87,9 +87,9 @@ def views_in(t: torch.Tensor, args: tuple) -> list[View]:
 def views_of(tensors, args: tuple) -> tuple[tuple, tuple, bool]:
     """(``View`` of each tensor (None entries stay None), extras, ambiguous). A tensor that is a view of no
     argument (a copy made while validating) is appended to the extras and viewed there; the views then
-    index ``(*args, *extras)``. ``ambiguous``: some tensor lies in the memory of several arguments (say
-    ``value is key``), so which argument it belongs to is not known. A plan with extras, or ambiguous,
-    serves only the call that made it."""
+    index ``(*args, *extras)``. ``ambiguous``: some tensor lies in the memory of several arguments, so which
+    one it belongs to is not known (unless they are the same query/key/value tensor, which signatures
+    tell). A plan with extras, or ambiguous, serves only the call that made it."""
     views, extras, ambiguous = [], [], False
     for t in tensors:
         if t is None:
@@ -99,7 +99,9 @@ def views_of(tensors, args: tuple) -> tuple[tuple, tuple, bool]:
         if not found:
             extras.append(t)
             found = views_in(t, (*args, *extras))
-        ambiguous = ambiguous or len(found) > 1
+        first = found[0].arg
+        ambiguous = ambiguous or any(not (v.arg < IDENTIFIED and first < IDENTIFIED and args[v.arg] is args[first])
+                                     for v in found[1:])
         views.append(found[0])
     return tuple(views), tuple(extras), ambiguous
 
@@ -300,11 +302,16 @@ def meta(t) -> Optional[tuple]:
     return (t.shape, t.stride(), t.dtype, t.get_device())
 
 
+IDENTIFIED = 3         # query, key, value: a signature tells when they are the same tensor
+
+
 def signature(tensors: tuple, scalars: tuple) -> tuple:
-    """A call's signature: ``meta`` of each tensor argument, then the scalars and their types (1, 1.0
-    and True are equal keys but not equally valid)."""
+    """A call's signature: ``meta`` of each tensor argument, which of the first ``IDENTIFIED`` are the
+    same tensor (``key is value``), then the scalars and their types (1, 1.0 and True are equal keys but
+    not equally valid)."""
+    q, k, v = tensors[:IDENTIFIED]
     return (*[None if t is None else (t.shape, t.stride(), t.dtype, t.get_device()) if type(t) is torch.Tensor
-              else meta(t) for t in tensors], *scalars, *map(type, scalars))
+              else meta(t) for t in tensors], k is q, v is k, v is q, *scalars, *map(type, scalars))
 
 
 class Cache:

@@ -199,6 +199,8 @@ class CudaFlag(interface.Flag):
 class GuardMode(TorchDispatchMode):
     """Refuses device work other than operator tasks on a stream with an open group or update."""
 
+    npu_transparent = True        # npu operators run as they are, without the dispatcher (npu_kernels.library)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not getattr(_backend.internal, "depth", 0) and op_kind(func) in ("device", "host_read"):

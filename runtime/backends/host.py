@@ -421,6 +421,8 @@ class HostFlag(interface.Flag):
 class HostMode(TorchDispatchMode):
     """Intercepts aten calls while the host backend captures, is parked or guards task groups."""
 
+    npu_transparent = True        # npu operators run as they are, without the dispatcher (npu_kernels.library)
+
     @classmethod
     def ignore_compile_internals(cls) -> bool:
         """torch.compile may trace while the mode is on (it is off while compiling, on while the compiled
@@ -623,10 +625,14 @@ class HostBackend(interface.Backend):
                 block.copy_(params)
 
     def block_writer(self, block: torch.Tensor):
+        """Writes a new parameter block (a task's own tensor, never written afterwards) on a stream: at
+        once when the stream has nothing queued and does not capture, else in its order."""
         def write(params: torch.Tensor, stream) -> None:
-            with _sched.direct():
-                staged = params.clone()
-            _sched.issue(stream, lambda: block.copy_(staged))
+            if stream.lane is None and not stream.queue:
+                with _sched.direct():
+                    block.copy_(params)
+                return
+            _sched.issue(stream, lambda: block.copy_(params))
 
         return write
 
