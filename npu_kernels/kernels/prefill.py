@@ -29,7 +29,7 @@ FILL is kept as is, and the row maximum is turned back to natural log for ``soft
 ``FP16_PATH`` follows the NPU's fp16 high-performance path (``reference.core``'s emulation, within the
 fp16 tolerance): scores rounded to fp16 after Q·Kᵀ and after the fp16 scale, P = fp16(exp(fp16(s - m))),
 P·V rounded to fp16 and the accumulator kept in fp16 (updated in fp16 arithmetic with the rescale factor
-rounded to fp16; l sums the exp values before they are rounded, spec ops §1.8), out = acc / fp16(l). QUANT_MODE=1 is the int8
+rounded to fp16), l the fp32 sum of P, out = acc / fp16(l). QUANT_MODE=1 is the int8
 full-quantisation pipeline (spec ops §2.4): int8 Q·Kᵀ into int32, dequant with the FP19 ``deq_scale1``
 to fp16, scale and pse in fp16, P = fp16(exp(fp16(s - m))) quantised to int8 with ``quant_scale1``
 (AscendQuant), int8 P·V into int32, dequant with ``deq_scale2`` to fp16, accumulation in fp32, division
@@ -410,10 +410,7 @@ def _block(
         b_alpha = tl.math.exp2((b_m - b_m_new) * LOG2E)
         b_e = tl.math.exp2((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32) * LOG2E)
         b_p = b_e.to(tl.float16)
-        if FP16_PATH:                                    # l sums the exp values before P is rounded
-            b_l = b_l * b_alpha + tl.sum(b_e, 1)
-        else:
-            b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
+        b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
     else:
         b_alpha = tl.math.exp2(b_m - b_m_new)
         if FOLD:
