@@ -14,9 +14,9 @@ Baseline: ``torch.nn.functional.scaled_dot_product_attention`` on float32 copies
 output with the baseline's (``err``: the largest error in units of the dtype's tolerance), then runs the
 operator and the baseline in turn: the ratio is the median of the per-pair time ratios, each time the
 median of its runs; with one torch thread the times are the calling thread's CPU time (stable on a shared
-machine; wall times are recorded too), else wall time. Peak memory: a 16k-token causal prefill (B=1, 8 heads, D=128) in a subprocess, the
-growth of its peak resident set during the call. Results: JSON and CSV under ``bench/results/`` named with
-the CPU model, and a PNG of the ratios beside them.
+machine; wall times are recorded too), else wall time. Peak memory: a 16k-token causal prefill (B=1, 8 heads,
+D=128) in a new process, the growth of its peak resident set during the call (``peak_memory``). Results:
+JSON and CSV under ``bench/results/`` named with the CPU model, and a PNG of the ratios beside them.
 
 Threads: the fp16-path emulation runs many small operations, each a parallel region when torch has more
 than one thread. On a CPU shared with other work, GNU OpenMP's default active wait then stalls every
@@ -175,30 +175,43 @@ def _clock():
 
 
 PEAK_SCRIPT = r"""
-import json, os, resource, sys, torch
+import json, os, sys, torch
 os.environ["NPUK_CPU_KERNELS"] = "native"
 import npu_kernels as nk
-S, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
-torch.set_num_threads(int(sys.argv[3]))
-q, k, v = (torch.randn(1, 8, S, 128).to(dtype) for _ in range(3))
+S, N, D, mode, threads, band = (int(x) for x in sys.argv[1:7])
+dtype = getattr(torch, sys.argv[7])
+torch.set_num_threads(threads)
+q, k, v = (torch.randn(1, N, S, D, dtype=dtype) for _ in range(3))
 triu = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-nk.npu_prompt_flash_attention(q, k, v, num_heads=8, input_layout="BNSD", scale_value=128 ** -0.5, sparse_mode=3,
-                              atten_mask=triu)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_bytes": (after - before) * 1024, "peak_bytes": after * 1024}))
+
+
+def high_water_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+
+with open("/proc/self/clear_refs", "w") as f:                # the peak resident set restarts from here
+    f.write("5")
+before = high_water_kib()
+nk.npu_prompt_flash_attention(q, k, v, num_heads=N, input_layout="BNSD", scale_value=D ** -0.5, sparse_mode=mode,
+                              atten_mask=triu, pre_tokens=band, next_tokens=0)
+print(json.dumps({"growth_bytes": (high_water_kib() - before) * 1024, "peak_bytes": high_water_kib() * 1024}))
 """
 
 
-def peak_memory(tokens: int, dtype: str, threads: int) -> dict:
-    """Peak memory of a causal prefill of ``tokens`` tokens (B=1, 8 heads, D=128) in a subprocess."""
+def peak_memory(tokens: int, dtype: str, threads: int, heads: int = 8, dim: int = 128, mode: int = 3) -> dict:
+    """Peak memory of one prefill of ``tokens`` tokens (B=1; sparse mode 3 causal, 4 the band) in a new
+    process: its peak resident set (Linux ``VmHWM``) and the growth of it during the call."""
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tokens), dtype, str(threads)], cwd=root,
-                          capture_output=True, text=True, timeout=3600)
+    args = [str(x) for x in (tokens, heads, dim, mode, threads, BAND, dtype)]
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, *args], cwd=root, capture_output=True, text=True,
+                          timeout=3600)
     if proc.returncode:
         raise RuntimeError(f"peak memory run failed: {proc.stderr[-2000:]}")
     got = json.loads(proc.stdout.splitlines()[-1])
-    return {"kind": "memory", "dtype": dtype, "S": tokens, "case": f"memory {dtype} causal prefill S={tokens}", **got,
+    what = "causal" if mode == 3 else "band"
+    return {"kind": "memory", "dtype": dtype, "S": tokens, "N": heads, "D": dim, "mode": what,
+            "case": f"memory {dtype} {what} prefill S={tokens} N={heads} D={dim}", **got,
             "ok": got["growth_bytes"] < PEAK_TARGET_BYTES}
 
 
@@ -268,8 +281,8 @@ def main(quick: bool = False, match: str = "", out_dir=None, threads: int = 0, r
             print(f"{r['case']:52} ours {r['ours_ms']:10.2f} ms  sdpa {r['sdpa_ms']:10.2f} ms  {r['ratio']:5.2f}x  "
                   f"err {r['err']:.2f} tol")
         else:
-            print(f"{r['case']:52} peak growth {r['growth_bytes'] / 2**20:8.1f} MiB (target < "
-                  f"{PEAK_TARGET_BYTES >> 20} MiB)")
+            print(f"{r['case']:52} grew by {r['growth_bytes'] / 2**20:7.1f} MiB during the call (target < "
+                  f"{PEAK_TARGET_BYTES >> 20} MiB), process peak {r['peak_bytes'] / 2**20:7.1f} MiB")
     print("\n".join(summary(rows)))
     print(f"wrote {jpath}, {cpath}" + (f" and {png}" if png else ""))
     return 0
