@@ -27,9 +27,10 @@ Elements written, as the kernels write them:
 Numerics (``cpu_numerics``): int8 inputs follow the int8 pipeline with P quantised per key block of the
 prefill kernel's CPU block ``kernels.prefill.block_config(D, Dv, on_gpu=False)``. The NPU's fp16
 high-performance path (``call.fp16_path``) follows the reference's emulation
-(``reference.npu_prompt_flash_attention(..., emulate_fp16=True)``) with that same key block: its
-accumulator is rounded to fp16 once per block, so the result depends on the block, and a larger block
-measured up to 1.6 times the fp16 tolerance away from it at scales 0.25-1 (none at 128 or 1/sqrt(D)).
+(``reference.npu_prompt_flash_attention(..., emulate_fp16=True)``) with that same key block, as the
+kernel's FP16_PATH does: the fp16 accumulator is rounded once per block, so the result depends on the
+block (an accumulator block of 128 to 1024 keys measured up to 1.6 times the fp16 tolerance away from
+the 32-key one at scales 0.25-1, none at 128 or 1/sqrt(D)).
 Everything else is float32 math with P rounded to the input dtype, through torch's CPU flash attention
 where its semantics apply (``core``).
 """
@@ -52,7 +53,8 @@ from .core import Int8Steps, Numerics, Setup
 from .keys import KeyStore
 from .spans import Span
 
-# Key and value elements of one group of batches computed together (those of paged caches are copied).
+# Key and value elements of one group of batches computed together (bounds what one call of torch's flash
+# attention is handed, gathered from a paged cache).
 GROUP_ELEMENTS = 1 << 25
 
 
