@@ -29,7 +29,8 @@ FILL is kept as is, and the row maximum is turned back to natural log for ``soft
 ``FP16_PATH`` follows the NPU's fp16 high-performance path (``reference.core``'s emulation, within the
 fp16 tolerance): scores rounded to fp16 after Q·Kᵀ and after the fp16 scale, P = fp16(exp(fp16(s - m))),
 P·V rounded to fp16 and the accumulator kept in fp16 (updated in fp16 arithmetic with the rescale factor
-rounded to fp16), l the fp32 sum of P, out = acc / fp16(l). QUANT_MODE=1 is the int8
+rounded to fp16), l the fp32 sum of the exp values before they are rounded, out = acc / fp16(l); exp is
+``tl.exp``, as torch's in the interpreter (an exp2 would differ from the reference there by an ulp). QUANT_MODE=1 is the int8
 full-quantisation pipeline (spec ops §2.4): int8 Q·Kᵀ into int32, dequant with the FP19 ``deq_scale1``
 to fp16, scale and pse in fp16, P = fp16(exp(fp16(s - m))) quantised to int8 with ``quant_scale1``
 (AscendQuant), int8 P·V into int32, dequant with ``deq_scale2`` to fp16, accumulation in fp32, division
@@ -406,11 +407,14 @@ def _block(
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
     else:                                                # (exact in the scores' dtype)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1).to(tl.float32))
-    if QUANT_MODE == 1 or FP16_PATH:                     # exp of fp16 differences (in fp32), P in fp16
-        b_alpha = tl.math.exp2((b_m - b_m_new) * LOG2E)
-        b_e = tl.math.exp2((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32) * LOG2E)
+    if QUANT_MODE == 1 or FP16_PATH:                     # exp (as torch's) of fp16 differences, P in fp16
+        b_alpha = tl.exp(b_m - b_m_new)
+        b_e = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32))
         b_p = b_e.to(tl.float16)
-        b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
+        if FP16_PATH:                                    # l sums the exp values before P is rounded
+            b_l = b_l * b_alpha + tl.sum(b_e, 1)
+        else:
+            b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
     else:
         b_alpha = tl.math.exp2(b_m - b_m_new)
         if FOLD:
