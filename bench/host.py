@@ -129,9 +129,13 @@ def measure(nk, case: Case, rounds: int = 15, per_round: int = 200) -> dict:
     return row
 
 
+HOST_FIA = ("fia-fp16-d128-b4-s4k-causal", "fia-bf16-d128-h32x8-b8-kv4k", "fia-fp16-d128-h32x8-b8-kv4k-int8kv")
+
+
 def default_cases() -> list[Case]:
-    """The quick prefill, decode and int8 cases."""
-    return [c for suite in ("prefill", "decode", "int8") for c in select(suite, quick=True)]
+    """The quick prefill, decode and int8 cases, and fused-operator prefill, decode and int8 ones."""
+    quick = [c for suite in ("prefill", "decode", "int8") for c in select(suite, quick=True)]
+    return quick + [c for c in select("all") if c.name in HOST_FIA]
 
 
 def run(cases: list[Case], rounds: int = 15, per_round: int = 200) -> list[dict]:

@@ -305,13 +305,24 @@ def meta(t) -> Optional[tuple]:
 IDENTIFIED = 3         # query, key, value: a signature tells when they are the same tensor
 
 
-def signature(tensors: tuple, scalars: tuple) -> tuple:
-    """A call's signature: ``meta`` of each tensor argument, which of the first ``IDENTIFIED`` are the
-    same tensor (``key is value``), then the scalars and their types (1, 1.0 and True are equal keys but
-    not equally valid)."""
-    q, k, v = tensors[:IDENTIFIED]
-    return (*[None if t is None else (t.shape, t.stride(), t.dtype, t.get_device()) if type(t) is torch.Tensor
-              else meta(t) for t in tensors], k is q, v is k, v is q, *scalars, *map(type, scalars))
+def signature(query, key, value, kwargs: dict, per_call: frozenset) -> list:
+    """A call's signature (extend it, then make it a tuple): ``meta`` of query, key and value, which of them
+    are the same tensor (``key is value``), and per keyword argument given: a tensor's ``meta``, for the
+    per-call arguments ``per_call`` only whether they are given, else the value and its type (1, 1.0 and
+    True are equal keys but not equally valid). The same arguments given in another order, or given at
+    their defaults, are other signatures of the same plan."""
+    sig = [meta(query), meta(key), meta(value), key is query, value is key, value is query]
+    for name, v in kwargs.items():
+        if type(v) is torch.Tensor:
+            sig.append((name, v.shape, v.stride(), v.dtype, v.get_device()))
+        elif name in per_call:
+            sig.append((name, v is None))
+        else:
+            sig.append((name, type(v), v if v is None or type(v) in _SCALARS else meta(v)))
+    return sig
+
+
+_SCALARS = (int, float, bool, str)
 
 
 class Cache:

@@ -148,8 +148,6 @@ DEFAULTS = {
 TENSOR_ARGS = ("query", "key", "value", "padding_mask", "atten_mask", "pse_shift", "antiquant_scale",
                "antiquant_offset", "block_table", "dequant_scale1", "quant_scale1", "dequant_scale2", "quant_scale2",
                "quant_offset2", "kv_padding_size")
-STATIC_ARGS = ("num_heads", "scale_value", "input_layout", "num_key_value_heads", "block_size", "inner_precise")
-# per-call integers: the kv lengths (whether they are given is static: kv_padding_size needs them)
 
 
 def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None, antiquant_scale=None,
@@ -367,7 +365,7 @@ def output(call: IncreCall) -> torch.Tensor:
 
 _plans = plans.Cache()
 _tensor_args = operator.itemgetter(*TENSOR_ARGS[3:])
-_static_args = operator.itemgetter(*STATIC_ARGS)
+_PER_CALL = frozenset({"actual_seq_lengths"})     # per-call integers: the kv lengths (whether given is static)
 
 
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
@@ -378,7 +376,7 @@ def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
         validate(query, key, value, **kwargs)                  # raises for the unknown keyword
     args = (query, key, value, *_tensor_args(kw))
     lengths = kw["actual_seq_lengths"]
-    key_ = plans.signature(args, (*_static_args(kw), lengths is None))
+    key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
     if hit is None:
         call = validate(query, key, value, **kwargs)

@@ -248,8 +248,9 @@ _plans = plans.Cache()
 def _npu_paged_attention(query, key_cache, value_cache, num_kv_heads, num_heads, scale_value, block_table,
                          context_lens, out, *, workspace=None) -> None:
     """Eager implementation behind ``torch.ops.npu._npu_paged_attention``: writes ``out`` in place."""
-    key_ = plans.signature((query, key_cache, value_cache, block_table, context_lens, out, workspace),
-                           (num_kv_heads, num_heads, scale_value))
+    key_ = tuple(plans.signature(query, key_cache, value_cache, {
+        "block_table": block_table, "context_lens": context_lens, "out": out, "workspace": workspace,
+        "num_kv_heads": num_kv_heads, "num_heads": num_heads, "scale_value": scale_value}, frozenset()))
     call = _plans.get(key_)
     if call is None:
         call = validate_static(query, key_cache, value_cache, num_kv_heads, num_heads, scale_value, block_table,

@@ -96,7 +96,6 @@ TENSOR_ARGS = ("query", "key", "value", "padding_mask", "atten_mask", "pse_shift
                "deq_scale2", "quant_scale2", "quant_offset2")
 # per-call integers: validated and packed on every call, not part of the signature
 DYNAMIC_ARGS = ("actual_seq_lengths", "actual_seq_lengths_kv", "pre_tokens", "next_tokens")
-STATIC_ARGS = tuple(k for k in DEFAULTS if k not in TENSOR_ARGS and k not in DYNAMIC_ARGS)
 
 
 def validate_static(query, key, value, *, padding_mask=None, atten_mask=None, pse_shift=None, deq_scale1=None,
@@ -307,8 +306,8 @@ _plans = plans.Cache()
 
 
 _tensor_args = operator.itemgetter(*TENSOR_ARGS[3:])
-_static_args = operator.itemgetter(*STATIC_ARGS)
 _dynamic_args = operator.itemgetter(*DYNAMIC_ARGS)
+_PER_CALL = frozenset(DYNAMIC_ARGS)
 
 
 def output(call: PromptCall) -> torch.Tensor:
@@ -338,7 +337,7 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
         return fused.npu_fused_infer_attention_score(query, key, value, **prompt_tnd.fused_arguments(
             query, key, value, kwargs))[0]
     args = (query, key, value, *_tensor_args(kw))
-    key_ = plans.signature(args, _static_args(kw))
+    key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     p = _plans.get(key_)
     if p is None:
         call = validate(query, key, value, **kwargs)

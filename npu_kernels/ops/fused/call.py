@@ -67,10 +67,6 @@ DEFAULTS = {
 TENSOR_ARGS = tuple(k for k, v in DEFAULTS.items() if v is None and k not in
                     ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len"))
 LIST_ARGS = ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len")
-# scalars a signature holds; pre_tokens/next_tokens are per-call integers (only whether they open the
-# decode sliding window is static)
-STATIC_ARGS = ("num_heads", "scale", "input_layout", "num_key_value_heads", "sparse_mode", "inner_precise",
-               "block_size", "antiquant_mode", "key_antiquant_mode", "value_antiquant_mode", "softmax_lse_flag")
 
 
 def with_defaults(kwargs: dict) -> dict:

@@ -15,7 +15,7 @@ from ...errors import require
 from ...layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, out_shape
 from .. import incre, prompt
 from . import workspace
-from .call import LIST_ARGS, OP, STATIC_ARGS, TENSOR_ARGS, FusedCall, per_batch, validate, window_opens, with_defaults
+from .call import LIST_ARGS, OP, TENSOR_ARGS, FusedCall, per_batch, validate, window_opens, with_defaults
 from .prefill_path import kv_view, token_rows
 
 
@@ -32,18 +32,20 @@ class Planned:
 
 _plans = plans.Cache()
 _tensor_args = operator.itemgetter(*TENSOR_ARGS)
-_static_args = operator.itemgetter(*STATIC_ARGS)
+_PER_CALL = frozenset((*LIST_ARGS, "pre_tokens", "next_tokens"))
 
 
-def _signature(args: tuple, kw: dict) -> tuple:
-    """Tensor metadata, kernel-selecting scalars, which length lists are given, whether pre_tokens opens the
-    decode sliding window, and the token-major parameter-block rows."""
-    q_lens, query, layout = kw["actual_seq_lengths"], args[0], kw["input_layout"]
+def _signature(query, key, value, kwargs: dict, kw: dict) -> list:
+    """``plans.signature``, whether pre_tokens opens the decode sliding window, and the token-major
+    parameter-block rows (``kw``: the arguments with their defaults)."""
+    q_lens, layout = kw["actual_seq_lengths"], kw["input_layout"]
     rows = 0
     if isinstance(layout, str) and layout.partition("_")[0] in TOKEN_LAYOUTS and isinstance(q_lens, (list, tuple)) \
             and isinstance(query, torch.Tensor) and query.dim() == 3:
         rows = token_rows(query.shape[0] if layout.startswith("T") else query.shape[1], len(q_lens))
-    return plans.signature(args, (*_static_args(kw), *(kw[k] is None for k in LIST_ARGS), window_opens(kw), rows))
+    sig = plans.signature(query, key, value, kwargs, _PER_CALL)
+    sig += (window_opens(kw), rows)
+    return sig
 
 
 def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +96,10 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
     caller's workspace ``ws`` (``.out``; else scratch of its own). Returns (attention_out, softmax_lse)."""
     kw = with_defaults(kwargs)
     args = (query, key, value, *_tensor_args(kw))
-    key_ = _signature(args, kw)
+    sig = _signature(query, key, value, kwargs, kw)
     if outs is not None:
-        key_ = (*key_, *map(plans.meta, (*outs, ws)))
+        sig += map(plans.meta, (*outs, ws))
+    key_ = tuple(sig)
     planned = _plans.get(key_)
     if planned is None:
         call = validate(query, key, value, **kw)
