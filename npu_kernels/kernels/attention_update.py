@@ -82,10 +82,9 @@ def aot_variants() -> list:
 
     cases = [("fp32-sp2-h512-lse", torch.float32, 2, 512, True), ("bf16-sp16-h128", torch.bfloat16, 16, 128, False),
              ("fp16-sp4-h64", torch.float16, 4, 64, False)]
-    out = []
-    for name, dtype, sp, h, with_lse in cases:
+    def planned(dtype, sp: int, h: int, with_lse: bool):
         lse = tuple(torch.zeros(256) for _ in range(sp))
         outs = tuple(torch.zeros(256, h, dtype=dtype) for _ in range(sp))
-        record = aot.record(lambda: launch(lse, outs, torch.zeros(256, h, dtype=dtype), torch.zeros(256), with_lse))
-        out.append(aot.Variant(name, tuple(record)))
-    return out
+        return lambda: launch(lse, outs, torch.zeros(256, h, dtype=dtype), torch.zeros(256), with_lse)
+
+    return [aot.Variant(name, planned(dtype, sp, h, with_lse)) for name, dtype, sp, h, with_lse in cases]

@@ -199,4 +199,4 @@ def aot_variants() -> list:
         ("scatter-nd-2d-i64", lambda: scatter_nd(z(16, 128, 576, dtype=i16), z(64, 2, dtype=i64),
                                                  z(64, 576, dtype=i16), (16, 128), (128 * 576, 576))),
     ]
-    return [aot.Variant(name, tuple(aot.record(launch))) for name, launch in cases]
+    return [aot.Variant(name, launch) for name, launch in cases]
