@@ -52,6 +52,9 @@ TRIU = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
     (dict(scale_value=float("inf")), ValueError, "scale_value"),
     (dict(pre_tokens=1.5), TypeError, "pre_tokens=1.5: must be an int"),
     (dict(deq_scale1=torch.ones(1)), ValueError, "deq_scale1"),
+    (dict(actual_seq_lengths=torch.tensor([[8]])), ValueError, "1-D with an integer dtype"),
+    (dict(actual_seq_lengths_kv=torch.tensor([8.0])), ValueError, "actual_seq_lengths_kv"),
+    (dict(actual_seq_lengths=torch.tensor([9])), ValueError, "[0, 8]"),
 ])
 def test_rejected(device, kwargs, exc, fragment):
     q, k, v = qkv(device)
@@ -106,6 +109,15 @@ def test_rejected_tensors(device, case, fragment):
     with pytest.raises((ValueError, TypeError, RuntimeError)) as info:
         nk.npu_prompt_flash_attention(q, k, v, **kw)
     assert fragment in str(info.value)
+
+
+def test_length_tensors_read_as_lists(device):
+    """A 1-D integer tensor for a length list is read as the list, as torch_npu's dispatcher reads it."""
+    q, k, v = qkv(device, b=2)
+    lists = nk.npu_prompt_flash_attention(q, k, v, **BNSD, actual_seq_lengths=[3, 8], actual_seq_lengths_kv=[5, 2])
+    tensors = nk.npu_prompt_flash_attention(q, k, v, **BNSD, actual_seq_lengths=torch.tensor([3, 8]),
+                                            actual_seq_lengths_kv=torch.tensor([5, 2], dtype=torch.int32))
+    assert torch.equal(lists, tensors)
 
 
 def test_error_names_argument_and_value(device):

@@ -205,16 +205,9 @@ def test_attention_sinks_chunked_prefill(device, window):
     chunked_prefill(device, torch.bfloat16, window, sink)
 
 
-QLEN_TENSOR_DEFECT = (
-    "npu_kernels.npu_fused_infer_attention_score_v2 (which runtime.compat installs as torch_npu's) rejects a 1-D "
-    "integer tensor for actual_seq_qlen with ValueError 'must be a list of ints'; torch_npu's operator is "
-    "torch.ops.npu's, whose SymInt[] argument takes such a tensor (torch.ops.npu here does too), and vLLM-Ascend's "
-    "eager decode-only sink call passes torch.tensor([1] * B, dtype=torch.int32).cumsum(dim=0)")
-
-
 @pytest.mark.parametrize("entry", [
     "torch.ops.npu",
-    pytest.param("npu_kernels", marks=pytest.mark.xfail(raises=ValueError, strict=True, reason=QLEN_TENSOR_DEFECT)),
+    "npu_kernels",
 ])
 def test_attention_sinks_decode_only(device, entry):
     """vLLM-Ascend's eager decode-only call for a model with sinks: FIA v2, TND, paged, sparse 3, with

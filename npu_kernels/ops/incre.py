@@ -371,6 +371,7 @@ _PER_CALL = frozenset({"actual_seq_lengths"})     # per-call integers: the kv le
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention`` (keyword arguments and
     defaults: ``DEFAULTS``). A repeated signature validates and packs only the kv lengths."""
+    kwargs = checks.host_lists(kwargs, ("actual_seq_lengths",))
     kw = {**DEFAULTS, **kwargs}
     if len(kw) != len(DEFAULTS):
         validate(query, key, value, **kwargs)                  # raises for the unknown keyword

@@ -308,6 +308,7 @@ _plans = plans.Cache()
 _tensor_args = operator.itemgetter(*TENSOR_ARGS[3:])
 _dynamic_args = operator.itemgetter(*DYNAMIC_ARGS)
 _PER_CALL = frozenset(DYNAMIC_ARGS)
+_LISTS = ("actual_seq_lengths", "actual_seq_lengths_kv")
 
 
 def output(call: PromptCall) -> torch.Tensor:
@@ -328,6 +329,7 @@ def fake(query, key, value, **kwargs) -> torch.Tensor:
 def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention`` (keyword arguments and
     defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers."""
+    kwargs = checks.host_lists(kwargs, _LISTS)
     kw = {**DEFAULTS, **kwargs}
     if len(kw) != len(DEFAULTS):
         validate(query, key, value, **kwargs)                  # raises for the unknown keyword

@@ -94,6 +94,7 @@ def _block(planned: Planned, kw: dict) -> torch.Tensor:
 def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
     caller's workspace ``ws`` (``.out``; else scratch of its own). Returns (attention_out, softmax_lse)."""
+    kwargs = checks.host_lists(kwargs, LIST_ARGS)
     kw = with_defaults(kwargs)
     args = (query, key, value, *_tensor_args(kw))
     sig = _signature(query, key, value, kwargs, kw)
