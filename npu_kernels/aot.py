@@ -468,10 +468,14 @@ def all_variants() -> list[Variant]:
 
 
 def main() -> None:
-    """Compile every representative variant for sm_80 and sm_90; print one JSON line each."""
+    """Compile every representative variant for sm_80 and sm_90 (``--arch N``: for sm_N only); print one
+    JSON line each."""
+    import argparse
     import json
 
-    for row in rows(all_variants()):
+    parser = argparse.ArgumentParser(prog="python -m npu_kernels.aot")
+    parser.add_argument("--arch", type=int, choices=ARCHS, action="append", help="target sm_N (repeatable)")
+    for row in rows(all_variants(), parser.parse_args().arch or ARCHS):
         print(json.dumps(row), flush=True)
 
 

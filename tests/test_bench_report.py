@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # An operator call planned for a GPU and sm_90 like the report's variant "fp16-d128", whose launch is
 # compiled instead of run (``launcher`` recorder + the kernel's own warmup on a compile-only target).
 LAUNCH_PROBE = r"""
-import hashlib, json, os, torch
+import atexit, hashlib, json, os, shutil, tempfile, torch
 os.environ["NPUK_CPU_KERNELS"] = "triton"               # the operator launches its kernel (recorded here)
+os.environ["TRITON_CACHE_DIR"] = cache = tempfile.mkdtemp()     # cold, as the report's: a cubin's line info
+atexit.register(shutil.rmtree, cache, True)                     # names the source path (another checkout's differs)
 import npu_kernels as nk
 from npu_kernels import aot, launcher
 from npu_kernels.ops import prompt

@@ -246,12 +246,12 @@ def _pow2(x: int) -> int:
 
 
 def _programs(device: torch.device, on_gpu: bool) -> int:
-    """Split-kernel programs that fill the device: two per SM on a GPU; in the interpreter enough for
-    several splits per (batch, kv head) at test sizes, so that the combine step is exercised."""
+    """Split-kernel programs that fill the device: one per SM on a GPU (the decode kernel's registers and
+    shared memory leave one program resident per SM, ``python -m bench report``); in the interpreter
+    enough for several splits per (batch, kv head) at test sizes, so that the combine step is exercised."""
     if not on_gpu:
         return 16
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return 2 * sms
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
 def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,

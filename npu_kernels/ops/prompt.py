@@ -221,6 +221,14 @@ def token_grid(call: PromptCall) -> bool:
     return call.sources.varlen
 
 
+def _extra_tiles(call: PromptCall) -> int:
+    """The [BLOCK_M, BLOCK_N] tiles a key block reads besides Q/K/V (``prefill.block_config``); 0 where
+    the numerics follow the key block (int8 pipeline, fp16 path), so the reference's block is the kernel's."""
+    if call.quant.int8_in or call.fp16_path:
+        return 0
+    return (call.mask is not None) + (call.pse is not None)
+
+
 def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
          on_gpu: Optional[bool] = None) -> Plan:
     """Static configuration and parameter block; ``lse`` is the (B, N, S1) view the kernel writes;
@@ -228,7 +236,7 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
     h = call.heads
     o4 = out_view(call, out)
     on_gpu = o4.device.type == "cuda" if on_gpu is None else on_gpu
-    block_m, block_n, warps, stages = prefill.block_config(h.D, h.Dv, on_gpu)
+    block_m, block_n, warps, stages = prefill.block_config(h.D, h.Dv, on_gpu, _extra_tiles(call))
     min_block = 32 if call.quant.int8_in else 16               # int8 tensor cores need k >= 32
     mask_strides = (0, 0, 0) if call.mask is None else \
         (checks.broadcast_stride(call.mask, 0), int(call.mask.stride(1)), int(call.mask.stride(2)))
