@@ -17,8 +17,10 @@ setup: $(VENV)/.ready
 demo: setup
 	$(PY) -m runtime.demo
 
+# OpenMP threads sleep when idle: on a CPU shared with other work, GNU OpenMP's active wait stalls the
+# many small operations of the CPU execution path.
 test: setup
-	$(PY) -m pytest -q
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q
 
 # A lent GPU: tests on CUDA, compute-sanitizer on four calls, the quick benchmark (bench/gpu_check.py);
 # results in bench/results/gpu-check-<gpu>-<date>/. Without a GPU it lists what it would run.

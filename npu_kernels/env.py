@@ -1,14 +1,16 @@
 """Environment knobs of the project, all with the prefix ``NPUK_``.
 
 ``NPUK_DEVICE``      ``auto`` (default), ``cuda`` or ``cpu``: the device that "npu" means. ``auto`` picks
-                     CUDA when a GPU is visible, else the CPU (kernels through Triton's interpreter,
-                     graphs on the host backend).
+                     CUDA when a GPU is visible, else the CPU (operators on ``NPUK_CPU_KERNELS``'s
+                     path, graphs on the host backend).
 ``NPUK_COMPILE_ONLY`` ``1``: never switch Triton to the interpreter, even on the CPU, so that kernels can
                      be compiled ahead of time for a GPU target (``npu_kernels.aot``); nothing can run.
 ``NPUK_CPU_KERNELS`` ``native`` (default) or ``triton``: how operators run when the device is the CPU.
                      ``native`` runs the vectorised PyTorch execution path (``npu_kernels.reference.execute``)
                      from the same plan and parameter block; ``triton`` runs the Triton kernels through
                      Triton's interpreter (slow; how the kernel tests check the kernels without a GPU).
+                     Plans record it: a change within a process applies to calls planned after
+                     ``npu_kernels.caches.release()``.
 ``NPUK_CHECK_BLOCK_TABLE`` ``1``: check every block id that a paged call reads (inside a batch's kv
                      length) and raise an error naming the batch, the position and the id when it is
                      outside [0, number of blocks). Off by default: an invalid id then reads as a zero
