@@ -83,3 +83,34 @@ def test_band_blocks_are_skipped_not_just_masked(device):
     v2[:, :, :16] = float("nan")
     out = nk.npu_prompt_flash_attention(q, k2, v2, **kw)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dv, sparse_mode", [(128, 3), (192, 0)])
+def test_tnd_is_the_fused_token_major_call(device, dv, sparse_mode):
+    """TND (spec ops §2.2): cumulative lengths, bf16, D = 192; each sequence attends to its own keys
+    (causally in sparse mode 3), as plain attention per sequence computes it; the reference agrees."""
+    g = torch.Generator().manual_seed(3)
+    n, cum = 8, [5, 12]
+    q, k = (torch.randn(cum[-1], n, 192, generator=g).bfloat16() for _ in range(2))
+    v = torch.randn(cum[-1], n, dv, generator=g).bfloat16()
+    kw = dict(num_heads=n, input_layout="TND", scale_value=192 ** -0.5, sparse_mode=sparse_mode,
+              actual_seq_lengths=cum, actual_seq_lengths_kv=cum)
+    mask = torch.ones(2048, 2048, dtype=torch.bool).triu(1) if sparse_mode == 3 else None
+    out = nk.npu_prompt_flash_attention(q.to(device), k.to(device), v.to(device), **kw,
+                                        atten_mask=None if mask is None else mask.to(device))
+    assert out.shape == (cum[-1], n, dv) and out.dtype == torch.bfloat16
+    rows = []
+    for lo, hi in zip([0, *cum[:-1]], cum):
+        qs, ks, vs = (t[lo:hi].float().transpose(0, 1) for t in (q, k, v))
+        rows.append(torch.nn.functional.scaled_dot_product_attention(
+            qs, ks, vs, is_causal=sparse_mode == 3, scale=192 ** -0.5).transpose(0, 1))
+    assert_close(out.cpu(), torch.cat(rows), torch.bfloat16)
+    ref = nk.reference.npu_prompt_flash_attention(q, k, v, **kw, atten_mask=mask)
+    assert_close(out.cpu(), ref, torch.bfloat16)
+
+
+def test_tnd_rules(device):
+    q = torch.zeros(4, 4, 192, dtype=torch.bfloat16, device=device)
+    with pytest.raises(ValueError, match=r"num_heads=4: TND needs N in \[8, 128\]"):
+        nk.npu_prompt_flash_attention(q, q, q, num_heads=4, input_layout="TND", actual_seq_lengths=[4],
+                                      actual_seq_lengths_kv=[4])

@@ -14,7 +14,7 @@ import torch
 
 from ..kernels import prefill
 from ..layouts import out_shape
-from ..ops import prompt
+from ..ops import prompt, prompt_tnd
 from . import execute
 from .core import Numerics
 
@@ -30,6 +30,11 @@ def npu_prompt_flash_attention(query, key, value, *, compute_dtype: torch.dtype 
     ``emulate_fp16``: where the NPU takes its fp16 high-performance path (fp16 input, PFA's default
     precision, no pse), follow its fp16 roundings step by step (spec ops §1.8) instead of exact math.
     """
+    if kwargs.get("input_layout") == "TND":                    # the fused operator's call (spec ops §2.2)
+        from . import fused
+
+        return fused.npu_fused_infer_attention_score(query, key, value, compute_dtype=compute_dtype,
+                                                     **prompt_tnd.fused_arguments(query, key, value, kwargs))[0]
     call = prompt.validate(query, key, value, **kwargs)
     fp16_path = emulate_fp16 and call.fp16_path
     if block_n is None and (call.quant.int8_in or fp16_path):
@@ -44,6 +49,7 @@ def npu_prompt_flash_attention(query, key, value, *, compute_dtype: torch.dtype 
 
 
 def kernel_block_n(query, key, value, **kwargs) -> int:
-    """BLOCK_N of the prefill kernel for these arguments on the query's device."""
+    """BLOCK_N of the prefill kernel for these arguments on the query's device where its numerics follow the
+    key block (int8 inputs, the fp16 path: ``ops.prompt`` plans those without extra tiles)."""
     h = prompt.validate(query, key, value, **kwargs).heads
     return prefill.block_config(h.D, h.Dv, h.q.device.type == "cuda")[1]
