@@ -27,7 +27,13 @@ def assert_lse_close(lse: torch.Tensor, ref: torch.Tensor) -> None:
 def check(case: FCase, device) -> None:
     q, k, v, kw = make_inputs(case, device)
     out, lse = nk.npu_fused_infer_attention_score(q, k, v, **kw)
-    ref, ref_lse = nk.reference.npu_fused_infer_attention_score(q, k, v, **kw)
+    assert_matches(case, (out, lse), nk.reference.npu_fused_infer_attention_score(q, k, v, **kw))
+
+
+def assert_matches(case: FCase, outputs: tuple, reference: tuple) -> None:
+    """(attention_out, softmax_lse) of a call against the reference's; without ``case.lse`` the lse is
+    the operator's empty placeholder."""
+    (out, lse), (ref, ref_lse) = outputs, reference
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert_close(out, ref, case.dtype)
     if case.lse:

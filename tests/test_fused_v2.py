@@ -20,7 +20,7 @@ from npu_kernels.ops import fused_v2
 from .conftest import assert_close
 from .fused_cases import FCase, fcases, make_inputs
 from .runtime.backend_setup import active
-from .test_fused import assert_lse_close
+from .test_fused import assert_matches
 
 V2_NAMES = {v1: v2 for v2, v1 in fused_v2.V1_NAMES.items()}
 TRIU = torch.ones(COMPRESSED_MASK, COMPRESSED_MASK, dtype=torch.bool).triu(1)
@@ -53,13 +53,7 @@ def check(case: FCase, sink: bool, device) -> None:
     if sink:
         kw2["learnable_sink"] = sink_for(case, device)
     out, lse = nk.npu_fused_infer_attention_score_v2(q, k, v, **kw2)
-    ref, ref_lse = nk.reference.npu_fused_infer_attention_score_v2(q, k, v, **kw2)
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    assert_close(out, ref, case.dtype)
-    if case.lse:
-        assert_lse_close(lse, ref_lse)
-    else:
-        assert lse.shape == (0,) and lse.dtype == torch.float32
+    assert_matches(case, (out, lse), nk.reference.npu_fused_infer_attention_score_v2(q, k, v, **kw2))
     if not sink:
         v1_out, v1_lse = nk.npu_fused_infer_attention_score(q, k, v, **kw)
         assert torch.equal(out, v1_out) and torch.equal(lse, v1_lse)
