@@ -284,11 +284,14 @@ def _plain(values: tuple) -> bool:
     """Every value is None, an int, or a list/tuple of ints (no bool, float or SymInt)."""
     for v in values:
         if type(v) in (list, tuple):
-            if not all(type(x) is int for x in v):
+            if v and set(map(type, v)) != _INT:
                 return False
         elif v is not None and type(v) is not int:
             return False
     return True
+
+
+_INT = {int}
 
 
 # Signatures
