@@ -65,6 +65,7 @@ def use_interpreter() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     _fix_interpreted_bf16_dot()
     _fix_interpreted_bf16_cast()
+    _fix_interpreted_index()
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
@@ -113,6 +114,24 @@ def _fix_interpreted_bf16_cast() -> None:
 
     cast_impl.rounds_bf16 = True
     InterpreterBuilder.cast_impl = cast_impl
+
+
+def _fix_interpreted_index() -> None:
+    """A scalar of the interpreter is a one-element array; ``range`` over one needs its ``__index__``,
+    which triton before 3.7 takes as ``int(array)`` (an error in NumPy >= 2.4 for a 1-D array). Squeeze it
+    first, as later versions do."""
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "squeezes_index", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_lang_tensor.squeezes_index = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
 
 
 def check_device(name: str, tensor: torch.Tensor) -> None:
