@@ -21,13 +21,17 @@ from .prefill_path import kv_view, token_rows
 
 class Planned:
     """A fused call planned for its signature: the validated call without batches, the kernel call
-    prepared for it, and the float32 words of split-KV scratch it needs (0 on the prefill kernel)."""
+    prepared for it, the float32 words of split-KV scratch it needs (0 on the prefill kernel) and, on the
+    prefill kernel, the (token tiles, BLOCK_M) its parameter block is packed with."""
 
-    __slots__ = ("call", "prepared", "scratch", "recent")
+    __slots__ = ("call", "prepared", "scratch", "recent", "tiling")
 
     def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int):
         self.call, self.prepared, self.scratch = call, prepared, scratch
         self.recent = plans.Recent()
+        if call.incre is None:
+            meta = dict(prepared.static.meta)
+            self.tiling = (prepared.static.grid[0] if meta["TOKEN_GRID"] else 0, meta["BLOCK_M"])
 
 
 _plans = plans.Cache()
@@ -85,10 +89,8 @@ def _block(planned: Planned, kw: dict) -> torch.Tensor:
     """The parameter block of this call's per-call integers, validated."""
     if planned.call.incre is not None:
         return planned.recent.block(_dynamic_args(kw), lambda: incre.pack(*per_batch(planned.call, kw)))
-    meta = dict(planned.prepared.static.meta)
-    tiles = planned.prepared.static.grid[0] if meta["TOKEN_GRID"] else 0
-    return planned.recent.block(_dynamic_args(kw), lambda: prompt.pack(*per_batch(planned.call, kw), tiles,
-                                                                       meta["BLOCK_M"]))
+    return planned.recent.block(_dynamic_args(kw), lambda: prompt.pack(*per_batch(planned.call, kw),
+                                                                       *planned.tiling))
 
 
 def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
