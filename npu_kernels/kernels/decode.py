@@ -19,6 +19,7 @@ Keys: contiguous ``[B, KV_N, S2, D]`` views starting at the batch's kv padding o
 (``IS_PAGED``): token t of batch b at block ``TABLE[b, t // BLOCK_SIZE]``, slot ``t % BLOCK_SIZE``,
 addressed in int64; a page holding whole key blocks (``PAGE_TILES``) costs one table read per block,
 and a block id outside ``[0, NUM_BLOCKS)`` is never dereferenced: its keys and values read as zeros.
+NZ paged caches (K_C0, V_C0 > 0) keep each token's channels in tiles of C0 (``prefill.channel_offsets``).
 The key blocks of a split run without a length predicate; only its last block, when partial, masks.
 Int8 keys/values (per-channel ``(x + offset) * scale``) enter both dots as integers converted to the
 query's dtype: the key scale is folded into q (fp32, then the query dtype) and its offset into a
@@ -37,7 +38,7 @@ import triton.language as tl
 from .. import params as pb
 from .. import quant
 from .. import launcher
-from .prefill import cdiv, positional
+from .prefill import cdiv, channel_offsets, positional
 from .prefill import grid as fold_grid
 
 MAX_SPLITS = 1024                 # bounds the scratch and the combine's loop, not the occupancy
@@ -77,13 +78,14 @@ def _decode_split_kernel(
     stride_tb, stride_tk,                           # TABLE: [B, max blocks] int32
     stride_a2, stride_an, stride_ad,                # AQ_SCALE: [2 (key, value), KV_N, D]
     stride_o2, stride_on, stride_od,                # AQ_OFFSET: [2 (key, value), KV_N, D]
+    stride_kt, stride_vt,                           # K/V of NZ caches: channel tiles (channel_offsets)
     KV_N, BKV_TOTAL, GROUP, S2, BLOCK_SIZE, SPLITS,  # BKV_TOTAL = B * KV_N; GROUP = N // KV_N
     NUM_BLOCKS,                                     # blocks of a paged cache
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_KV_PAD: tl.constexpr, IS_PAGED: tl.constexpr,
     ANTIQUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, FILL: tl.constexpr,
-    PAGE_TILES: tl.constexpr,
+    K_C0: tl.constexpr, V_C0: tl.constexpr, PAGE_TILES: tl.constexpr,
 ):
     i_s = tl.program_id(0)
     i_bk = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -131,14 +133,16 @@ def _decode_split_kernel(
         b_acc, b_l, b_m, b_lv = _split_block(
             j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn,
             m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, BLOCK_SIZE, DTYPE, HEAD_DIM,
-            HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL, False)
+            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE,
+            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL,
+            K_C0, V_C0, False)
     if j_full < j_end:                                   # the split's last, partial block
         b_acc, b_l, b_m, b_lv = _split_block(
             j_full, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn,
             m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, BLOCK_SIZE, DTYPE, HEAD_DIM,
-            HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL, True)
+            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE,
+            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL,
+            K_C0, V_C0, True)
     if ANTIQUANT:      # sum_j p_j (v_j + off) * scale = (acc + off * l) * scale, once per split
         p_a = AQ_SCALE + stride_a2 + i_kvn.to(tl.int64) * stride_an + o_dv * stride_ad
         b_vs = tl.load(p_a, mask=m_dv, other=0.0).to(tl.float32)
@@ -160,10 +164,11 @@ def _decode_split_kernel(
 def _split_block(
     j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn, m_g,
     kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, stride_mb,
-    stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, BLOCK_SIZE, DTYPE: tl.constexpr,
+    stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, IS_PAGED: tl.constexpr,
-    PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr, PARTIAL: tl.constexpr,
+    PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr, K_C0: tl.constexpr,
+    V_C0: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     """Keys ``j0 + [0, BLOCK_N)`` of the split: (acc, l, m, lv) updated; ``PARTIAL``: keys at or past
     ``j_end`` are excluded (-inf, zero values). int8 keys/values enter the dots as integers (their scales
@@ -194,8 +199,8 @@ def _split_block(
         o_krow = b64 * stride_kb + o_t * stride_ks
         o_vrow = b64 * stride_vb + o_t * stride_vs
         m_kv = m_j
-    b_k = _load2(k_head + o_krow[None, :] + o_d[:, None] * stride_kd, m_d[:, None], m_kv[None, :],
-                 HEAD_DIM != BLOCK_D, MASK_KV)                                            # [BD, BN]
+    p_k = k_head + o_krow[None, :] + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
+    b_k = _load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)            # [BD, BN]
     b_s = tl.dot(b_q, quant.int8_to_float_tl(b_k, DTYPE) if ANTIQUANT else b_k)           # [BG, BN]
     if ZERO_INVALID:
         b_s = tl.where(m_kv[None, :], b_s + b_c[:, None], 0.0)
@@ -217,8 +222,8 @@ def _split_block(
     b_l = b_l * b_alpha + tl.sum(b_p, 1)
     if ZERO_INVALID:
         b_lv = b_lv * b_alpha + tl.sum(tl.where(m_kv[None, :], b_p, 0.0), 1)
-    b_v = _load2(v_head + o_vrow[:, None] + o_dv[None, :] * stride_vd, m_kv[:, None], m_dv[None, :],
-                 MASK_KV, HEAD_DIM_V != BLOCK_DV)                                          # [BN, BDV]
+    p_v = v_head + o_vrow[:, None] + channel_offsets(o_dv[None, :], stride_vd, stride_vt, V_C0)
+    b_v = _load2(p_v, m_kv[:, None], m_dv[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)         # [BN, BDV]
     if ANTIQUANT:
         b_v = quant.int8_to_float_tl(b_v, DTYPE)
     return tl.dot(b_p.to(DTYPE), b_v, b_acc * b_alpha[:, None]), b_l, b_m_new, b_lv

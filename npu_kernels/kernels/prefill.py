@@ -22,7 +22,9 @@ Loads. Dense float Q/K/V whose strides allow it (``USE_TMA``, decided at launch)
 device-side tensor descriptors (TMA on sm_90; the output is stored through pointers); paged caches, a shared prefix, rope parts,
 anti-quantised or token-major rows go through pointers, in int64. A paged cache whose page holds whole
 blocks (``PAGE_TILES``) reads one block-table entry per key block; a block id outside
-``[0, NUM_BLOCKS)`` is never dereferenced: its keys and values read as zeros.
+``[0, NUM_BLOCKS)`` is never dereferenced: its keys and values read as zeros. NZ paged caches (K_C0,
+V_C0, KR_C0 > 0 for keys, values, key rope) keep each token's channels in tiles of C0, ``stride_*t``
+apart (``channel_offsets``); C0 = 0 is a plain cache, whose code is unchanged.
 
 Arithmetic. The float path computes in fp32 with exp2: log2(e) is folded into the scale (and into pse),
 FILL is kept as is, and the row maximum is turned back to natural log for ``softmax_lse``.
@@ -73,6 +75,7 @@ def _prefill_kernel(
     stride_krb, stride_krn, stride_krs, stride_krd, # KR: like K, rope part of the keys
     stride_ksx, stride_ksh, stride_ksy,             # KSC/KOF: key anti-quant [X, KV_N, Y] (see _antiquant)
     stride_vsx, stride_vsh, stride_vsy,             # VSC/VOF: value anti-quant
+    stride_kt, stride_vt, stride_krt,               # K/V/KR of NZ caches: channel tiles (see channel_offsets)
     N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS,   # GROUP = N // KV_N; NUM_BLOCKS: paged cache blocks
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -83,7 +86,7 @@ def _prefill_kernel(
     VARLEN: tl.constexpr, HAS_QPAD: tl.constexpr, HAS_KVPAD: tl.constexpr, IS_PAGED: tl.constexpr,
     HAS_PREFIX: tl.constexpr, ROPE_DIM: tl.constexpr, BLOCK_DR: tl.constexpr,
     K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr, HAS_V_OFFSET: tl.constexpr,
-    LSE_EMPTY: tl.constexpr,
+    K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr, LSE_EMPTY: tl.constexpr,
     FP16_PATH: tl.constexpr, TOKEN_GRID: tl.constexpr, USE_TMA: tl.constexpr, PAGE_TILES: tl.constexpr,
     SCALE_POS: tl.constexpr,
 ):
@@ -99,12 +102,12 @@ def _prefill_kernel(
                 stride_od, stride_lb, stride_ln, stride_ls, stride_mb, stride_ms, stride_mk, stride_pb, stride_pn,
                 stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
                 stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
-                stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
-                N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, i_t * BLOCK_M,
+                stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy, stride_kt,
+                stride_vt, stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, i_t * BLOCK_M,
                 HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
                 ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
-                HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, LSE_EMPTY, FP16_PATH,
-                USE_TMA, PAGE_TILES, SCALE_POS, True)
+                HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0,
+                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, True)
     else:
         i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
         if i_bh < BN_TOTAL:
@@ -116,12 +119,13 @@ def _prefill_kernel(
                 stride_od, stride_lb, stride_ln, stride_ls, stride_mb, stride_ms, stride_mk, stride_pb, stride_pn,
                 stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
                 stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
-                stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
-                N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_bh // N, i_bh % N, i_m * BLOCK_M,
+                stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy, stride_kt,
+                stride_vt, stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_bh // N, i_bh % N,
+                i_m * BLOCK_M,
                 HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
                 ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
-                HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, LSE_EMPTY, FP16_PATH,
-                USE_TMA, PAGE_TILES, SCALE_POS, False)
+                HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0,
+                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, False)
 
 
 @triton.jit
@@ -132,16 +136,17 @@ def _rows(
     stride_od, stride_lb, stride_ln, stride_ls, stride_mb, stride_ms, stride_mk, stride_pb, stride_pn,
     stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
     stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
-    stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
-    N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, row0,
+    stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy, stride_kt, stride_vt,
+    stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, row0,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr,
     HAS_LSE: tl.constexpr, FILL: tl.constexpr, ZERO_MASKED_ROWS: tl.constexpr, QUANT_MODE: tl.constexpr,
     OUT_QUANT: tl.constexpr, HAS_OFFSET2: tl.constexpr, VARLEN: tl.constexpr, HAS_QPAD: tl.constexpr,
     HAS_KVPAD: tl.constexpr, IS_PAGED: tl.constexpr, HAS_PREFIX: tl.constexpr, ROPE_DIM: tl.constexpr,
     BLOCK_DR: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
-    HAS_V_OFFSET: tl.constexpr, LSE_EMPTY: tl.constexpr, FP16_PATH: tl.constexpr, USE_TMA: tl.constexpr,
-    PAGE_TILES: tl.constexpr, SCALE_POS: tl.constexpr, TILE_OF_T: tl.constexpr,
+    HAS_V_OFFSET: tl.constexpr, K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr,
+    LSE_EMPTY: tl.constexpr, FP16_PATH: tl.constexpr, USE_TMA: tl.constexpr, PAGE_TILES: tl.constexpr,
+    SCALE_POS: tl.constexpr, TILE_OF_T: tl.constexpr,
 ):
     """Rows ``row0 + [0, BLOCK_M)`` of batch ``i_b``, query head ``i_n``: attention, output and lse.
     ``TILE_OF_T``: the tile is a tile of the token axis shared with other batches (store own rows only);
@@ -246,9 +251,10 @@ def _rows(
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
             stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
-            stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, BLOCK_DR,
-            ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED, PAGE_TILES, HAS_PREFIX, K_QUANT,
-            V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, USE_TMA, SCALE_POS, True)
+            stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
+            BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
+            PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
+            SCALE_POS, True)
     for j0 in range(s_lo, s_hi, BLOCK_N):                # steady blocks: no element predicate
         b_acc, b_l, b_m = _block(
             j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
@@ -256,9 +262,10 @@ def _rows(
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
             stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
-            stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, BLOCK_DR,
-            ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED, PAGE_TILES, HAS_PREFIX, K_QUANT,
-            V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, USE_TMA, SCALE_POS, False)
+            stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
+            BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
+            PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
+            SCALE_POS, False)
     for j0 in range(s_hi, j_end, BLOCK_N):               # partial blocks after them (diagonal, end of keys)
         b_acc, b_l, b_m = _block(
             j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
@@ -266,9 +273,10 @@ def _rows(
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
             stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
-            stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, BLOCK_DR,
-            ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED, PAGE_TILES, HAS_PREFIX, K_QUANT,
-            V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, USE_TMA, SCALE_POS, True)
+            stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
+            BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
+            PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
+            SCALE_POS, True)
     b_acc = b_acc.to(tl.float32)
 
     m_has_key = m_row & (tl.maximum(o_i - pre, 0) <= tl.minimum(o_i + nxt, kvlen - 1))
@@ -286,9 +294,9 @@ def _rows(
                                                      PAGE_SIZE, IS_PAGED)
                         b_p = tl.where(m_j[None, :], b_pf[:, None], 0.0)
                         b_v = _load_v(v_head, VP, VSC, VOF, o_j, m_kv, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
-                                      stride_vb, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
+                                      stride_vb, stride_vs, stride_vd, stride_vt, stride_vpn, stride_vps, stride_vpd,
                                       stride_vsx, stride_vsh, stride_vsy, DTYPE, HAS_PREFIX, V_QUANT,
-                                      HAS_V_OFFSET, IS_PAGED, True, HEAD_DIM_V != BLOCK_DV)
+                                      HAS_V_OFFSET, IS_PAGED, True, HEAD_DIM_V != BLOCK_DV, V_C0)
                         b_acc += _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
                         b_l += tl.sum(b_p, 1)
 
@@ -332,12 +340,14 @@ def _block(
     pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
     stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
     stride_krs, stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy,
-    stride_mk, stride_pk, PAGE_SIZE, DTYPE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DR: tl.constexpr,
+    stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_DR: tl.constexpr,
     ROPE_DIM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, FILL: tl.constexpr,
     QUANT_MODE: tl.constexpr, FP16_PATH: tl.constexpr, IS_PAGED: tl.constexpr, PAGE_TILES: tl.constexpr,
     HAS_PREFIX: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
-    HAS_V_OFFSET: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POS: tl.constexpr, PARTIAL: tl.constexpr,
+    HAS_V_OFFSET: tl.constexpr, K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POS: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     """One key block ``j0 + [0, BLOCK_N)`` of the online softmax: (acc, l, m) updated. ``PARTIAL``: apply
     the band/length predicate (else every (row, key) of the block is inside the band and the length).
@@ -359,7 +369,8 @@ def _block(
             o_kb, o_kr, m_kv = _page_rows(j0, m_j, p_table, NUM_BLOCKS, PAGE_SIZE, BLOCK_N)
         else:
             o_kb, o_kr, m_kv = _key_rows(o_j, m_j, prefix, b64, kv_off, p_table, NUM_BLOCKS, PAGE_SIZE, IS_PAGED)
-        p_k = k_head + (o_kb * stride_kb + o_kr * stride_ks)[None, :] + o_d[:, None] * stride_kd
+        p_k = k_head + (o_kb * stride_kb + o_kr * stride_ks)[None, :] \
+            + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
         if HAS_PREFIX:
             p_kp = KP + kvn64 * stride_kpn + o_j[None, :].to(tl.int64) * stride_kps + o_d[:, None] * stride_kpd
             p_k = tl.where((o_j < prefix)[None, :], p_kp, p_k)
@@ -368,8 +379,9 @@ def _block(
             b_k = _antiquant(b_k, KSC, KOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_d, m_d, m_kv, stride_ksx,
                              stride_ksh, stride_ksy, DTYPE, K_QUANT, HAS_K_OFFSET, True)
         b_v = _load_v(v_head, VP, VSC, VOF, o_j, m_kv, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv, stride_vb,
-                      stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd, stride_vsx, stride_vsh, stride_vsy,
-                      DTYPE, HAS_PREFIX, V_QUANT, HAS_V_OFFSET, IS_PAGED, PARTIAL, HEAD_DIM_V != BLOCK_DV)  # [BN, BDV]
+                      stride_vs, stride_vd, stride_vt, stride_vpn, stride_vps, stride_vpd, stride_vsx, stride_vsh,
+                      stride_vsy, DTYPE, HAS_PREFIX, V_QUANT, HAS_V_OFFSET, IS_PAGED, PARTIAL, HEAD_DIM_V != BLOCK_DV,
+                      V_C0)                                                                    # [BN, BDV]
 
     if QUANT_MODE == 1:                                  # fp16 scores, each step rounded
         b_s = (tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32) * deq1).to(tl.float16)   # [BM, BN]
@@ -381,7 +393,7 @@ def _block(
         if ROPE_DIM > 0:                                 # MLA: [q, q_rope]·[k, k_rope]
             o_dr = tl.arange(0, BLOCK_DR)
             p_kr = KR + kvn64 * stride_krn + (o_kb * stride_krb + o_kr * stride_krs)[None, :] \
-                + o_dr[:, None] * stride_krd
+                + channel_offsets(o_dr[:, None], stride_krd, stride_krt, KR_C0)
             b_kr = _load2(p_kr, (o_dr < ROPE_DIM)[:, None], m_kv[None, :], ROPE_DIM != BLOCK_DR,
                           PARTIAL or IS_PAGED)                                              # [BDR, BN]
             b_s += tl.dot(b_qr, b_kr)
@@ -442,6 +454,15 @@ def _load2(p, m_a, m_b, MASK_A: tl.constexpr, MASK_B: tl.constexpr):
         return tl.load(p, mask=m_b, other=0)
     else:
         return tl.load(p)
+
+
+@triton.jit
+def channel_offsets(o_c, stride_c, stride_tile, C0: tl.constexpr):
+    """Offsets of channels ``o_c`` from a token's first channel: ``o_c * stride_c``; in an NZ cache
+    (C0 > 0: tiles of C0 channels, ``stride_tile`` apart) ``(o_c // C0) * stride_tile + (o_c % C0) * stride_c``."""
+    if C0 > 0:
+        return (o_c // C0) * stride_tile + (o_c % C0) * stride_c
+    return o_c * stride_c
 
 
 @triton.jit
@@ -508,13 +529,14 @@ def _antiquant(b_x, SC, OF, kvn64, b64, o_kb, o_kr, o_t, o_d, m_d, m_kv, stride_
 
 @triton.jit
 def _load_v(v_head, VP, VSC, VOF, o_j, m_kv, prefix, kvn64, b64, o_kb, o_kr, o_dv, m_dv,
-            stride_vb, stride_vs, stride_vd, stride_vpn, stride_vps, stride_vpd,
+            stride_vb, stride_vs, stride_vd, stride_vt, stride_vpn, stride_vps, stride_vpd,
             stride_vsx, stride_vsh, stride_vsy, dtype: tl.constexpr, HAS_PREFIX: tl.constexpr,
             V_QUANT: tl.constexpr, HAS_V_OFFSET: tl.constexpr, IS_PAGED: tl.constexpr, MASKED: tl.constexpr,
-            PAD_DV: tl.constexpr):
+            PAD_DV: tl.constexpr, V_C0: tl.constexpr):
     """Value block [BN, BDV] of keys ``o_j`` (shared prefix first, then own keys; int8 anti-quantised);
     keys that are not readable (``m_kv``, applied when MASKED or paged) read as zeros; PAD_DV: BDV > DV."""
-    p_v = v_head + (o_kb * stride_vb + o_kr * stride_vs)[:, None] + o_dv[None, :] * stride_vd
+    p_v = v_head + (o_kb * stride_vb + o_kr * stride_vs)[:, None] \
+        + channel_offsets(o_dv[None, :], stride_vd, stride_vt, V_C0)
     if HAS_PREFIX:
         p_vp = VP + kvn64 * stride_vpn + o_j[:, None].to(tl.int64) * stride_vps + o_dv[None, :] * stride_vpd
         p_v = tl.where((o_j < prefix)[:, None], p_vp, p_v)

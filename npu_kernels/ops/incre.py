@@ -26,6 +26,7 @@ from ..errors import require
 from ..kernels import decode
 from ..layouts import Layout, as_bnsd, out_shape
 from ..masks import BAND_INF, FILL_DECODE, LSE_DECODE_EMPTY
+from .sources import PLAIN
 
 OP = "npu_incre_flash_attention"
 LAYOUTS = ("BSH", "BSND", "BNSD")
@@ -40,6 +41,7 @@ class Paged:
 
     table: torch.Tensor              # (B, max blocks) int32
     block_size: int
+    nz: tuple[tuple[int, int], ...]  # (C0, tile stride) of the key and value caches (sources.PLAIN: not NZ)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _paged_heads(query, key, value, layout: Layout, num_heads: int, kv_n: int, b
     multiple = 32 if key.dtype == torch.int8 else 16
     require(block_size % multiple == 0, "block_size", block_size,
             f"must be a multiple of {multiple} for {key.dtype} key/value caches")
-    from .paged_attention import check_rows, nz_operand
+    from .paged_attention import check_rows, kernel_tiles, nz_heads
 
     views = []
     for name, t in (("key", key), ("value", value)):
@@ -92,7 +94,7 @@ def _paged_heads(query, key, value, layout: Layout, num_heads: int, kv_n: int, b
             view = rearrange(t, "m s (h d) -> m h s d", h=kv_n)
             check_rows(name, view)
         elif t.dim() == 5:
-            view = nz_operand(name, t, kv_n)
+            view = nz_heads(name, t, kv_n)
             require(tuple(view.shape[1:]) == (kv_n, block_size, d), name, t,
                     f"an NZ paged cache is (blocks, KV_N={kv_n}, D/c0, block_size={block_size}, c0) with D={d}")
         else:
@@ -107,7 +109,7 @@ def _paged_heads(query, key, value, layout: Layout, num_heads: int, kv_n: int, b
     require(key.shape == value.shape, "value", value, f"must have the key cache's shape {tuple(key.shape)}")
     capacity = table.shape[1] * block_size
     heads = checks.Heads(q, views[0], views[1], b, n, kv_n, s1, capacity, d, d)
-    return heads, Paged(table, block_size)
+    return heads, Paged(table, block_size, tuple(map(kernel_tiles, views)))
 
 
 def _antiquant(key, antiquant_scale, antiquant_offset, layout: Layout, dtype: torch.dtype,
@@ -270,9 +272,10 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
     aq = call.antiquant
     aq_strides = (0, 0, 0) if aq is None else tuple(int(s) for s in aq.scale.stride())
     aqo_strides = (0, 0, 0) if aq is None or aq.offset is None else tuple(int(s) for s in aq.offset.stride())
+    (k_c0, k_tile), (v_c0, v_tile) = (PLAIN, PLAIN) if call.paged is None else call.paged.nz
     q = h.q
     split_strides = (q.stride(0), q.stride(1), q.stride(3), *h.k.stride(), *h.v.stride(), *mask_strides,
-                     *pse_strides, *table_strides, *aq_strides, *aqo_strides)
+                     *pse_strides, *table_strides, *aq_strides, *aqo_strides, k_tile, v_tile)
     block_size = call.paged.block_size if call.paged is not None else 1
     split_meta = (("HEAD_DIM", h.D), ("HEAD_DIM_V", h.Dv), ("BLOCK_G", _pow2(h.group)), ("BLOCK_D", _pow2(h.D)),
                   ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_N", block_n),
@@ -280,7 +283,7 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
                   ("HAS_KV_PAD", call.kv_pad is not None), ("IS_PAGED", call.paged is not None),
                   ("ANTIQUANT", call.antiquant is not None),
                   ("HAS_AQ_OFFSET", call.antiquant is not None and call.antiquant.offset is not None),
-                  ("FILL", call.fill))
+                  ("FILL", call.fill), ("K_C0", k_c0), ("V_C0", v_c0))
     lse_strides = (0, 0) if lse is None else (int(lse.stride(0)), int(lse.stride(1)))
     combine_meta = (("HEAD_DIM_V", h.Dv), ("BLOCK_DV", _pow2(h.Dv)), ("BLOCK_S", 16),
                     ("BLOCK_N", block_n), ("HAS_KV_PAD", call.kv_pad is not None),

@@ -27,9 +27,12 @@ element (blk, n, t, d) at [blk, n, d // c0, t, d % c0] (c0 = 32 bytes of element
 channel stride 1, which addresses channel d correctly within its c0-wide tile only; channel d is at
 ``(d // c0) * tile + d % c0`` from the token's first channel, tile = block_size · c0 (``nz_tiles``). A
 view with token stride c0 < D is never a plain cache (its rows would overlap, which ``check_rows``
-rejects), so the layout travels with the view into every plan. Readers: the CPU execution path, once it
-gathers paged blocks with ``reference.paged_attention.paged_rows`` (``cpu_path_reads_nz``); the Triton
-kernels do not implement the tile term yet. Elsewhere an NZ cache raises ``NotImplementedError``.
+rejects), so the layout travels with the view into every plan. Readers: the CPU execution path gathers
+paged blocks with ``reference.paged_attention.paged_rows``; the Triton kernels (decode and prefill) take
+(C0, tile stride) per cache from ``kernel_tiles`` as a constexpr and an argument, C0 = 0 for a plain
+cache, and add the tile term to their channel offsets (``kernels.prefill.channel_offsets``). K, V and
+the key rope part of one call may each be NZ or not. NZ caches are paged, so the prefill kernel reads them
+through pointers (its tensor descriptors are for dense layouts).
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ from typing import Optional
 import torch
 
 from .. import checks, params, plans, tasks
-from ..device import check_device, execution
+from ..device import check_device
 from ..errors import require
 from . import fused, incre
 from .kv_cache import contiguous, nz_c0, nz_cache
+from .sources import PLAIN
 
 OP = "_npu_paged_attention"
 MAX_HEAD_DIM = 576          # the NPU's limit of D and Dv
@@ -66,13 +70,6 @@ def nz_heads(name: str, cache: torch.Tensor, kv_n: int) -> torch.Tensor:
                             cache.storage_offset())
 
 
-def nz_operand(name: str, cache: torch.Tensor, kv_n: int) -> torch.Tensor:
-    """``nz_heads`` for an operator call, on an execution path that reads NZ caches."""
-    view = nz_heads(name, cache, kv_n)
-    require_readable(name, cache.device)
-    return view
-
-
 def nz_tiles(view: torch.Tensor) -> Optional[tuple[int, int]]:
     """(c0, tile stride) of a (blocks, KV_N, block_size, D) view of an NZ cache; None for a plain view."""
     c0 = nz_c0(view.dtype)
@@ -81,31 +78,16 @@ def nz_tiles(view: torch.Tensor) -> Optional[tuple[int, int]]:
     return None
 
 
+def kernel_tiles(view: Optional[torch.Tensor]) -> tuple[int, int]:
+    """(C0, tile stride) of a paged cache view as the kernels take it: ``nz_tiles``, (0, 0) for a plain
+    view or none."""
+    return (None if view is None else nz_tiles(view)) or PLAIN
+
+
 def check_rows(name: str, view: torch.Tensor) -> None:
     """A plain (blocks, KV_N, block_size, D) cache view keeps each token's D channels apart."""
     require(view.stride(3) != 1 or view.stride(2) >= view.shape[3], name, view,
             f"the tokens of a paged cache overlap (token stride {view.stride(2)} < D={view.shape[3]})")
-
-
-def cpu_path_reads_nz() -> bool:
-    """The CPU execution path gathers paged blocks with ``reference.paged_attention.paged_rows`` (which
-    resolves NZ tiles), as ``reference.keys`` does once it imports that function."""
-    from ..reference import keys, paged_attention as read
-
-    return getattr(keys, "paged_rows", None) is read.paged_rows
-
-
-def require_readable(name: str, device: torch.device) -> None:
-    """NZ caches run on the CPU execution path only, once it reads them (see the module docstring)."""
-    how = execution(device)
-    if how != "native":
-        raise NotImplementedError(
-            f"{name}: an NZ paged cache (blocks, KV_N, D/c0, block_size, c0) on the Triton kernels ({how}) is "
-            "not implemented yet; the CPU execution path (NPUK_CPU_KERNELS=native) reads it")
-    if not cpu_path_reads_nz():
-        raise NotImplementedError(
-            f"{name}: an NZ paged cache (blocks, KV_N, D/c0, block_size, c0) is not read by the CPU execution path "
-            "yet (reference.keys gathers paged blocks without reference.paged_attention.paged_rows)")
 
 
 # _npu_paged_attention ----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Where the prefill kernel finds queries and keys beyond plain (B, N, S, D) views, for the fused
-operator: token-major batches, left padding read on the device, paged caches, a shared prefix, rope
-parts (MLA) and int8 anti-quantised keys/values.
+operator: token-major batches, left padding read on the device, paged caches (NZ ones with their channel
+tiles), a shared prefix, rope parts (MLA) and int8 anti-quantised keys/values.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 
 # Anti-quantisation parameter addressing of the prefill kernel (its K_QUANT / V_QUANT).
 PER_CHANNEL, PER_TOKEN, PER_ROW = 1, 2, 3
+PLAIN = (0, 0)                  # (C0, tile stride) of a cache that is not NZ
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Sources:
     rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None     # [B, N, S1, DR] and like K with DR
     key_quant: Optional[AntiQuant] = None
     value_quant: Optional[AntiQuant] = None
+    nz: tuple[tuple[int, int], ...] = (PLAIN,) * 3      # (C0, tile stride) of the K, V and key-rope caches
 
     def meta(self) -> tuple[tuple[str, object], ...]:
         dr = 0 if self.rope is None else int(self.rope[0].shape[-1])
@@ -47,7 +49,8 @@ class Sources:
                 ("BLOCK_DR", max(16, 1 << max(dr - 1, 0).bit_length())),
                 ("K_QUANT", 0 if kq is None else kq.mode), ("V_QUANT", 0 if vq is None else vq.mode),
                 ("HAS_K_OFFSET", kq is not None and kq.offset is not None),
-                ("HAS_V_OFFSET", vq is not None and vq.offset is not None))
+                ("HAS_V_OFFSET", vq is not None and vq.offset is not None),
+                *zip(("K_C0", "V_C0", "KR_C0"), (c0 for c0, _ in self.nz)))
 
     def strides(self) -> tuple[int, ...]:
         def of(t: Optional[torch.Tensor], n: int, skip: int = 0) -> tuple[int, ...]:
@@ -57,7 +60,8 @@ class Sources:
         qr, kr = self.rope or (None, None)
         ks = None if self.key_quant is None else self.key_quant.scale
         vs = None if self.value_quant is None else self.value_quant.scale
-        return (*of(self.table, 1)[:1], *of(kp, 3, 1), *of(vp, 3, 1), *of(qr, 4), *of(kr, 4), *of(ks, 3), *of(vs, 3))
+        return (*of(self.table, 1)[:1], *of(kp, 3, 1), *of(vp, 3, 1), *of(qr, 4), *of(kr, 4), *of(ks, 3), *of(vs, 3),
+                *(tile for _, tile in self.nz))
 
     def tensors(self) -> tuple[Optional[torch.Tensor], ...]:
         """QPAD, KVPAD, TABLE, KP, VP, QR, KR, KSC, KOF, VSC, VOF (None where absent)."""

@@ -16,7 +16,7 @@ from ... import checks, masks, quant
 from ...errors import require
 from ...layouts import TOKEN_LAYOUTS, Layout, as_bnsd, ndim
 from .. import prompt
-from ..sources import PER_CHANNEL, Sources
+from ..sources import PER_CHANNEL, PLAIN, Sources
 from . import antiquant
 
 MAX_TOKEN_BATCH = 4096
@@ -36,12 +36,12 @@ def kv_view(t: torch.Tensor, layout: Layout, kv_n: int, block_table, name: str) 
     """(B or blocks, KV_N, S, D) view of a key/value tensor or paged cache (an NZ cache: ``ops.paged_attention``)."""
     if block_table is None:
         return as_bnsd(t, layout.inp, kv_n)
-    from ..paged_attention import check_rows, nz_operand
+    from ..paged_attention import check_rows, nz_heads
 
     require(t.dim() in (3, 4, 5), name, t, "a paged cache is (blocks, block_size, KV_N*D), (blocks, KV_N, block_size, "
             "D) or NZ (blocks, KV_N, D/c0, block_size, c0)")
     if t.dim() == 5:
-        return nz_operand(name, t, kv_n)
+        return nz_heads(name, t, kv_n)
     view = rearrange(t, "k s (n d) -> k n s d", n=kv_n) if t.dim() == 3 else t
     check_rows(name, view)
     return view
@@ -193,13 +193,22 @@ def prompt_call(query, key, value, layout: Layout, kv_n: int, decode: bool, wind
         else query.dtype
     heads = checks.Heads(q4, k4, v4, B, n, kv_n, s1, s2, d, v4.shape[3])
     sources = Sources(varlen=token, q_pad=q_pad, kv_pad=kv_pad, table=table, page_size=page, prefix=prefix,
-                      rope=rope, key_quant=key_quant, value_quant=value_quant)
+                      rope=rope, key_quant=key_quant, value_quant=value_quant, nz=_nz_tiles(table, k4, v4, rope))
     return prompt.PromptCall(heads=heads, layout=layout, dtype=query.dtype, out_dtype=out_dtype, qlens=[], kvlens=[],
                              bands=[], mask=mask, pse=pse, scale=scale, fill=fill,
                              zero_masked_rows=bool(inner & 2) and not decode, quant=qa, offsets=(), sources=sources,
                              lse_empty=masks.LSE_DECODE_EMPTY if decode else float("inf"),
                              fp16_path=bool(fp16_compute) and not qa.int8_in, mode=mode, decode=decode,
                              window=window)
+
+
+def _nz_tiles(table, k4: torch.Tensor, v4: torch.Tensor, rope) -> tuple[tuple[int, int], ...]:
+    """(C0, tile stride) of the paged K, V and key-rope caches (``paged_attention.kernel_tiles``)."""
+    if table is None:
+        return (PLAIN,) * 3
+    from ..paged_attention import kernel_tiles
+
+    return tuple(kernel_tiles(t) for t in (k4, v4, None if rope is None else rope[1]))
 
 
 def _mla_rules(n: int, kv_n: int, kw) -> None:
