@@ -290,18 +290,20 @@ def prefill_variants() -> list[Variant]:
 
 
 def fused_variants() -> list[Variant]:
-    """Prefill-kernel variants that only the fused operator reaches (token-major rows, paged caches,
+    """Prefill-kernel variants that only the fused operator reaches (token-major rows, paged caches (also NZ),
     shared prefix, rope, left padding, anti-quantised K/V, lse), planned for a GPU."""
     from .ops import fused
 
     tri = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
     n, kv_n, d = 8, 1, 128
     paged_k = torch.zeros(32, 128, kv_n * d, dtype=torch.bfloat16)
+    nz_k = torch.zeros(32, kv_n, d // 16, 128, 16, dtype=torch.bfloat16)        # NZ: (blocks, KV_N, D/c0, bs, c0)
     table = torch.zeros(2, 16, dtype=torch.int32)
+    tnd_paged = dict(input_layout="TND", actual_seq_lengths=[32, 64], actual_seq_lengths_kv=[100, 200],
+                     block_table=table, block_size=128, sparse_mode=3, atten_mask=tri, softmax_lse_flag=True)
     cases = [
-        ("tnd-paged-causal-lse", torch.zeros(64, n, d, dtype=torch.bfloat16), paged_k, paged_k,
-         dict(input_layout="TND", actual_seq_lengths=[32, 64], actual_seq_lengths_kv=[100, 200], block_table=table,
-              block_size=128, sparse_mode=3, atten_mask=tri, softmax_lse_flag=True)),
+        ("tnd-paged-causal-lse", torch.zeros(64, n, d, dtype=torch.bfloat16), paged_k, paged_k, tnd_paged),
+        ("tnd-paged-nz-causal-lse", torch.zeros(64, n, d, dtype=torch.bfloat16), nz_k, nz_k, tnd_paged),
         ("bsnd-prefix-mask", torch.zeros(2, 64, n, d, dtype=torch.float16), torch.zeros(2, 64, kv_n, d, dtype=torch.float16),
          torch.zeros(2, 64, kv_n, d, dtype=torch.float16),
          dict(input_layout="BSND", key_shared_prefix=torch.zeros(1, 32, kv_n, d, dtype=torch.float16),
@@ -399,13 +401,15 @@ def decode_variants() -> list[Variant]:
     """Representative decode variants (split and combine launches), planned for a GPU."""
     from .ops import incre
 
-    # name, dtype, D, N, KV_N, extra: paged cache ("3d"/"4d"), int8 K/V and int8 output ("tensor"/"channel"),
-    # mask/pse/pad
+    # name, dtype, D, N, KV_N, extra: paged cache ("3d"/"4d"/"nz": NZ (blocks, KV_N, D/c0, bs, c0)), int8 K/V and
+    # int8 output ("tensor"/"channel"), mask/pse/pad
     cases = [
         ("bf16-d128-gqa8", torch.bfloat16, 128, 8, 1, {}),
         ("fp16-d128-gqa8", torch.float16, 128, 8, 1, {}),
         ("fp16-d128-paged-bsh", torch.float16, 128, 8, 2, {"paged": "3d"}),
+        ("fp16-d128-paged-nz", torch.float16, 128, 8, 2, {"paged": "nz"}),
         ("bf16-d128-gqa8-int8-paged", torch.bfloat16, 128, 8, 1, {"paged": "4d", "int8": "channel"}),
+        ("bf16-d128-gqa8-int8-paged-nz", torch.bfloat16, 128, 8, 1, {"paged": "nz", "int8": "channel"}),
         ("fp16-d128-gqa8-int8", torch.float16, 128, 8, 1, {"int8": "channel"}),
         ("fp16-d128-int8-tensor", torch.float16, 128, 4, 4, {"int8": "tensor"}),
         ("fp16-d64-mask-pse-pad", torch.float16, 64, 4, 2, {"mask": True, "pse": True, "pad": True}),
@@ -424,6 +428,9 @@ def decode_variants() -> list[Variant]:
             k = torch.zeros(16, bs, kv_n * d, dtype=kv_dtype)
         elif extra.get("paged") == "4d":
             k = torch.zeros(16, kv_n, bs, d, dtype=kv_dtype)
+        elif extra.get("paged") == "nz":
+            c0 = 32 // kv_dtype.itemsize
+            k = torch.zeros(16, kv_n, d // c0, bs, c0, dtype=kv_dtype)
         else:
             k = torch.zeros(b, kv_n, s2, d, dtype=kv_dtype)
         if extra.get("paged"):
