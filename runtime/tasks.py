@@ -12,6 +12,7 @@ the captured ones (another tensor of the same shape and dtype is copied into the
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,16 @@ class _CapturedTask:
     task: Task                         # as captured
     launch: _Launch
     write: object                      # write(params, stream): rewrite the block on a stream
+    passed: object = None              # passed(args): the tensors the caller passes (all but OWN), as a tuple
+
+    def __post_init__(self):
+        idx = [i for i, r in enumerate(self.task.roles) if r != _tasks.OWN]
+        self.passed = operator.itemgetter(*idx) if len(idx) > 1 else lambda args: tuple(args[i] for i in idx)
+
+    def same_tensors(self, task: Task) -> bool:
+        """``task`` passes the captured tensors themselves (the usual update)."""
+        return task.roles == self.task.roles and all(map(operator.is_, self.passed(task.args),
+                                                         self.passed(self.task.args)))
 
 
 @dataclass(eq=False)
@@ -192,8 +203,6 @@ def _tensors(where: str, cap: Task, task: Task) -> tuple[tuple, list]:
     the captured ones."""
     if len(task.args) != len(cap.args) or task.roles != cap.roles:
         raise RuntimeError(f"{where}: {len(task.args)} tensors, captured {len(cap.args)}")
-    if all(c is n or r == _tasks.OWN for c, n, r in zip(cap.args, task.args, cap.roles)):
-        return cap.args, []                                      # the usual update: the same tensors
     args, copies = [], []
     for i, (c, n, role) in enumerate(zip(cap.args, task.args, cap.roles)):
         if role == _tasks.OWN or n is c:
@@ -241,7 +250,7 @@ def _update(stream, update: _Update, task: Task) -> None:
         raise RuntimeError(
             f"{where}: parameter block of {task.params.numel()} words, captured {cap.launch.block.numel()}"
         )
-    args, copies = _tensors(where, cap.task, task)
+    args, copies = (cap.task.args, []) if cap.same_tensors(task) else _tensors(where, cap.task, task)
     cap.write(task.params, stream)
     be = backend()
     for dst, src in copies:
