@@ -618,8 +618,8 @@ def cdiv(a: int, b: int) -> int:
 
 
 def grid(s1: int, block_m: int, bn_total: int) -> tuple[int, int, int]:
-    """(row blocks, batch*heads folded into axes 1 and 2 so no axis exceeds 65535)."""
-    y = min(bn_total, 65535)
+    """(row blocks, batch*heads folded into axes 1 and 2 so no axis exceeds 65535; no batch: 0 programs)."""
+    y = max(1, min(bn_total, 65535))
     return (cdiv(s1, block_m), y, cdiv(bn_total, y))
 
 

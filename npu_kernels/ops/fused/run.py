@@ -75,6 +75,8 @@ def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor,
     how = execution(out.device)
     if call.incre is not None:
         pl = incre.plan(call.incre, out, lse_k)
+        if scratch is None:                                          # no batch: no scratch words
+            scratch = alloc.empty((0,), torch.float32, out.device)
         o4 = as_bnsd(out, call.layout.out, call.incre.heads.N)
         ops = incre.operands(call.incre, o4, lse_k, *incre.scratch(pl.static, scratch))
         return incre.Prepared(call.incre, pl.static, ops, lse_k is not None, args, how), pl.params
