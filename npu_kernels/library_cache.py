@@ -104,5 +104,7 @@ npu_scatter_nd_update = public("npu_scatter_nd_update", kv_cache.npu_scatter_nd_
 def npu_attention_update(lse, local_out, update_type: int):
     """torch_npu.npu_attention_update (spec vllm-ascend-ops §3): (out, lse_out), lse_out None unless
     update_type == 1."""
+    if not lse or not local_out:            # a call without tensors has no dispatch key: its error comes first
+        attention_update.validate(lse, local_out, update_type)
     out, lse_out = torch.ops.npu.npu_attention_update(lse, local_out, update_type)
     return out, lse_out if update_type == 1 else None

@@ -161,8 +161,9 @@ L = [torch.zeros(4, device=DEV)] * 2
 O = [torch.zeros(4, 16, device=DEV)] * 2
 
 ERRORS = [
-    # no tensor at all: torch's dispatcher refuses the call before the operator runs; the rule is the fake's too
-    ("SP >= 1", lambda: attention_update.validate([], [], 0), ValueError, "lse=0: needs 1 to 16"),
+    ("SP >= 1", lambda: nk.npu_attention_update([], [], 0), ValueError, "lse=0: needs 1 to 16"),
+    ("SP >= 1, fake", lambda: attention_update.validate([], [], 0), ValueError, "lse=0: needs 1 to 16"),
+    ("no local_out", lambda: nk.npu_attention_update(L, [], 0), ValueError, "local_out=0: needs one tensor per lse"),
     ("SP <= 16", lambda: nk.npu_attention_update(L * 9, O * 9, 0), ValueError, "lse=18: needs 1 to 16"),
     ("one out per lse", lambda: nk.npu_attention_update(L, O[:1], 0), ValueError,
      "local_out=1: needs one tensor per lse"),

@@ -188,7 +188,7 @@ def gather_cases(draw):
         lens = [first + sum(max(n, 0) for n in lens[:i]) for i in range(batch + 1)]
     offsets = [draw(st.integers(-bs - 1, width * bs)) for _ in range(batch)] if draw(st.booleans()) else None
     total = sum(max(n, 0) for n in lens) if not cumsum else lens[-1]
-    rows = draw(st.integers(1, max(1, total) + 3))
+    rows = draw(st.integers(max(1, total), max(1, total) + 3))          # more tokens than rows: test_gather_overflow
     return dict(nz=nz, dtype=dtype, kv_n=kv_n, dims=dims, nb=nb, bs=bs, table=table, lens=lens, cumsum=cumsum,
                 offsets=offsets, rows=rows, seed=draw(st.integers(0, 999)))
 
@@ -234,6 +234,23 @@ def test_gather_native(case, native_path, device):
 @given(case=gather_cases())
 def test_gather_triton(case, triton_path, device):
     check_gather(case, device)
+
+
+@pytest.mark.parametrize("cumsum", [False, True])
+@pytest.mark.parametrize("functional", [False, True])
+def test_gather_overflow(cumsum, functional, device):
+    """More requested tokens than key/value rows is an error naming seq_lens (read on the host when it lives
+    there; on a GPU the kernel stops at the last row)."""
+    if device.type != "cpu":
+        pytest.skip("seq_lens on a GPU is not read on the host")
+    kc = torch.zeros(2, 4, 1, 16, dtype=F16, device=device)
+    table = torch.tensor([[0, 1], [1, 0]], dtype=torch.int32, device=device)
+    lens = torch.tensor([0, 5, 8] if cumsum else [5, 3], dtype=torch.int32, device=device)
+    op = nk.npu_gather_pa_kv_cache_functional if functional else nk.npu_gather_pa_kv_cache
+    rows = torch.zeros(8, 1, 16, dtype=F16, device=device)
+    op(kc, kc, table, lens, rows, rows.clone(), is_seq_lens_cumsum=cumsum)        # 8 tokens fit
+    with pytest.raises(ValueError, match=r"seq_lens=.*8 tokens must fit the 7 rows"):
+        op(kc, kc, table, lens, rows[:7], rows[:7].clone(), is_seq_lens_cumsum=cumsum)
 
 
 def test_gather_by_hand(path, device):

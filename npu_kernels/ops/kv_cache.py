@@ -437,14 +437,28 @@ def submit_gather(op: str, call: GatherCall, parts: Optional[tuple[Rows, ...]] =
     tasks.submit(tasks.Task(op, _gather_static(op, call, on_native), NO_PARAMS, device, launch, inputs, outputs))
 
 
+def rows_fit(call: GatherCall) -> None:
+    """The requests' tokens fit the rows of key and value, checked when ``seq_lens`` is readable on the host
+    (the CPU); on a GPU the kernel stops at the last row instead (§2.4)."""
+    if call.seq_lens.device.type != "cpu":
+        return
+    lens = call.seq_lens.long()
+    need = int(lens[0] + (lens[1:] - lens[:-1]).clamp(min=0).sum()) if call.cumsum else int(lens.clamp(min=0).sum())
+    rows = call.parts[0].rows.shape[0]
+    require(need <= rows, "seq_lens", call.seq_lens,
+            f"the requests' {need} tokens must fit the {rows} rows of key and value")
+
+
 def npu_gather_pa_kv_cache(key_cache, value_cache, block_tables, seq_lens, key, value, **kwargs) -> None:
-    submit_gather("npu_gather_pa_kv_cache",
-                  validate_gather_pa_kv_cache(key_cache, value_cache, block_tables, seq_lens, key, value, **kwargs))
+    call = validate_gather_pa_kv_cache(key_cache, value_cache, block_tables, seq_lens, key, value, **kwargs)
+    rows_fit(call)
+    submit_gather("npu_gather_pa_kv_cache", call)
 
 
 def npu_gather_pa_kv_cache_functional(key_cache, value_cache, block_tables, seq_lens, key, value,
                                       **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     call = validate_gather_pa_kv_cache(key_cache, value_cache, block_tables, seq_lens, key, value, **kwargs)
+    rows_fit(call)
     copies = tuple(Rows(alloc.empty(p.rows.shape, p.rows.dtype, p.rows.device), p.cache) for p in call.parts)
     submit_gather("npu_gather_pa_kv_cache_functional", call, copies)
     return copies[0].rows, copies[1].rows
