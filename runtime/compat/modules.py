@@ -48,6 +48,24 @@ def _namespace(name: str, doc: str, attrs: dict, package: bool = False) -> types
     return module
 
 
+class NpuConfig:
+    """``torch.npu.config``: setting ``allow_internal_format`` is accepted and changes nothing, since tensors
+    here are always in the ND format (the NPU's private formats do not exist). As on torch_npu, the option
+    cannot be read back."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name != "allow_internal_format":
+            raise self.not_emulated(name)
+
+    def __getattr__(self, name: str):
+        raise self.not_emulated(name)
+
+    @staticmethod
+    def not_emulated(name: str) -> NotEmulatedError:
+        return NotEmulatedError(f"torch.npu.config.{name} is not emulated by runtime.compat "
+                                "(emulated: setting allow_internal_format)")
+
+
 NPU_NAMES = {
     "set_device": devices.set_device, "current_device": devices.current_device,
     "device_count": devices.device_count, "is_available": devices.is_available,
@@ -63,6 +81,7 @@ NPU_NAMES = {
     "graph_task_group_begin": graph_task_group_begin, "graph_task_group_end": graph_task_group_end,
     "graph_task_update_begin": graph_task_update_begin, "graph_task_update_end": graph_task_update_end,
     "NpuGraphOpHandler": NpuGraphOpHandler, "register_npu_graph_handler": register_npu_graph_handler,
+    "config": NpuConfig(),
 }
 
 # torch_npu.npu submodule -> the names of torch.npu it holds
