@@ -91,7 +91,8 @@ def test_fused_out_with_max_workspace_and_infer_output(torch_npu, case, version)
     q, k, v = randn(1, 4, 1, 32, seed=0), randn(1, 4, 64, 32, seed=1), randn(1, 4, 64, 32, seed=2)
     golden, lse = golden_bnsd(q, k, v, SCALE)
     if version == "v1":
-        op, infer, ws_fn = (torch_npu.npu_fused_infer_attention_score, torch_npu._npu_fused_infer_attention_score_infer_output,
+        op, infer, ws_fn = (torch_npu.npu_fused_infer_attention_score,
+                            torch_npu._npu_fused_infer_attention_score_infer_output,
                             torch_npu._npu_fused_infer_attention_score_get_max_workspace)
         kw = lambda flag: dict(num_heads=4, input_layout="BNSD", softmax_lse_flag=flag)     # noqa: E731
         call = dict(scale=SCALE, pre_tokens=65535, next_tokens=65535)
