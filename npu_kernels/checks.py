@@ -51,6 +51,22 @@ class Heads:
         return self.N // self.KV_N
 
 
+def written(tensors: Sequence[tuple[str, Optional[torch.Tensor]]]) -> None:
+    """Tensors an operator writes (``(name, tensor)``, None skipped): no element shares memory with another
+    element of the same tensor (an expanded view) or of another one in the list."""
+    spans = []
+    for name, t in tensors:
+        if t is None or not t.numel():
+            continue
+        require(torch._debug_has_internal_overlap(t) != 1, name, t,
+                "elements share memory (an expanded or overlapping view): every element is written")
+        lo = t.data_ptr()
+        hi = lo + (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+        for other, (o_lo, o_hi) in spans:
+            require(lo >= o_hi or o_lo >= hi, name, t, f"shares memory with {other}: both are written")
+        spans.append((name, (lo, hi)))
+
+
 def head_counts(num_heads: int, num_key_value_heads: int) -> int:
     """KV_N from num_heads/num_key_value_heads after the GQA rules (spec ops §1.2)."""
     require(isinstance(num_heads, int) and 0 < num_heads <= MAX_N, "num_heads", num_heads,

@@ -115,6 +115,14 @@ def test_out_rejects_wrong_outputs(device):
         nk.npu_fused_infer_attention_score.out(q, k, v, out=[out, lse.half()], **kw)
     with pytest.raises(ValueError, match="workspace"):
         nk.npu_fused_infer_attention_score.out(q, k, v, workspace=torch.empty(1, device=device), out=[out, lse], **kw)
+    with pytest.raises(ValueError, match=r"attention_out=.*elements share memory"):
+        nk.npu_fused_infer_attention_score.out(q, k, v, out=[out[:, :1].expand(out.shape), lse], **kw)
+    ws = nk._npu_fused_infer_attention_score_get_max_workspace(q, k, v, **kw)
+    with pytest.raises(ValueError, match=r"workspace=.*shares memory with attention_out"):
+        nk.npu_fused_infer_attention_score.out(q, k, v, workspace=out.view(-1)[:ws.numel()], out=[out, lse], **kw)
+    on_out = out.view(-1).view(torch.float32)[:lse.numel()].view(lse.shape)
+    with pytest.raises(ValueError, match=r"softmax_lse=.*shares memory with attention_out"):
+        nk.npu_fused_infer_attention_score.out(q, k, v, out=[out, on_out], **kw)
 
 
 def test_compiled_call_not_specialised_to_lengths(device):

@@ -140,6 +140,8 @@ def test_out_workspace_and_infer_output(device, sink):
     assert dummy.shape == (0,)
     nk.npu_fused_infer_attention_score_v2.out(q, k, v, workspace=ws, out=[o2, dummy], **kw2)
     assert torch.equal(o2, want[0])
+    with pytest.raises(ValueError, match=r"attention_out=.*elements share memory"):
+        nk.npu_fused_infer_attention_score_v2.out(q, k, v, workspace=ws, out=[o2[:1].expand(o2.shape), dummy], **kw2)
 
 
 def test_infer_output_shapes(device):

@@ -197,6 +197,8 @@ def _check_outputs(o, lse, attention_out, softmax_lse, lse_flag: bool, workspace
                 f"must be {tuple(lse.shape)} float32 with return_softmax_lse=True")
     if workspace is not None:
         checks.tensor("workspace", workspace)
+    checks.written((("attention_out", attention_out), ("softmax_lse", softmax_lse if lse_flag else None),
+                    ("workspace", workspace)))
 
 
 def validate(query, key, value, **kwargs) -> tuple[fused.FusedCall, Optional[torch.Tensor], bool]:

@@ -160,6 +160,8 @@ def _check_outputs(call: FusedCall, attention_out, softmax_lse, ws) -> None:
                 softmax_lse, f"must be {call.lse_shape} float32 with softmax_lse_flag=True")
     if ws is not None:
         checks.tensor("workspace", ws)
+    checks.written((("attention_out", attention_out), ("softmax_lse", softmax_lse if call.lse_flag else None),
+                    ("workspace", ws)))
 
 
 def npu_fused_infer_attention_score(query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
