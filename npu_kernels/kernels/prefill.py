@@ -386,8 +386,6 @@ def _block(
     if QUANT_MODE == 1:                                  # fp16 scores, each step rounded
         b_s = (tl.dot(b_q, b_k, out_dtype=tl.int32).to(tl.float32) * deq1).to(tl.float16)   # [BM, BN]
         b_s = b_s * tl.cast(qk_scale, tl.float16)
-    elif FP16_PATH:                                      # fp16(fp16(q·k) * fp16 scale)
-        b_s = tl.dot(b_q, b_k).to(tl.float16) * tl.cast(qk_scale, tl.float16)
     else:
         b_s = tl.dot(b_q, b_k)                                               # [BM, BN]
         if ROPE_DIM > 0:                                 # MLA: [q, q_rope]·[k, k_rope]
@@ -397,7 +395,9 @@ def _block(
             b_kr = _load2(p_kr, (o_dr < ROPE_DIM)[:, None], m_kv[None, :], ROPE_DIM != BLOCK_DR,
                           PARTIAL or IS_PAGED)                                              # [BDR, BN]
             b_s += tl.dot(b_qr, b_kr)
-        if not FOLD:
+        if FP16_PATH:                                    # fp16(fp16(q·k) * fp16 scale)
+            b_s = b_s.to(tl.float16) * tl.cast(qk_scale, tl.float16)
+        elif not FOLD:
             b_s = b_s * qk_scale
     if HAS_PSE:
         p_p = p_prow[:, None] + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
