@@ -146,3 +146,23 @@ def test_compiled_call_not_specialised_to_lengths(device):
     for lens in ([10, 20], [30, 40], [48, 7], [1, 0]):
         torch.testing.assert_close(compiled(q, k, lens), fn(q, k, lens), atol=0, rtol=0)
     assert len(graphs) == 2
+
+
+@pytest.mark.parametrize("layout", ["TND", "BNSD"])
+def test_paged_prefill_caches_match_the_table(layout, device):
+    """A paged prefill reads value blocks by the key cache's ids and tokens by block_size: the value cache
+    must have the key cache's blocks, and the caches' block axis must be block_size (else an error, never a
+    read past the value cache)."""
+    n, kv_n, d, bs = 4, 2, 64, 128
+    cache = lambda blocks, size=bs: torch.zeros(blocks, size, kv_n * d, dtype=torch.float16, device=device)  # noqa: E731
+    q = torch.zeros(10, n, d, dtype=torch.float16, device=device) if layout == "TND" else \
+        torch.zeros(2, n, 5, d, dtype=torch.float16, device=device)
+    lens = dict(actual_seq_lengths=[4, 10]) if layout == "TND" else {}
+    kw = dict(num_heads=n, num_key_value_heads=kv_n, input_layout=layout, sparse_mode=3, block_size=bs,
+              atten_mask=torch.ones(2048, 2048, dtype=torch.bool, device=device).triu(1), actual_seq_lengths_kv=[200, 200],
+              block_table=torch.tensor([[0, 5], [2, 3]], dtype=torch.int32, device=device), **lens)
+    nk.npu_fused_infer_attention_score(q, cache(6), cache(6), **kw)
+    with pytest.raises(ValueError, match=r"value=.*must have the key cache's 6 blocks"):
+        nk.npu_fused_infer_attention_score(q, cache(6), cache(5), **kw)
+    with pytest.raises(ValueError, match=r"key=.*block axis must hold block_size=128 tokens, got 256"):
+        nk.npu_fused_infer_attention_score(q, cache(6, 256), cache(6, 256), **kw)

@@ -91,6 +91,9 @@ def prompt_call(query, key, value, layout: Layout, kv_n: int, decode: bool, wind
             require(128 <= page <= 512 and page % 128 == 0, "block_size", page,
                     "a paged prefill call needs a multiple of 128 in [128, 512]")
         require(kv_given, "actual_seq_lengths_kv", None, "required with block_table (PagedAttention)")
+        require(k4.shape[2] == page, "key", key, f"a paged cache's block axis must hold block_size={page} tokens, "
+                f"got {k4.shape[2]}")
+        require(v4.shape[0] == k4.shape[0], "value", value, f"must have the key cache's {k4.shape[0]} blocks")
     if token:
         _cumulative("actual_seq_lengths", kw["actual_seq_lengths"], s1)
         if table is None:
