@@ -120,7 +120,12 @@ CASE_NZ5_INT8_KEY_BF16_VALUE = dict(op="pa_nz5", nz=True, five_d=True, dtypes=(I
                                     strided=False, seed=1)
 
 
+CASE_NZ4_FITTING_ND_MIXED = dict(op="reshape_nz", nz=True, five_d=False, dtypes=(F16, BF16), kv_n=1, dims=(16, 16),
+                                 nb=1, bs=1, slots=[0], slot_dtype=torch.int32, strided=False, seed=0)   # ND-shaped too
+
+
 @example(case=CASE_NZ5_INT8_KEY_BF16_VALUE)
+@example(case=CASE_NZ4_FITTING_ND_MIXED)
 @given(case=write_cases())
 def test_writes_native(case, native_path, device):
     check_write(case, device)

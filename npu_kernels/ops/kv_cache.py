@@ -20,7 +20,8 @@ Which layout: ``npu_scatter_pa_kv_cache`` follows ``cache_mode`` ("Norm"/None â†
 NZ5 by rank). The NPU picks the layout of ``_npu_reshape_and_cache`` and ``npu_gather_pa_kv_cache``
 from the caches' storage format (FRACTAL_NZ), which plain tensors do not carry; here the shapes decide:
 ``_npu_reshape_and_cache`` writes ND when both caches are (nb, bs, KV_N, D)-shaped (also when a cache
-would fit both), else NZ4 when both are (nb, H / c0, bs, c0)-shaped; ``npu_gather_pa_kv_cache`` reads
+would fit both, unless the dtypes mix, which only NZ caches allow), else NZ4 when both are
+(nb, H / c0, bs, c0)-shaped; ``npu_gather_pa_kv_cache`` reads
 "Norm" for 3-D key/value (T, KV_N, D) and "PA_NZ" for 2-D key/value (T, H), as the NPU's shapes are.
 
 Indices (slot mappings, block tables, sequence lengths, offsets, scatter_nd indices) are read on the
@@ -183,13 +184,15 @@ def validate_reshape_and_cache(key, value, key_cache, value_cache, slot_indices)
     for name, t in (("key_cache", key_cache), ("value_cache", value_cache)):
         checks.tensor(name, t, ndim=(4,), dtypes=CACHE_DTYPES)
     (_, kv_n, d), dv = key.shape, value.shape[2]
-    if tuple(key_cache.shape[2:]) == (kv_n, d) and tuple(value_cache.shape[2:]) == (kv_n, dv):
+    nd = tuple(key_cache.shape[2:]) == (kv_n, d) and tuple(value_cache.shape[2:]) == (kv_n, dv)
+    nz = all(c.shape[3] == nz_c0(c.dtype) and c.shape[1] * c.shape[3] == kv_n * dim
+             for c, dim in ((key_cache, d), (value_cache, dv)))
+    one_dtype = all(t.dtype == key.dtype for t in (value, key_cache, value_cache))
+    if nd and (one_dtype or not nz):
         for name, t in (("value", value), ("key_cache", key_cache), ("value_cache", value_cache)):
             same_dtype(name, t, key.dtype, f"ND caches: key, value and both caches share one dtype ({key.dtype})")
         kc, vc = nd_cache("key_cache", key_cache, kv_n, d), nd_cache("value_cache", value_cache, kv_n, dv)
     else:
-        nz = all(c.shape[3] == nz_c0(c.dtype) and c.shape[1] * c.shape[3] == kv_n * dim
-                 for c, dim in ((key_cache, d), (value_cache, dv)))
         require(nz, "key_cache", key_cache,
                 f"the caches must both be ND (num_blocks, block_size, {kv_n}, D) or both NZ "
                 f"(num_blocks, {kv_n}*D/c0, block_size, c0) for key/value heads of D = {d} / {dv}")
