@@ -1,11 +1,14 @@
 """``python -m bench host``: host time of everything in front of a kernel launch, per operator call.
 
 The compiled-kernel path is measured on any machine: plans are made for compiled kernels
-(``npu_kernels.device.forced_execution``) and the launch itself is replaced by a recorder at the lowest
-level (``npu_kernels.launcher.set_recorder``), so a call costs exactly the Python entry point, the plan
-cache lookup, the per-call validation and parameter block, output allocation, the task, its eager
-submission (the block's device copy: a CPU copy here) and the kernels' argument binding. Outputs are
-served from a per-shape cache (``recording``). Per case:
+(``npu_kernels.device.forced_execution``) and each launch goes through Triton's own launch path up to
+the launch itself: ``JITFunction.run(..., warmup=True)`` binds the arguments, computes the
+specialisation key and looks the compiled kernel up (``npu_kernels.launcher.set_recorder``). So a call
+costs exactly the Python entry point, the plan cache lookup, the per-call validation and parameter
+block, output allocation, the task, its eager submission (the block's device copy: a CPU copy here) and
+Triton's argument binding; only the driver's launch call is left out. Without a GPU the kernels are
+bound for sm_90 in a compile-only child process (Triton interprets in this one; the first call of each
+kernel compiles it). Outputs are served from a per-shape cache (``recording``). Per case:
 
 - ``first``: a call whose signature is new (plan caches emptied before each): full validation, planning
   and tracing the launches;
@@ -19,12 +22,16 @@ Targets: cached ≤ 15 µs, update ≤ 5 µs per operator. Tensor contents are n
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
 from contextlib import contextmanager
 
 import runtime
-from npu_kernels import alloc, caches, launcher, tasks
-from npu_kernels.device import forced_execution
+from npu_kernels import aot, alloc, caches, launcher, tasks
+from npu_kernels.device import forced_execution, interpreted
+from npu_kernels.env import compile_only
 
 from . import inputs, results, timing
 from .cases import IFA, Case, select
@@ -33,6 +40,12 @@ from .progress import progress
 CACHED_TARGET_US = 15.0
 UPDATE_TARGET_US = 5.0
 LAYERS = 32
+BIND_ARCH = 90          # the target a compile-only measurement binds for
+
+
+def _bind(kernel, grid, args, options) -> None:
+    """Triton's launch path short of the launch: argument binding, specialisation key, kernel lookup."""
+    kernel.run(*args, grid=grid, warmup=True, **options)
 
 
 @contextmanager
@@ -49,12 +62,14 @@ def recording():
             cache[key] = real_empty(shape, dtype, device)
         return cache[key]
 
-    previous_recorder = launcher.set_recorder(lambda kernel, grid, args, options: None)
+    binds = not interpreted()        # interpreted kernels (tests in this process) have no binder to run
+    previous_recorder = launcher.set_recorder(_bind if binds else lambda kernel, grid, args, options: None)
     previous_submitter = tasks.set_submitter(None)
     alloc.empty = cached
     caches.release()
     try:
-        with forced_execution("compiled"):
+        target = aot.compile_only_target(BIND_ARCH) if binds and compile_only() else contextlib.nullcontext()
+        with forced_execution("compiled"), target:
             yield
     finally:
         caches.release()                       # plans made inside are for compiled kernels
@@ -157,12 +172,19 @@ def table(rows: list[dict]) -> str:
 
 
 def main(suite: str, quick: bool, match: str = "", out_dir=None, rounds: int = 15, per_round: int = 200) -> int:
+    if interpreted():                # no GPU: measure in a compile-only child, where the kernels bind for sm_90
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["NPUK_COMPILE_ONLY"] = "1"
+        args = ["host", "--suite", suite, "--match", match, "--rounds", str(rounds), "--per-round", str(per_round)]
+        args += ["--quick"] * quick + (["--out", str(out_dir)] if out_dir else [])
+        return subprocess.call([sys.executable, "-m", "bench", *args], env=env)
     cases = default_cases() if suite == "default" else select(suite, quick, match)
     cases = [c for c in cases if match in c.name and not c.graph]
     rows = run(cases, rounds, per_round)
     env = results.environment()
     jpath, cpath = results.write("host", rows, env, out_dir)
-    print(f"host µs per call in front of the launch (compiled-kernel path, launch recorded) on {env['cpu']}, "
+    print(f"host µs per call in front of the launch (compiled-kernel path up to the driver's launch call, "
+          f"Triton's argument binding included) on {env['cpu']}, "
           f"torch {env['torch']}; median of {rounds} rounds (cached: also the best); update: per operator of "
           f"{LAYERS} in a task group; load average {env['load_avg_1min']} on {env['cpus']} CPUs")
     print(table(rows))
