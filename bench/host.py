@@ -1,17 +1,17 @@
 """``python -m bench host``: host time of everything in front of a kernel launch, per operator call.
 
 The compiled-kernel path is measured on any machine: plans are made for compiled kernels
-(``npu_kernels.device.forced_execution``) and each launch goes through Triton's own launch path up to
-the launch itself: ``JITFunction.run(..., warmup=True)`` binds the arguments, computes the
-specialisation key and looks the compiled kernel up (``npu_kernels.launcher.set_recorder``). So a call
-costs exactly the Python entry point, the plan cache lookup, the per-call validation and parameter
-block, output allocation, the task, its eager submission (the block's device copy: a CPU copy here) and
-Triton's argument binding; only the driver's launch call is left out. Without a GPU the kernels are
-bound for sm_90 in a compile-only child process (Triton interprets in this one; the first call of each
-kernel compiles it). Outputs are served from a per-shape cache (``recording``). Per case:
+(``npu_kernels.device.forced_execution``) and launches run in ``npu_kernels.launcher.dry_run``: all of
+their host work but the driver's launch call (a traced plan's guard and compiled kernel; otherwise
+Triton's argument binding, specialisation key and kernel lookup). So a call costs exactly the Python
+entry point, the plan cache lookup, the per-call validation and parameter block, output allocation, the
+task, its eager submission (the block's device copy: a CPU copy here) and the launch's host work.
+Without a GPU the kernels are bound for sm_90 in a compile-only child process (Triton interprets in
+this one; the first call of each kernel compiles it). Outputs are served from a per-shape cache
+(``recording``). Per case:
 
 - ``first``: a call whose signature is new (plan caches emptied before each): full validation, planning
-  and tracing the launches;
+  and tracing the launches, through Triton's launch path;
 - ``cached``: the same call again (the layers of one serving step: same lengths);
 - ``new lengths``: a cached signature with other lengths each time (validated and packed anew);
 - ``update``: a task update on the host backend, per operator: a task group of ``LAYERS`` calls captured
@@ -43,11 +43,6 @@ LAYERS = 32
 BIND_ARCH = 90          # the target a compile-only measurement binds for
 
 
-def _bind(kernel, grid, args, options) -> None:
-    """Triton's launch path short of the launch: argument binding, specialisation key, kernel lookup."""
-    kernel.run(*args, grid=grid, warmup=True, **options)
-
-
 @contextmanager
 def recording():
     """Plans for compiled kernels, launches recorded (dropped), tasks submitted eagerly; outputs come from
@@ -62,14 +57,14 @@ def recording():
             cache[key] = real_empty(shape, dtype, device)
         return cache[key]
 
-    binds = not interpreted()        # interpreted kernels (tests in this process) have no binder to run
-    previous_recorder = launcher.set_recorder(_bind if binds else lambda kernel, grid, args, options: None)
+    binds = not interpreted()        # interpreted kernels (tests in this process) have no launch path to run
+    previous_recorder = launcher.set_recorder(None if binds else lambda kernel, grid, args, options: None)
     previous_submitter = tasks.set_submitter(None)
     alloc.empty = cached
     caches.release()
     try:
         target = aot.compile_only_target(BIND_ARCH) if binds and compile_only() else contextlib.nullcontext()
-        with forced_execution("compiled"), target:
+        with forced_execution("compiled"), launcher.dry_run(), target:
             yield
     finally:
         caches.release()                       # plans made inside are for compiled kernels
@@ -183,8 +178,8 @@ def main(suite: str, quick: bool, match: str = "", out_dir=None, rounds: int = 1
     rows = run(cases, rounds, per_round)
     env = results.environment()
     jpath, cpath = results.write("host", rows, env, out_dir)
-    print(f"host µs per call in front of the launch (compiled-kernel path up to the driver's launch call, "
-          f"Triton's argument binding included) on {env['cpu']}, "
+    print(f"host µs per call in front of the launch (compiled-kernel path up to the driver's launch call: "
+          f"a traced plan's launch, or Triton's argument binding) on {env['cpu']}, "
           f"torch {env['torch']}; median of {rounds} rounds (cached: also the best); update: per operator of "
           f"{LAYERS} in a task group; load average {env['load_avg_1min']} on {env['cpus']} CPUs")
     print(table(rows))

@@ -18,6 +18,9 @@
 ``NPUK_VLLM_ASCEND`` path of a vLLM-Ascend checkout: the tests that run its graph code unmodified
                      through ``runtime.compat`` (skipped without it).
 ``NPUK_HYPOTHESIS``  hypothesis profile of the test suite: ``ci`` (default, derandomised) or ``thorough``.
+``NPUK_TRITON_LAUNCH`` ``1``: every kernel launch goes through Triton's launch path (argument binding and
+                     specialisation at each call) instead of a traced plan's compiled kernel
+                     (``npu_kernels.launcher.Launch``).
 """
 
 from __future__ import annotations
@@ -60,3 +63,7 @@ def hypothesis_profile() -> str:
 
 def compile_only() -> bool:
     return os.environ.get("NPUK_COMPILE_ONLY", "0") == "1"
+
+
+def triton_launch() -> bool:
+    return os.environ.get("NPUK_TRITON_LAUNCH", "0") == "1"

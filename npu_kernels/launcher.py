@@ -1,10 +1,16 @@
 """The one place where Triton kernels are launched.
 
 ``run(kernel, grid, args, ...)`` takes every argument of ``kernel`` positionally, in signature order
-(constexprs included). ``set_recorder`` replaces the launch by a call ``recorder(kernel, grid, args,
-options)``, so that the host work in front of a launch can be measured on any machine
-(``python -m bench host``). ``target_arch`` tells the kernel modules which GPU a launch compiles for
-(tile sizes and tensor descriptors depend on it).
+(constexprs included), and launches through Triton (argument binding, specialisation, compile or cache
+lookup, launch). ``Launch`` is one launch of a traced plan (``plans.Traced``), repeated with other
+tensors: its first launch goes through Triton and keeps the compiled kernel; a later one whose tensors
+have the 16-byte alignment the kernel was specialised for (the plan fixes every other argument: ints,
+floats, dtypes, None) launches that compiled kernel directly, as Triton would after its binder, with
+the same arguments (``CompiledKernel[grid](*args)``); any other alignment goes through Triton again.
+``NPUK_TRITON_LAUNCH=1`` keeps every launch on Triton's path. ``set_recorder`` replaces launching by a
+call ``recorder(kernel, grid, args, options)`` (tracing, ahead-of-time compiles); ``dry_run`` does all
+the host work of a launch but the driver's launch call (``python -m bench host``). ``target_arch``
+tells the kernel modules which GPU a launch compiles for (tile sizes and tensor descriptors depend on it).
 
 Device-side tensor descriptors (``tl.make_tensor_descriptor``) need global scratch, 128 bytes per
 descriptor and program, which Triton's launcher asks for at every launch through the allocator set with
@@ -16,15 +22,22 @@ kernel rewrites the descriptors at every run, so a task update of the parameter 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
+import torch
 import triton
+
+from .env import triton_launch
 
 Recorder = Callable[[object, tuple, tuple, dict], None]
 
+ALIGNMENT = 16                    # bytes: Triton specialises pointer arguments on it
+
 _recorder: Optional[Recorder] = None
+_dry = False
 _archs: dict = {}
 _thread = threading.local()
 
@@ -58,12 +71,75 @@ def target_arch() -> Optional[int]:
     return arch
 
 
+@contextlib.contextmanager
+def dry_run() -> Iterator[None]:
+    """Launches inside do all their host work but the driver's launch call: Triton binds the arguments and
+    looks the kernel up (compiling it the first time) without launching; a direct launch stops before it."""
+    global _dry
+    previous, _dry = _dry, True
+    try:
+        yield
+    finally:
+        _dry = previous
+
+
+def _allocator() -> None:
+    if not getattr(_thread, "allocator", False):
+        triton.set_allocator(_scratch)
+        _thread.allocator = True
+
+
+def _triton(kernel, grid: tuple, args: tuple, options: dict):
+    """Triton's own launch; returns the compiled kernel (None from the interpreter)."""
+    _allocator()
+    if _dry:
+        return kernel.run(*args, grid=grid, warmup=True, **options)
+    return kernel[grid](*args, **options)
+
+
 def run(kernel, grid: tuple, args: tuple, *, num_warps: int, num_stages: int, enable_fp_fusion: bool = True) -> None:
     options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": enable_fp_fusion}
     if _recorder is not None:
         _recorder(kernel, grid, args, options)
         return
-    if not getattr(_thread, "allocator", False):
-        triton.set_allocator(_scratch)
-        _thread.allocator = True
-    kernel[grid](*args, **options)
+    _triton(kernel, grid, args, options)
+
+
+def _alignment(args: tuple, positions: tuple) -> tuple:
+    return tuple(args[i].data_ptr() % ALIGNMENT == 0 for i in positions)
+
+
+class Launch:
+    """One launch of a traced plan (see the module doc): ``launch(args)`` with every argument of ``kernel``."""
+
+    __slots__ = ("kernel", "grid", "options", "compiled", "tensors", "aligned")
+
+    def __init__(self, kernel, grid: tuple, options: dict):
+        self.kernel, self.options = kernel, options
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))      # a compiled kernel's launch takes all three
+        self.compiled = None              # the kernel Triton compiled for ``aligned``
+        self.tensors: tuple = ()          # positions of the tensor arguments
+        self.aligned: tuple = ()
+
+    def __call__(self, args: tuple) -> None:
+        if _recorder is not None:
+            _recorder(self.kernel, self.grid, args, self.options)
+            return
+        if self.compiled is not None and self._aligned_as_compiled(args):
+            if not _dry:
+                _allocator()
+                self.compiled[self.grid](*args)
+            return
+        compiled = _triton(self.kernel, self.grid, args, self.options)
+        if compiled is not None and not triton_launch() and len(args) == len(getattr(self.kernel, "params", ())):
+            self.tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+            self.aligned = _alignment(args, self.tensors)
+            self.compiled = compiled
+
+    def _aligned_as_compiled(self, args: tuple) -> bool:
+        if all(self.aligned):                            # the usual case: every tensor aligned
+            for i in self.tensors:
+                if args[i].data_ptr() % ALIGNMENT:
+                    return False
+            return True
+        return _alignment(args, self.tensors) == self.aligned

@@ -161,12 +161,9 @@ class _Slot:
         return getattr(self.operand, name)
 
 
-ALIGNMENT = 16        # bytes; what a traced launch may depend on of an address (Triton's specialisation)
-
-
 class Traced:
     """The kernel launches of a call, traced once: each kernel's arguments with the places where a call's
-    tensors go, so that a call fills them in and launches (``launcher.run``) without rebuilding the
+    tensors go, so that a call fills them in and launches (``launcher.Launch``) without rebuilding the
     arguments. Operands that are their argument itself are taken from the call's arguments directly. A
     launch whose arguments depend on an operand's address alignment is traced for the alignment seen; a
     call whose operands align otherwise launches untraced."""
@@ -186,7 +183,7 @@ class Traced:
         finally:
             launcher.set_recorder(previous)
         self.launch, self.views = launch, views
-        self.aligned = tuple((views[i], operands[i].data_ptr() % ALIGNMENT == 0) for i in sorted(addressed))
+        self.aligned = tuple((views[i], operands[i].data_ptr() % launcher.ALIGNMENT == 0) for i in sorted(addressed))
         self.launches = []
         for kernel, grid, args, options in recorded:
             if any(hasattr(a, "data_ptr") and not isinstance(a, _Slot) for a in args):
@@ -201,14 +198,14 @@ class Traced:
                         direct.append((pos, view.arg))
                     else:
                         computed.append((pos, view))
-            self.launches.append((kernel, grid, list(args), direct, computed, blocks, options))
+            self.launches.append((launcher.Launch(kernel, grid, options), list(args), direct, computed, blocks))
 
     def __call__(self, args: tuple, block) -> None:
         for view, aligned in self.aligned:
-            if (view.operand(args).data_ptr() % ALIGNMENT == 0) != aligned:
+            if (view.operand(args).data_ptr() % launcher.ALIGNMENT == 0) != aligned:
                 self.launch(tuple(None if v is None else v.operand(args) for v in self.views), block)
                 return
-        for kernel, grid, template, direct, computed, blocks, options in self.launches:
+        for launch, template, direct, computed, blocks in self.launches:
             values = template.copy()
             for pos, i in direct:
                 values[pos] = args[i]
@@ -216,7 +213,7 @@ class Traced:
                 values[pos] = view.operand(args)
             for pos in blocks:
                 values[pos] = block
-            launcher.run(kernel, grid, tuple(values), **options)
+            launch(tuple(values))
 
 
 class Prepared:
