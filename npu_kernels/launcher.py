@@ -109,37 +109,38 @@ def _alignment(args: tuple, positions: tuple) -> tuple:
     return tuple(args[i].data_ptr() % ALIGNMENT == 0 for i in positions)
 
 
+def _aligned_as(args: tuple, positions: tuple, aligned: tuple) -> bool:
+    """The tensors at ``positions`` align as ``aligned`` says."""
+    if all(aligned):                                     # the usual case: every tensor aligned
+        for i in positions:
+            if args[i].data_ptr() % ALIGNMENT:
+                return False
+        return True
+    return _alignment(args, positions) == aligned
+
+
 class Launch:
     """One launch of a traced plan (see the module doc): ``launch(args)`` with every argument of ``kernel``."""
 
-    __slots__ = ("kernel", "grid", "options", "compiled", "tensors", "aligned")
+    __slots__ = ("kernel", "grid", "options", "compiled")
 
     def __init__(self, kernel, grid: tuple, options: dict):
         self.kernel, self.options = kernel, options
         self.grid = tuple(grid) + (1,) * (3 - len(grid))      # a compiled kernel's launch takes all three
-        self.compiled = None              # the kernel Triton compiled for ``aligned``
-        self.tensors: tuple = ()          # positions of the tensor arguments
-        self.aligned: tuple = ()
+        # (kernel Triton compiled, positions of the tensor arguments, their alignment then), set at once
+        self.compiled: Optional[tuple] = None
 
     def __call__(self, args: tuple) -> None:
         if _recorder is not None:
             _recorder(self.kernel, self.grid, args, self.options)
             return
-        if self.compiled is not None and self._aligned_as_compiled(args):
+        compiled = self.compiled
+        if compiled is not None and _aligned_as(args, compiled[1], compiled[2]):
             if not _dry:
                 _allocator()
-                self.compiled[self.grid](*args)
+                compiled[0][self.grid](*args)
             return
-        compiled = _triton(self.kernel, self.grid, args, self.options)
-        if compiled is not None and not triton_launch() and len(args) == len(getattr(self.kernel, "params", ())):
-            self.tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
-            self.aligned = _alignment(args, self.tensors)
-            self.compiled = compiled
-
-    def _aligned_as_compiled(self, args: tuple) -> bool:
-        if all(self.aligned):                            # the usual case: every tensor aligned
-            for i in self.tensors:
-                if args[i].data_ptr() % ALIGNMENT:
-                    return False
-            return True
-        return _alignment(args, self.tensors) == self.aligned
+        kernel = _triton(self.kernel, self.grid, args, self.options)
+        if kernel is not None and not triton_launch() and len(args) == len(getattr(self.kernel, "params", ())):
+            tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+            self.compiled = (kernel, tensors, _alignment(args, tensors))

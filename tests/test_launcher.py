@@ -59,7 +59,7 @@ with aot.compile_only_target(90), launcher.dry_run():
         rows.append({"variant": name, "triton_calls": counts,
                      "same_kernel_aligned": triton_pick(rec, tuple(aligned)) is triton_pick(rec, rec.args),
                      "other_kernel_misaligned": triton_pick(rec, tuple(misaligned)) is not triton_pick(rec, rec.args),
-                     "kept_misaligned": launch.compiled is triton_pick(rec, tuple(misaligned))})
+                     "kept_misaligned": launch.compiled[0] is triton_pick(rec, tuple(misaligned))})
     os.environ["NPUK_TRITON_LAUNCH"] = "1"
     rec = variants["fp16-d128-gqa8"].launches(90)[0]
     launch = launcher.Launch(rec.kernel, rec.grid, rec.options)
