@@ -3,9 +3,10 @@
 ``run(kernel, grid, args, ...)`` takes every argument of ``kernel`` positionally, in signature order
 (constexprs included), and launches through Triton (argument binding, specialisation, compile or cache
 lookup, launch). ``Launch`` is one launch of a traced plan (``plans.Traced``), repeated with other
-tensors: its first launch goes through Triton and keeps the compiled kernel; a later one whose tensors
-have the 16-byte alignment the kernel was specialised for (the plan fixes every other argument: ints,
-floats, dtypes, None) launches that compiled kernel directly, as Triton would after its binder, with
+tensors: its first launch goes through Triton and keeps the compiled kernel; a later one whose pointer
+arguments (tensors and ``plans.Pointer``: whatever has ``data_ptr``) have the 16-byte alignment the
+kernel was specialised for (the plan fixes every other argument: ints, floats, dtypes, None) launches
+that compiled kernel directly, as Triton would after its binder, with
 the same arguments (``CompiledKernel[grid](*args)``); any other alignment goes through Triton again.
 ``NPUK_TRITON_LAUNCH=1`` keeps every launch on Triton's path. ``set_recorder`` replaces launching by a
 call ``recorder(kernel, grid, args, options)`` (tracing, ahead-of-time compiles); ``dry_run`` does all
@@ -44,8 +45,6 @@ _thread = threading.local()
 
 def _scratch(size: int, alignment: int, stream):
     """Global scratch for one launch (Triton's allocator protocol); torch aligns to at least 256 bytes."""
-    import torch
-
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
@@ -110,8 +109,8 @@ def _alignment(args: tuple, positions: tuple) -> tuple:
 
 
 def _aligned_as(args: tuple, positions: tuple, aligned: tuple) -> bool:
-    """The tensors at ``positions`` align as ``aligned`` says."""
-    if all(aligned):                                     # the usual case: every tensor aligned
+    """The pointer arguments at ``positions`` (tensors, ``plans.Pointer``) align as ``aligned`` says."""
+    if all(aligned):                                     # the usual case: every pointer aligned
         for i in positions:
             if args[i].data_ptr() % ALIGNMENT:
                 return False
@@ -127,7 +126,7 @@ class Launch:
     def __init__(self, kernel, grid: tuple, options: dict):
         self.kernel, self.options = kernel, options
         self.grid = tuple(grid) + (1,) * (3 - len(grid))      # a compiled kernel's launch takes all three
-        # (kernel Triton compiled, positions of the tensor arguments, their alignment then), set at once
+        # (kernel Triton compiled, positions of the pointer arguments, their alignment then), set at once
         self.compiled: Optional[tuple] = None
 
     def __call__(self, args: tuple) -> None:
@@ -142,5 +141,5 @@ class Launch:
             return
         kernel = _triton(self.kernel, self.grid, args, self.options)
         if kernel is not None and not triton_launch() and len(args) == len(getattr(self.kernel, "params", ())):
-            tensors = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
-            self.compiled = (kernel, tensors, _alignment(args, tensors))
+            pointers = tuple(i for i, a in enumerate(args) if hasattr(a, "data_ptr"))   # as Triton tells them
+            self.compiled = (kernel, pointers, _alignment(args, pointers))

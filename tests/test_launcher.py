@@ -15,6 +15,7 @@ import json, os
 import torch
 from triton.runtime.jit import JITFunction
 from npu_kernels import aot, launcher
+from npu_kernels.plans import Pointer
 
 calls = []
 triton_run = JITFunction.run
@@ -47,14 +48,20 @@ with aot.compile_only_target(90), launcher.dry_run():
         rec = variants[name].launches(90)[0]
         first = next(i for i, a in enumerate(rec.args) if isinstance(a, torch.Tensor))
         launch = launcher.Launch(rec.kernel, rec.grid, rec.options)
+        pointers = launcher.Launch(rec.kernel, rec.grid, rec.options)
         aligned = list(rec.args)
         aligned[first] = moved(rec.args[first], 0)
         misaligned = list(rec.args)
         misaligned[first] = moved(rec.args[first], 1)
+        t = rec.args[first]
+        pointer, pointer_off = list(rec.args), list(rec.args)       # a view's address, as plans pass it
+        pointer[first] = Pointer(t.data_ptr(), t.dtype)
+        pointer_off[first] = Pointer(t.data_ptr() + t.element_size(), t.dtype)
         counts = []
-        for args in (rec.args, rec.args, tuple(aligned), tuple(misaligned)):
+        for one, args in ((launch, rec.args), (launch, rec.args), (launch, aligned), (launch, misaligned),
+                          (pointers, pointer), (pointers, pointer), (pointers, pointer_off)):
             before = len(calls)
-            launch(tuple(args))
+            one(tuple(args))
             counts.append(len(calls) - before)
         rows.append({"variant": name, "triton_calls": counts,
                      "same_kernel_aligned": triton_pick(rec, tuple(aligned)) is triton_pick(rec, rec.args),
@@ -81,9 +88,10 @@ def rows() -> dict:
 def test_compiled_kernel_reused_while_aligned(rows, variant):
     """First launch through Triton; the same tensors, and tensors at another 16-byte aligned address, launch
     the kept kernel (Triton would pick that same kernel); a misaligned tensor goes through Triton again,
-    which picks another specialisation, and that one is kept."""
+    which picks another specialisation, and that one is kept. An operand passed as a ``plans.Pointer``
+    (a view's address) is guarded as a tensor is."""
     r = rows[variant]
-    assert r["triton_calls"] == [1, 0, 0, 1]
+    assert r["triton_calls"] == [1, 0, 0, 1] + [1, 0, 1]      # tensors; then a Pointer, again, misaligned
     assert r["same_kernel_aligned"] and r["other_kernel_misaligned"] and r["kept_misaligned"]
 
 
