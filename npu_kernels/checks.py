@@ -51,6 +51,13 @@ class Heads:
         return self.N // self.KV_N
 
 
+def extent(t: torch.Tensor) -> int:
+    """Bytes from the first to one past the last element of ``t`` (0 when empty)."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
 def written(tensors: Sequence[tuple[str, Optional[torch.Tensor]]]) -> None:
     """Tensors an operator writes (``(name, tensor)``, None skipped): no element shares memory with another
     element of the same tensor (an expanded view) or of another one in the list."""
@@ -61,7 +68,7 @@ def written(tensors: Sequence[tuple[str, Optional[torch.Tensor]]]) -> None:
         require(torch._debug_has_internal_overlap(t) != 1, name, t,
                 "elements share memory (an expanded or overlapping view): every element is written")
         lo = t.data_ptr()
-        hi = lo + (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+        hi = lo + extent(t)
         for other, (o_lo, o_hi) in spans:
             require(lo >= o_hi or o_lo >= hi, name, t, f"shares memory with {other}: both are written")
         spans.append((name, (lo, hi)))

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from . import caches, launcher
+from .checks import extent
 from .env import check_block_table
 
 MAX_PLANS = 4096
@@ -61,13 +62,6 @@ class View:
         return a.as_strided(self.size, self.stride, a.storage_offset() + self.offset)
 
 
-def _extent(t: torch.Tensor) -> int:
-    """Bytes from the first to one past the last element of ``t`` (0 when empty)."""
-    if t.numel() == 0:
-        return 0
-    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
-
-
 def views_in(t: torch.Tensor, args: tuple) -> list[View]:
     """``t`` as a ``View`` of each argument whose memory holds its first element (usually one)."""
     storage = t.untyped_storage().data_ptr()
@@ -78,7 +72,7 @@ def views_in(t: torch.Tensor, args: tuple) -> list[View]:
             continue
         start = a.data_ptr()
         delta = ptr - start
-        if (ptr == start or start <= ptr < start + _extent(a)) and delta % t.element_size() == 0:
+        if (ptr == start or start <= ptr < start + extent(a)) and delta % t.element_size() == 0:
             same = delta == 0 and t.dtype == a.dtype
             found.append(View(i, t.dtype, tuple(t.shape), tuple(t.stride()), delta // t.element_size(), same))
     return found
