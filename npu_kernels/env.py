@@ -20,7 +20,8 @@
 ``NPUK_HYPOTHESIS``  hypothesis profile of the test suite: ``ci`` (default, derandomised) or ``thorough``.
 ``NPUK_TRITON_LAUNCH`` ``1``: every kernel launch goes through Triton's launch path (argument binding and
                      specialisation at each call) instead of a traced plan's compiled kernel
-                     (``npu_kernels.launcher.Launch``).
+                     (``npu_kernels.launcher.Launch``); read at a plan's first launch, so a change within
+                     a process applies to calls planned after ``npu_kernels.caches.release()``.
 """
 
 from __future__ import annotations
