@@ -50,11 +50,35 @@ def _cpu_kernels(monkeypatch, how: str) -> None:
     caches.release()
 
 
+# (condition, reason) of the tests that use each execution-path fixture (``pytest_collection_modifyitems``)
+PATH_SKIPS = {
+    "native_path": (nk.npu_device().type != "cpu", "the native path runs on the CPU only"),
+    "triton_path": (nk.npu_device().type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+                    "Triton kernels need a GPU or Triton's interpreter (TRITON_INTERPRET=1 when triton was imported)"),
+}
+
+
+def _paths(item) -> set:
+    """The execution-path fixtures a test runs on: its own, ``path``'s parameter, or the kernels' default."""
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    if "path" in names and callspec is not None and "path" in callspec.params:
+        names.add(f"{callspec.params['path']}_path")
+    if item.get_closest_marker("kernels") and not names & {"path", "native_path"}:
+        names.add("triton_path")
+    return names
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in _paths(item) & PATH_SKIPS.keys():
+            condition, reason = PATH_SKIPS[fixture]
+            item.add_marker(pytest.mark.skipif(condition, reason=reason))
+
+
 @pytest.fixture
 def native_path(monkeypatch, device):
     """The CPU execution path (vectorised PyTorch)."""
-    if device.type != "cpu":
-        pytest.skip("the native path runs on the CPU only")
     _cpu_kernels(monkeypatch, "native")
     yield
     caches.release()
@@ -63,8 +87,6 @@ def native_path(monkeypatch, device):
 @pytest.fixture
 def triton_path(monkeypatch, device):
     """The Triton kernels: on the GPU, or in Triton's interpreter on the CPU."""
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton kernels need a GPU or Triton's interpreter (TRITON_INTERPRET=1 when triton was imported)")
     _cpu_kernels(monkeypatch, "triton")
     yield
     caches.release()

@@ -31,7 +31,6 @@ import runtime
 import torch
 
 import npu_kernels as nk
-from npu_kernels.device import execution
 from npu_kernels.reference import tolerance
 
 from .runtime.backend_setup import active
@@ -48,15 +47,6 @@ LSE_TOL = 1e-5
 @pytest.fixture(params=runtime.available_backends())
 def rt(request):
     yield from active(request.param)
-
-
-def reads_nz(device: torch.device) -> bool:
-    """NZ paged caches are read by the CPU execution path only (the Triton kernels raise NotImplementedError,
-    tests/test_nz_cache_attention.py)."""
-    return execution(device) == "native"
-
-
-NZ_SKIP = "NZ paged caches are read by the CPU execution path only (Triton kernels: NotImplementedError)"
 
 
 def assert_attention(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str) -> None:
@@ -644,8 +634,6 @@ def test_decode_graph_task_update(rt, order, flavour):
     sync, replay, update + record; the in-graph ExternalEvent wait gates each attention task)."""
     device = rt.backend().device
     f = flavour(device)
-    if f.nz and not reads_nz(device):
-        pytest.skip(NZ_SKIP)
     st = Serving(f, device)
     st.capture(rt)
     for step in range(DECODE_STEPS):
