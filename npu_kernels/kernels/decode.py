@@ -38,7 +38,7 @@ import triton.language as tl
 from .. import params as pb
 from .. import quant
 from .. import launcher
-from .prefill import cdiv, channel_offsets, positional
+from .prefill import cdiv, channel_offsets, load2, positional
 from .prefill import grid as fold_grid
 
 MAX_SPLITS = 1024                 # bounds the scratch and the combine's loop, not the occupancy
@@ -200,7 +200,7 @@ def _split_block(
         o_vrow = b64 * stride_vb + o_t * stride_vs
         m_kv = m_j
     p_k = k_head + o_krow[None, :] + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
-    b_k = _load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)            # [BD, BN]
+    b_k = load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)            # [BD, BN]
     b_s = tl.dot(b_q, quant.int8_to_float_tl(b_k, DTYPE) if ANTIQUANT else b_k)           # [BG, BN]
     if ZERO_INVALID:
         b_s = tl.where(m_kv[None, :], b_s + b_c[:, None], 0.0)
@@ -209,10 +209,10 @@ def _split_block(
     b_s = b_s * sm_scale
     if HAS_PSE:
         p_p = PSE + b64 * stride_pb + o_qn[:, None] * stride_pn + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
-        b_s += _load2(p_p, m_g[:, None], m_j[None, :], True, PARTIAL).to(tl.float32)
+        b_s += load2(p_p, m_g[:, None], m_j[None, :], True, PARTIAL).to(tl.float32)
     if HAS_MASK:
         p_um = MASK + b64 * stride_mb + (kvm_off + o_j).to(tl.int64) * stride_mk
-        b_um = _load2(p_um, m_j, m_j, PARTIAL, False)                                      # [BN]
+        b_um = load2(p_um, m_j, m_j, PARTIAL, False)                                      # [BN]
         b_s = tl.where(b_um[None, :] != 0, FILL, b_s)
     if PARTIAL:
         b_s = tl.where(m_j[None, :], b_s, float("-inf"))
@@ -223,23 +223,10 @@ def _split_block(
     if ZERO_INVALID:
         b_lv = b_lv * b_alpha + tl.sum(tl.where(m_kv[None, :], b_p, 0.0), 1)
     p_v = v_head + o_vrow[:, None] + channel_offsets(o_dv[None, :], stride_vd, stride_vt, V_C0)
-    b_v = _load2(p_v, m_kv[:, None], m_dv[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)         # [BN, BDV]
+    b_v = load2(p_v, m_kv[:, None], m_dv[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)         # [BN, BDV]
     if ANTIQUANT:
         b_v = quant.int8_to_float_tl(b_v, DTYPE)
     return tl.dot(b_p.to(DTYPE), b_v, b_acc * b_alpha[:, None]), b_l, b_m_new, b_lv
-
-
-@triton.jit
-def _load2(p, m_a, m_b, MASK_A: tl.constexpr, MASK_B: tl.constexpr):
-    """Load with the masks that apply (zeros where masked)."""
-    if MASK_A and MASK_B:
-        return tl.load(p, mask=m_a & m_b, other=0)
-    elif MASK_A:
-        return tl.load(p, mask=m_a, other=0)
-    elif MASK_B:
-        return tl.load(p, mask=m_b, other=0)
-    else:
-        return tl.load(p)
 
 
 @triton.jit

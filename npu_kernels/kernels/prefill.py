@@ -374,7 +374,7 @@ def _block(
         if HAS_PREFIX:
             p_kp = KP + kvn64 * stride_kpn + o_j[None, :].to(tl.int64) * stride_kps + o_d[:, None] * stride_kpd
             p_k = tl.where((o_j < prefix)[None, :], p_kp, p_k)
-        b_k = _load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, PARTIAL or IS_PAGED)     # [BD, BN]
+        b_k = load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, PARTIAL or IS_PAGED)     # [BD, BN]
         if K_QUANT > 0:
             b_k = _antiquant(b_k, KSC, KOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_d, m_d, m_kv, stride_ksx,
                              stride_ksh, stride_ksy, DTYPE, K_QUANT, HAS_K_OFFSET, True)
@@ -392,7 +392,7 @@ def _block(
             o_dr = tl.arange(0, BLOCK_DR)
             p_kr = KR + kvn64 * stride_krn + (o_kb * stride_krb + o_kr * stride_krs)[None, :] \
                 + channel_offsets(o_dr[:, None], stride_krd, stride_krt, KR_C0)
-            b_kr = _load2(p_kr, (o_dr < ROPE_DIM)[:, None], m_kv[None, :], ROPE_DIM != BLOCK_DR,
+            b_kr = load2(p_kr, (o_dr < ROPE_DIM)[:, None], m_kv[None, :], ROPE_DIM != BLOCK_DR,
                           PARTIAL or IS_PAGED)                                              # [BDR, BN]
             b_s += tl.dot(b_qr, b_kr)
         if FP16_PATH:                                    # fp16(fp16(q·k) * fp16 scale)
@@ -401,7 +401,7 @@ def _block(
             b_s = b_s * qk_scale
     if HAS_PSE:
         p_p = p_prow[:, None] + (kvm_off + o_j)[None, :].to(tl.int64) * stride_pk
-        b_pse = _load2(p_p, m_row[:, None], m_j[None, :], True, PARTIAL)
+        b_pse = load2(p_p, m_row[:, None], m_j[None, :], True, PARTIAL)
         if QUANT_MODE == 1 or FP16_PATH:
             b_s = (b_s + b_pse.to(tl.float16)).to(tl.float16)                # fp16 sum
         else:
@@ -412,7 +412,7 @@ def _block(
         b_s = tl.where(m_j[None, :], b_s, float("-inf"))
     if HAS_MASK:
         p_um = p_mrow[:, None] + (kvm_off + o_j)[None, :].to(tl.int64) * stride_mk
-        b_um = _load2(p_um, m_row[:, None], m_j[None, :], True, PARTIAL)
+        b_um = load2(p_um, m_row[:, None], m_j[None, :], True, PARTIAL)
         b_s = tl.where(b_um != 0, FILL, b_s)
 
     if FOLD:                                             # max(qk) * scale = max(qk * scale) for a scale >= 0
@@ -444,7 +444,7 @@ def _block(
 
 
 @triton.jit
-def _load2(p, m_a, m_b, MASK_A: tl.constexpr, MASK_B: tl.constexpr):
+def load2(p, m_a, m_b, MASK_A: tl.constexpr, MASK_B: tl.constexpr):
     """Load a 2-D block with the row/column masks that apply (zeros where masked)."""
     if MASK_A and MASK_B:
         return tl.load(p, mask=m_a & m_b, other=0)
@@ -540,7 +540,7 @@ def _load_v(v_head, VP, VSC, VOF, o_j, m_kv, prefix, kvn64, b64, o_kb, o_kr, o_d
     if HAS_PREFIX:
         p_vp = VP + kvn64 * stride_vpn + o_j[:, None].to(tl.int64) * stride_vps + o_dv[None, :] * stride_vpd
         p_v = tl.where((o_j < prefix)[:, None], p_vp, p_v)
-    b_v = _load2(p_v, m_kv[:, None], m_dv[None, :], MASKED or IS_PAGED, PAD_DV)
+    b_v = load2(p_v, m_kv[:, None], m_dv[None, :], MASKED or IS_PAGED, PAD_DV)
     if V_QUANT > 0:
         b_v = _antiquant(b_v, VSC, VOF, kvn64, b64, o_kb, o_kr, o_j - prefix, o_dv, m_dv, m_kv, stride_vsx,
                          stride_vsh, stride_vsy, dtype, V_QUANT, HAS_V_OFFSET, False)
