@@ -75,8 +75,6 @@ def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor,
     how = execution(out.device)
     if call.incre is not None:
         pl = incre.plan(call.incre, out, lse_k)
-        if scratch is None:                                          # no batch: no scratch words
-            scratch = alloc.empty((0,), torch.float32, out.device)
         o4 = as_bnsd(out, call.layout.out, call.incre.heads.N)
         ops = incre.operands(call.incre, o4, lse_k, *incre.scratch(pl.static, scratch))
         return incre.Prepared(call.incre, pl.static, ops, lse_k is not None, args, how), pl.params
@@ -112,7 +110,8 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
         if outs is not None:
             _check_outputs(call, out, lse, ws)
         scratch_words = _scratch_words(call)
-        own = None if ws is not None or not scratch_words else alloc.empty((scratch_words,), torch.float32, out.device)
+        own = None if ws is not None or call.incre is None else alloc.empty((scratch_words,), torch.float32,
+                                                                           out.device)
         scratch = workspace.scratch(scratch_words, call, ws) if ws is not None else own
         full = (*args, out, lse, ws, own)
         prepared, block = _prepare(call, full, out, lse, scratch)
@@ -128,7 +127,7 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
             block_buffer = workspace.block(planned.scratch, ws, block.numel())
         else:
             block_buffer = None
-            if planned.scratch:
+            if call.incre is not None:
                 own = alloc.empty((planned.scratch,), torch.float32, out.device)
         full = (*args, out, lse, ws, own)
     if out.numel() or (call.lse_flag and lse.numel()):
