@@ -40,3 +40,17 @@ def test_no_batch_gives_empty_outputs(name, device):
     want = _shapes(getattr(reference, op)(*(t.cpu() for t in inputs), **kwargs))
     for _ in range(2):                                    # new signature, then the cached plan
         assert _shapes(getattr(nk, op)(*inputs, **kwargs)) == want
+
+
+@pytest.mark.parametrize("s1", [1, 16])
+def test_no_batch_out_with_max_workspace(s1, device):
+    """``.out`` of a call without batches takes the workspace ``_get_max_workspace`` gives (whole 4-byte
+    words even when it holds nothing) and the outputs ``_infer_output`` gives."""
+    q, kv = _empty(0, N, s1, D, device=device), _empty(0, N, 16, D, device=device)
+    kw = dict(num_heads=N, input_layout="BNSD", softmax_lse_flag=True)
+    ws = nk._npu_fused_infer_attention_score_get_max_workspace(q, kv, kv, **kw)
+    assert ws.numel() * ws.element_size() % 4 == 0
+    out, lse = nk._npu_fused_infer_attention_score_infer_output(q, kv, **kw)
+    for _ in range(2):
+        got = nk.npu_fused_infer_attention_score.out(q, kv, kv, workspace=ws, out=[out, lse], **kw)
+        assert got[0] is out and got[1] is lse

@@ -23,9 +23,9 @@ def block_words(call: FusedCall) -> int:
 
 
 def numel(scratch_words: int, call: FusedCall, element_size: int) -> int:
-    """Elements of ``element_size`` bytes (at least one) holding ``scratch_words`` float32 words of scratch
-    and the parameter block, as 4-byte words."""
-    return max(1, -(-(scratch_words + block_words(call)) * 4 // element_size))
+    """Elements of ``element_size`` bytes holding ``scratch_words`` float32 words of scratch and the
+    parameter block (at least one 4-byte word, as ``scratch`` requires whole words)."""
+    return -(-max(1, scratch_words + block_words(call)) * 4 // element_size)
 
 
 def scratch(scratch_words: int, call: FusedCall, workspace: torch.Tensor) -> torch.Tensor:
