@@ -406,12 +406,19 @@ def _gather_native(call: GatherCall, parts: tuple[Rows, ...]) -> None:
         bits(p.rows).view(rows, c.width // c.c0, c.c0)[valid] = got[valid]
 
 
+def request_tokens(seq_lens: torch.Tensor, cumsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first output row, tokens n_b of each request): n_b = max(seq_lens[b], 0), cumulative:
+    max(seq_lens[b+1] - seq_lens[b], 0) from row seq_lens[0]."""
+    n = (seq_lens[1:] - seq_lens[:-1] if cumsum else seq_lens).clamp(min=0)
+    first = seq_lens[0] if cumsum else torch.zeros((), dtype=seq_lens.dtype, device=seq_lens.device)
+    return first, n
+
+
 def request_rows(seq_lens: torch.Tensor, cumsum: bool, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each output row r < rows: (request b, token t of b, whether r belongs to a request). Request b
     has n_b = max(seq_lens[b], 0) tokens (cumulative: max(seq_lens[b+1] - seq_lens[b], 0)) at rows
     start_b = first + n_0 + ... + n_{b-1}, first = seq_lens[0] when cumulative, else 0."""
-    n = (seq_lens[1:] - seq_lens[:-1] if cumsum else seq_lens).clamp(min=0)
-    first = seq_lens[0] if cumsum else torch.zeros((), dtype=seq_lens.dtype, device=seq_lens.device)
+    first, n = request_tokens(seq_lens, cumsum)
     ends = first + n.cumsum(0)
     r = torch.arange(rows, device=seq_lens.device)
     b = torch.searchsorted(ends, r, right=True)
@@ -445,8 +452,8 @@ def rows_fit(call: GatherCall) -> None:
     (the CPU); on a GPU the kernel stops at the last row instead (§2.4)."""
     if call.seq_lens.device.type != "cpu":
         return
-    lens = call.seq_lens.long()
-    need = int(lens[0] + (lens[1:] - lens[:-1]).clamp(min=0).sum()) if call.cumsum else int(lens.clamp(min=0).sum())
+    first, n = request_tokens(call.seq_lens.long(), call.cumsum)
+    need = int(first + n.sum())
     rows = call.parts[0].rows.shape[0]
     require(need <= rows, "seq_lens", call.seq_lens,
             f"the requests' {need} tokens must fit the {rows} rows of key and value")
