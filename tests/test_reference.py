@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 import torch.nn.functional as F
 
 import npu_kernels as nk
-from npu_kernels.masks import INT_MAX
+from npu_kernels.masks import INT_MAX, in_band, outside_band
 
 ref = nk.reference.npu_prompt_flash_attention
 TRIU = torch.ones(2048, 2048, dtype=torch.bool).triu(1)
@@ -60,6 +62,19 @@ def test_row_without_key_in_band_is_zero():
     k = torch.randn(1, 1, 3, 16).half()
     out = ref(q, k, k, num_heads=1, input_layout="BNSD", sparse_mode=3, atten_mask=TRIU)
     assert (out[0, 0, :2] == 0).all() and (out[0, 0, 2:] != 0).any()
+
+
+LIMITS = st.one_of(st.integers(-70, 70), st.sampled_from([0, 65535, INT_MAX]))
+
+
+@given(st.integers(0, 60), st.integers(1, 40), st.integers(0, 60), st.integers(1, 40), LIMITS, LIMITS)
+def test_outside_band_is_the_band_predicate_negated(i0, rows, j0, keys, pre, nxt):
+    """The CPU path's band mask from diagonals equals the shared predicate on every (row, key) pair."""
+    i = torch.arange(i0, i0 + rows)[:, None]
+    j = torch.arange(j0, j0 + keys)[None, :]
+    want = ~in_band(i, j, pre, nxt)
+    got = outside_band(i0, i0 + rows, j0, j0 + keys, pre, nxt)
+    assert torch.equal(got, want) if got is not None else not want.any()
 
 
 @pytest.mark.parametrize("layout", ["BSH", "BSND", "BNSD", "BNSD_BSND"])

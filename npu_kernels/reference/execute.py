@@ -24,13 +24,13 @@ Elements written, as the kernels write them:
   too) and lse -3.4e38; unused rows (QLEN = KVLEN = 0) write nothing. int8 output: AscendQuant per
   tensor, the IFA rounding per channel.
 
-Numerics (``cpu_numerics``): int8 inputs follow the int8 pipeline with P quantised per key block of the
-prefill kernel's CPU block ``kernels.prefill.block_config(D, Dv, on_gpu=False)``. The NPU's fp16
-high-performance path (``call.fp16_path``) follows the reference's emulation
-(``reference.npu_prompt_flash_attention(..., emulate_fp16=True)``) with that same key block, as the
-kernel's FP16_PATH does: the fp16 accumulator is rounded once per block, so the result depends on the
-block (an accumulator block of 128 to 1024 keys measured up to 1.6 times the fp16 tolerance away from
-the 32-key one at scales 0.25-1, none at 128 or 1/sqrt(D)).
+Numerics (``cpu_numerics``): int8 inputs follow the int8 pipeline with P quantised per key block of
+``BLOCK_N`` keys. The NPU's fp16 high-performance path (``call.fp16_path``) follows the reference's
+emulation (``reference.npu_prompt_flash_attention(..., emulate_fp16=True)``) with that same key block, as
+the kernel's FP16_PATH does with its own: the fp16 accumulator is rounded once per block, so the result
+depends on the block (an accumulator block of 128 to 1024 keys measured up to 1.6 times the fp16
+tolerance away from the 32-key one at scales 0.25-1, none at 128 or 1/sqrt(D)). ``block_n`` tells the
+block of whichever runs a call: this path, or the prefill kernel (``kernels.prefill.block_config``).
 Everything else is float32 math with P rounded to the input dtype, through torch's CPU flash attention
 where its semantics apply (``core``).
 """
@@ -43,6 +43,7 @@ from typing import Iterator, Optional
 import torch
 
 from .. import quant
+from ..device import execution
 from ..kernels import prefill as prefill_kernel
 from ..masks import LSE_DECODE_EMPTY
 from ..ops.incre import IncreCall
@@ -66,13 +67,24 @@ def int8_steps(qa: quant.QuantArgs) -> Optional[Int8Steps]:
                      quant.deq_scale(qa.deq_scale2).reshape(()))
 
 
+# Keys per block where the numerics follow the key block: the prefill kernel's block on sm_90 at D <= 128
+# (the interpreter's 32 makes the block products and the fp16 accumulator's steps 1.3-2 times slower here).
+BLOCK_N = 128
+
+
+def block_n(d: int, dv: int, device: torch.device) -> int:
+    """The key block of the numerics of a prefill call on ``device``, as its operator runs it: this path's
+    ``BLOCK_N``, or the prefill kernel's (compiled, or in Triton's interpreter)."""
+    if execution(device) == "native":
+        return BLOCK_N
+    return prefill_kernel.block_config(d, dv, device.type == "cuda")[1]
+
+
 def cpu_numerics(call: PromptCall) -> Numerics:
-    h = call.heads
-    block_n = prefill_kernel.block_config(h.D, h.Dv, on_gpu=False)[1]
     if call.quant.int8_in:
-        return Numerics(block_n=block_n, int8=int8_steps(call.quant))
+        return Numerics(block_n=BLOCK_N, int8=int8_steps(call.quant))
     if call.fp16_path:
-        return Numerics(block_n=block_n, fp16=True)
+        return Numerics(block_n=BLOCK_N, fp16=True)
     return Numerics()
 
 

@@ -13,7 +13,6 @@ from typing import Optional
 
 import torch
 
-from ..kernels import prefill
 from ..layouts import as_bnsd
 from ..ops import fused, incre, prompt
 from . import execute
@@ -38,7 +37,7 @@ def npu_fused_infer_attention_score(query, key, value, *, compute_dtype: torch.d
     else:
         c = call.prompt
         if block_n is None and c.quant.int8_in:
-            block_n = prefill.block_config(c.heads.D, c.heads.Dv, device.type == "cuda")[1]
+            block_n = execute.block_n(c.heads.D, c.heads.Dv, device)
         numerics = Numerics(compute=compute_dtype, block_n=block_n, int8=execute.int8_steps(c.quant))
         execute.run_prefill(c, prompt.pack(c.qlens, c.kvlens, c.bands, c.offsets), prompt.out_view(c, out), lse_k,
                             numerics)

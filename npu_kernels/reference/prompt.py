@@ -12,7 +12,6 @@ from typing import Optional
 
 import torch
 
-from ..kernels import prefill
 from ..layouts import out_shape
 from ..ops import prompt, prompt_tnd
 from . import execute
@@ -25,7 +24,7 @@ def npu_prompt_flash_attention(query, key, value, *, compute_dtype: torch.dtype 
 
     ``compute_dtype`` is the precision of the math (float32 or float64); the result has the operator's
     output dtype and layout. ``block_n``: compute block by block over keys as a flash kernel does (P is
-    rounded against the running maximum; ``kernel_block_n`` gives the prefill kernel's block); None: the
+    rounded against the running maximum; ``kernel_block_n`` gives the operator's block); None: the
     exact softmax for float inputs, ``kernel_block_n`` for int8 inputs, whose P quantisation needs blocks.
     ``emulate_fp16``: where the NPU takes its fp16 high-performance path (fp16 input, PFA's default
     precision, no pse), follow its fp16 roundings step by step (spec ops §1.8) instead of exact math.
@@ -49,7 +48,8 @@ def npu_prompt_flash_attention(query, key, value, *, compute_dtype: torch.dtype 
 
 
 def kernel_block_n(query, key, value, **kwargs) -> int:
-    """BLOCK_N of the prefill kernel for these arguments on the query's device where its numerics follow the
-    key block (int8 inputs, the fp16 path: ``ops.prompt`` plans those without extra tiles)."""
+    """The key block that the operator's numerics follow for these arguments on the query's device (int8
+    inputs, the fp16 path): the CPU execution path's or the prefill kernel's (``execute.block_n``;
+    ``ops.prompt`` plans those calls without extra tiles)."""
     h = prompt.validate(query, key, value, **kwargs).heads
-    return prefill.block_config(h.D, h.Dv, h.q.device.type == "cuda")[1]
+    return execute.block_n(h.D, h.Dv, h.q.device)
