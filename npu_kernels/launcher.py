@@ -118,8 +118,15 @@ def _aligned_as(args: tuple, positions: tuple, aligned: tuple) -> bool:
     return _alignment(args, positions) == aligned
 
 
+def recording() -> bool:
+    """A recorder replaces launching (``set_recorder``)."""
+    return _recorder is not None
+
+
 class Launch:
-    """One launch of a traced plan (see the module doc): ``launch(args)`` with every argument of ``kernel``."""
+    """One launch of a traced plan (see the module doc): ``launch(args)`` with every argument of ``kernel``;
+    ``launch.aligned(args)`` without the alignment check, once ``compiled_aligned`` (the caller checked that
+    every pointer argument is 16-byte aligned, and that no recorder is installed)."""
 
     __slots__ = ("kernel", "grid", "options", "compiled")
 
@@ -143,3 +150,13 @@ class Launch:
         if kernel is not None and not triton_launch() and len(args) == len(getattr(self.kernel, "params", ())):
             pointers = tuple(i for i, a in enumerate(args) if hasattr(a, "data_ptr"))   # as Triton tells them
             self.compiled = (kernel, pointers, _alignment(args, pointers))
+
+    @property
+    def compiled_aligned(self) -> bool:
+        """The kept kernel is the one for every pointer argument aligned."""
+        return self.compiled is not None and all(self.compiled[2])
+
+    def aligned(self, args: tuple) -> None:
+        if not _dry:
+            _allocator()
+            self.compiled[0][self.grid](*args)

@@ -162,7 +162,7 @@ class Traced:
     launch whose arguments depend on an operand's address alignment is traced for the alignment seen; a
     call whose operands align otherwise launches untraced."""
 
-    __slots__ = ("launches", "launch", "views", "aligned")
+    __slots__ = ("launches", "launch", "views", "aligned", "pointer_args", "fast")
 
     def __init__(self, launch, operands: tuple, views: tuple):
         """``launch(operands, block)`` issues the launches through ``launcher.run`` (traced, not run);
@@ -193,21 +193,39 @@ class Traced:
                     else:
                         computed.append((pos, view))
             self.launches.append((launcher.Launch(kernel, grid, options), list(args), direct, computed, blocks))
+        # every pointer a launch takes is a call argument (``direct``), a ``Pointer`` into one, or the block
+        self.pointer_args = tuple(sorted({i for *_, direct, _, _ in self.launches for _, i in direct}))
+        self.fast = False         # every launch keeps its kernel for aligned pointers
 
     def __call__(self, args: tuple, block) -> None:
+        align = launcher.ALIGNMENT
         for view, aligned in self.aligned:
-            if (view.operand(args).data_ptr() % launcher.ALIGNMENT == 0) != aligned:
+            if (view.operand(args).data_ptr() % align == 0) != aligned:
                 self.launch(tuple(None if v is None else v.operand(args) for v in self.views), block)
                 return
+        # aligned pointers launch the kept kernels without each launch checking its own
+        fast = self.fast and block.data_ptr() % align == 0 and not launcher.recording()
+        if fast:
+            for i in self.pointer_args:
+                if args[i].data_ptr() % align:
+                    fast = False
+                    break
         for launch, template, direct, computed, blocks in self.launches:
             values = template.copy()
             for pos, i in direct:
                 values[pos] = args[i]
+            aligned = fast
             for pos, view in computed:
-                values[pos] = view.operand(args)
+                p = values[pos] = view.operand(args)
+                aligned = aligned and p.ptr % align == 0
             for pos in blocks:
                 values[pos] = block
-            launch(tuple(values))
+            if aligned:
+                launch.aligned(tuple(values))
+            else:
+                launch(tuple(values))
+        if not self.fast:
+            self.fast = all(launch.compiled_aligned for launch, *_ in self.launches)
 
 
 class Prepared:

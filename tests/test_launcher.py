@@ -67,6 +67,23 @@ with aot.compile_only_target(90), launcher.dry_run():
                      "same_kernel_aligned": triton_pick(rec, tuple(aligned)) is triton_pick(rec, rec.args),
                      "other_kernel_misaligned": triton_pick(rec, tuple(misaligned)) is not triton_pick(rec, rec.args),
                      "kept_misaligned": launch.compiled[0] is triton_pick(rec, tuple(misaligned))})
+    # an operator's traced plan: its launches' pointers checked once per call (``plans.Traced``)
+    import npu_kernels as nk
+    from npu_kernels.device import forced_execution
+    direct = []
+    kept = launcher.Launch.aligned
+    launcher.Launch.aligned = lambda self, args: direct.append(1) or kept(self, args)
+    q = torch.randn(1, 8, 1, 128).half()
+    k, v = (torch.randn(1, 2, 256, 128).half() for _ in range(2))
+    counts = []
+    with forced_execution("compiled"):
+        for query, key in ((q, k), (q, k), (moved(q, 0), k), (q, moved(k, 1)), (q, k)):
+            before, fast = len(calls), len(direct)
+            nk.npu_incre_flash_attention(query, key, v, num_heads=8, num_key_value_heads=2, input_layout="BNSD",
+                                         actual_seq_lengths=[256])
+            counts.append([len(calls) - before, len(direct) - fast])
+    launcher.Launch.aligned = kept
+    rows.append({"variant": "plan", "calls": counts})
     os.environ["NPUK_TRITON_LAUNCH"] = "1"
     rec = variants["fp16-d128-gqa8"].launches(90)[0]
     launch = launcher.Launch(rec.kernel, rec.grid, rec.options)
@@ -93,6 +110,14 @@ def test_compiled_kernel_reused_while_aligned(rows, variant):
     r = rows[variant]
     assert r["triton_calls"] == [1, 0, 0, 1] + [1, 0, 1]      # tensors; then a Pointer, again, misaligned
     assert r["same_kernel_aligned"] and r["other_kernel_misaligned"] and r["kept_misaligned"]
+
+
+def test_traced_plan_checks_its_pointers_once(rows):
+    """A cached incremental call (split and combine launches): the first goes through Triton; later ones
+    with aligned tensors (also a query at another aligned address) launch both kept kernels directly, the
+    plan having checked every pointer once; a misaligned key sends the split launch, which reads it,
+    through Triton, and the combine launch through its own check to its kept kernel."""
+    assert rows["plan"]["calls"] == [[2, 0], [0, 2], [0, 2], [1, 0], [0, 2]]
 
 
 def test_triton_launch_switch(rows):
