@@ -419,9 +419,9 @@ def _block(
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
     else:                                                # (exact in the scores' dtype)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1).to(tl.float32))
-    if QUANT_MODE == 1 or FP16_PATH:                     # exp (as torch's) of fp16 differences, P in fp16
-        b_alpha = tl.exp(b_m - b_m_new)
-        b_e = tl.exp((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32))
+    if QUANT_MODE == 1 or FP16_PATH:                     # exp of fp16 differences (as exp2, as the CPU path), P in fp16
+        b_alpha = tl.math.exp2((b_m - b_m_new) * LOG2E)
+        b_e = tl.math.exp2((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32) * LOG2E)
         b_p = b_e.to(tl.float16)
         if FP16_PATH:                                    # l sums the exp values before P is rounded
             b_l = b_l * b_alpha + tl.sum(b_e, 1)
@@ -653,10 +653,11 @@ def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources:
 
 
 def fp_fusion(meta) -> bool:
-    """Whether the compiler may fuse a multiply and an add: not on the int8 path (QUANT_MODE), whose
-    fp16 steps are each rounded as on the NPU. (FP16_PATH rounds to fp16 through conversions, which
-    nothing fuses across.)"""
-    return dict(meta).get("QUANT_MODE", 0) == 0
+    """Whether the compiler may fuse a multiply and an add: not on the int8 path (QUANT_MODE) nor on
+    FP16_PATH, whose fp16 steps are each rounded as on the NPU (fused, the fp16 accumulator's
+    ``acc * alpha + P·V`` would round once)."""
+    meta = dict(meta)
+    return meta.get("QUANT_MODE", 0) == 0 and not meta.get("FP16_PATH", False)
 
 
 def positional(kernel, args: dict) -> tuple:
