@@ -13,7 +13,6 @@ device (element 0, as the NPU does), so neither validation nor the run path read
 from __future__ import annotations
 
 import functools
-import operator
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
@@ -367,7 +366,6 @@ def output(call: IncreCall) -> torch.Tensor:
 
 
 _plans = plans.Cache()
-_tensor_args = operator.itemgetter(*TENSOR_ARGS[3:])
 _PER_CALL = frozenset({"actual_seq_lengths"})     # per-call integers: the kv lengths (whether given is static)
 
 
@@ -375,11 +373,9 @@ def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention`` (keyword arguments and
     defaults: ``DEFAULTS``). A repeated signature validates and packs only the kv lengths."""
     kwargs = checks.host_lists(kwargs, ("actual_seq_lengths",))
-    kw = {**DEFAULTS, **kwargs}
-    if len(kw) != len(DEFAULTS):
-        validate(query, key, value, **kwargs)                  # raises for the unknown keyword
-    args = (query, key, value, *_tensor_args(kw))
-    lengths = kw["actual_seq_lengths"]
+    # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
+    args = (query, key, value, *map(kwargs.get, TENSOR_ARGS[3:]))
+    lengths = kwargs.get("actual_seq_lengths")
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
     if hit is None:

@@ -12,7 +12,6 @@ tensors reach the kernel as device pointers (dequant scales as their raw bits), 
 from __future__ import annotations
 
 import functools
-import operator
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
@@ -313,8 +312,6 @@ def launch(static: prefill.PrefillConfig, ops: tuple, block: torch.Tensor) -> No
 _plans = plans.Cache()
 
 
-_tensor_args = operator.itemgetter(*TENSOR_ARGS[3:])
-_dynamic_args = operator.itemgetter(*DYNAMIC_ARGS)
 _PER_CALL = frozenset(DYNAMIC_ARGS)
 _LISTS = ("actual_seq_lengths", "actual_seq_lengths_kv")
 
@@ -329,6 +326,9 @@ def fake(query, key, value, **kwargs) -> torch.Tensor:
     if kwargs.get("input_layout") == "TND":
         from . import fused
 
+        if kwargs.keys() - DEFAULTS.keys():
+            validate(query, key, value, **kwargs)              # raises for the unknown keyword
+
         call = fused.validate(query, key, value, **prompt_tnd.fused_arguments(query, key, value, kwargs))
         return fused.outputs(call)[0]
     return output(validate(query, key, value, **kwargs))
@@ -338,15 +338,16 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention`` (keyword arguments and
     defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers."""
     kwargs = checks.host_lists(kwargs, _LISTS)
-    kw = {**DEFAULTS, **kwargs}
-    if len(kw) != len(DEFAULTS):
-        validate(query, key, value, **kwargs)                  # raises for the unknown keyword
-    if kw["input_layout"] == "TND":
+    if kwargs.get("input_layout") == "TND":
         from . import fused
+
+        if kwargs.keys() - DEFAULTS.keys():
+            validate(query, key, value, **kwargs)              # raises for the unknown keyword
 
         return fused.npu_fused_infer_attention_score(query, key, value, **prompt_tnd.fused_arguments(
             query, key, value, kwargs))[0]
-    args = (query, key, value, *_tensor_args(kw))
+    # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
+    args = (query, key, value, *map(kwargs.get, TENSOR_ARGS[3:]))
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     p = _plans.get(key_)
     if p is None:
@@ -360,7 +361,7 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     else:
         p, call, shape, dtype, recent = p
         out = alloc.empty(shape, dtype, query.device)
-        dynamic = _dynamic_args(kw)
+        dynamic = tuple(kwargs.get(name, DEFAULTS[name]) for name in DYNAMIC_ARGS)
         block = recent.block(dynamic, lambda: pack(*per_batch(call, *dynamic)))
     if out.numel():
         tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out), roles=_ROLES))

@@ -94,9 +94,8 @@ def _decode_path(layout: Layout, q_s: int, d: int, key: torch.Tensor, kw) -> boo
     return layout.inp in DECODE_LAYOUTS and (q_s == 1 or mla_mtp)
 
 
-def window_opens(kw) -> bool:
+def window_opens(pre) -> bool:
     """pre_tokens in (0, INT_MAX): the decode sliding window may apply (part of the signature)."""
-    pre = kw["pre_tokens"]
     return isinstance(pre, int) and 0 < pre < masks.INT_MAX
 
 
@@ -137,7 +136,7 @@ def validate_static(query, key, value, kw) -> FusedCall:
     decode = _decode_path(layout, q_s, d, key, kw)
     same_dv = prefill_path.kv_view(value, layout, kv_n, kw["block_table"], "value").shape[3] == d
     token = layout.inp in TOKEN_LAYOUTS
-    window = decode and window_opens(kw) and decode_path.window_applies(layout, key, query, kw)
+    window = decode and window_opens(kw["pre_tokens"]) and decode_path.window_applies(layout, key, query, kw)
     if decode and q_s == 1 and not token and rope[0] is None and kw["key_shared_prefix"] is None \
             and antiquant.channel_only(key, kw) and same_dv and not window:
         call = decode_path.incre_call(query, key, value, layout, kv_n, kw)

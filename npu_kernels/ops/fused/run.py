@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import operator
 from dataclasses import replace
 from typing import Optional
 
@@ -15,7 +14,7 @@ from ...errors import require
 from ...layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, out_shape
 from .. import incre, prompt
 from . import workspace
-from .call import LIST_ARGS, OP, TENSOR_ARGS, FusedCall, per_batch, validate, window_opens, with_defaults
+from .call import DEFAULTS, LIST_ARGS, OP, TENSOR_ARGS, FusedCall, per_batch, validate, window_opens, with_defaults
 from .prefill_path import kv_view, token_rows
 
 
@@ -35,20 +34,20 @@ class Planned:
 
 
 _plans = plans.Cache()
-_tensor_args = operator.itemgetter(*TENSOR_ARGS)
 _PER_CALL = frozenset((*LIST_ARGS, "pre_tokens", "next_tokens"))
+_DYNAMIC = (*LIST_ARGS, "pre_tokens", "next_tokens")
 
 
-def _signature(query, key, value, kwargs: dict, kw: dict) -> list:
+def _signature(query, key, value, kwargs: dict) -> list:
     """``plans.signature``, whether pre_tokens opens the decode sliding window, and the token-major
-    parameter-block rows (``kw``: the arguments with their defaults)."""
-    q_lens, layout = kw["actual_seq_lengths"], kw["input_layout"]
+    parameter-block rows."""
+    q_lens, layout = kwargs.get("actual_seq_lengths"), kwargs.get("input_layout", DEFAULTS["input_layout"])
     rows = 0
     if isinstance(layout, str) and layout.partition("_")[0] in TOKEN_LAYOUTS and isinstance(q_lens, (list, tuple)) \
             and isinstance(query, torch.Tensor) and query.dim() == 3:
         rows = token_rows(query.shape[0] if layout.startswith("T") else query.shape[1], len(q_lens))
     sig = plans.signature(query, key, value, kwargs, _PER_CALL)
-    sig += (window_opens(kw), rows)
+    sig += (window_opens(kwargs.get("pre_tokens", DEFAULTS["pre_tokens"])), rows)
     return sig
 
 
@@ -82,29 +81,28 @@ def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor,
     return prompt.Prepared(call.prompt, pl.static, prompt.out_view(call.prompt, out), lse_k, args, how), pl.params
 
 
-_dynamic_args = operator.itemgetter(*LIST_ARGS, "pre_tokens", "next_tokens")
-
-
-def _block(planned: Planned, kw: dict) -> torch.Tensor:
-    """The parameter block of this call's per-call integers, validated."""
+def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
+    """The parameter block of this call's per-call integers, validated (``kwargs`` as given: a plan's
+    signature holds the names given, so none is unknown)."""
+    dynamic = tuple(kwargs.get(name, DEFAULTS[name]) for name in _DYNAMIC)
     if planned.call.incre is not None:
-        return planned.recent.block(_dynamic_args(kw), lambda: incre.pack(*per_batch(planned.call, kw)))
-    return planned.recent.block(_dynamic_args(kw), lambda: prompt.pack(*per_batch(planned.call, kw),
-                                                                       *planned.tiling))
+        return planned.recent.block(dynamic, lambda: incre.pack(*per_batch(planned.call, with_defaults(kwargs))))
+    return planned.recent.block(dynamic, lambda: prompt.pack(*per_batch(planned.call, with_defaults(kwargs)),
+                                                             *planned.tiling))
 
 
 def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
     caller's workspace ``ws`` (``.out``; else scratch of its own). Returns (attention_out, softmax_lse)."""
     kwargs = checks.host_lists(kwargs, LIST_ARGS)
-    kw = with_defaults(kwargs)
-    args = (query, key, value, *_tensor_args(kw))
-    sig = _signature(query, key, value, kwargs, kw)
+    args = (query, key, value, *map(kwargs.get, TENSOR_ARGS))
+    sig = _signature(query, key, value, kwargs)
     if outs is not None:
         sig += map(plans.meta, (*outs, ws))
     key_ = tuple(sig)
     planned = _plans.get(key_)
     if planned is None:
+        kw = with_defaults(kwargs)
         call = validate(query, key, value, **kw)
         out, lse = outs if outs is not None else outputs(call)
         if outs is not None:
@@ -120,7 +118,7 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
             _plans.put(key_, Planned(_without_batches(call), prepared, scratch_words))
     else:
         call, prepared = planned.call, planned.prepared
-        block = _block(planned, kw)
+        block = _block(planned, kwargs)
         out, lse = outs if outs is not None else outputs(call)     # the caller's passed the checks before
         own = None
         if ws is not None:
@@ -132,8 +130,9 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
         full = (*args, out, lse, ws, own)
     if out.numel() or (call.lse_flag and lse.numel()):
         roles = _ROLES_OUT if outs is not None else _ROLES
-        tasks.submit(tasks.Task(OP, prepared.static, block, out.device, run=prepared.run,
-                                args=(*full, *prepared.extras), roles=roles + tasks.INPUT * len(prepared.extras),
+        if prepared.extras:                              # only an uncached plan has them
+            full, roles = (*full, *prepared.extras), roles + tasks.INPUT * len(prepared.extras)
+        tasks.submit(tasks.Task(OP, prepared.static, block, out.device, run=prepared.run, args=full, roles=roles,
                                 block_buffer=block_buffer))
     return out, lse
 
