@@ -238,19 +238,24 @@ def _update(stream, update: _Update, task: Task) -> None:
             f"(size {len(tasks)}; extra call of {task.op} on {stream!r})"
         )
     cap = tasks[update.matched]
-    where = f"task update of {task.op} (task {update.matched} of the group)"
+
+    def where() -> str:
+        return f"task update of {task.op} (task {update.matched} of the group)"
+
     if task.op != cap.task.op:
-        raise RuntimeError(f"{where}: the captured task is {cap.task.op}; calls must repeat the captured ops in order")
+        raise RuntimeError(
+            f"{where()}: the captured task is {cap.task.op}; calls must repeat the captured ops in order"
+        )
     if task.static is not cap.task.static and task.static != cap.task.static:
         raise RuntimeError(
-            f"{where}: the static plan differs from the captured one (shapes, dtypes, flags or grid "
+            f"{where()}: the static plan differs from the captured one (shapes, dtypes, flags or grid "
             f"changed); captured {cap.task.static!r}, got {task.static!r}"
         )
     if task.params.shape != cap.launch.block.shape:
         raise RuntimeError(
-            f"{where}: parameter block of {task.params.numel()} words, captured {cap.launch.block.numel()}"
+            f"{where()}: parameter block of {task.params.numel()} words, captured {cap.launch.block.numel()}"
         )
-    args, copies = (cap.task.args, []) if cap.same_tensors(task) else _tensors(where, cap.task, task)
+    args, copies = (cap.task.args, []) if cap.same_tensors(task) else _tensors(where(), cap.task, task)
     cap.write(task.params, stream)
     be = backend()
     for dst, src in copies:
