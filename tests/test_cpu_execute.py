@@ -212,11 +212,12 @@ def test_fp16_path_follows_the_emulation_at_scale_128():
 
 def test_chunks_and_tiles_do_not_change_results(monkeypatch):
     """Row chunks, key tiles and the key ranges they reach (causal, band, user mask) leave the results of
-    every method within the tolerance of one big chunk."""
+    every method within the tolerance of one big chunk: 600 keys, in the online method tiles of two
+    128-key blocks and chunks of 8 rows."""
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 4, 96, 32, generator=g).half() for _ in range(3))
-    k, v = k[:, :2], v[:, :2]
-    mask = torch.rand(96, 96, generator=g) < 0.4
+    q = torch.randn(1, 4, 96, 32, generator=g).half()
+    k, v = (torch.randn(1, 2, 600, 32, generator=g).half() for _ in range(2))
+    mask = torch.rand(96, 600, generator=g) < 0.4
     cases = [dict(sparse_mode=3, atten_mask=TRIU), dict(sparse_mode=4, atten_mask=TRIU, pre_tokens=9, next_tokens=2),
              dict(atten_mask=mask, next_tokens=65535)]
     for kw in cases:
@@ -226,8 +227,9 @@ def test_chunks_and_tiles_do_not_change_results(monkeypatch):
             whole = nk.reference.npu_prompt_flash_attention(*args, emulate_fp16=emulate, **kw2)
             with monkeypatch.context() as m:
                 m.setattr(core, "CHUNK_ELEMENTS", 4 * 96)
-                m.setattr(core, "TILE_ELEMENTS", 4 * 96)
-                m.setattr(core, "TILE_KEYS", 32)
+                m.setattr(core, "TILE_ELEMENTS", 4 * 8 * 256)
+                m.setattr(core, "TILE_KEYS", 256)
+                m.setattr(core, "ONLINE_ROWS", 8)
                 small = nk.reference.npu_prompt_flash_attention(*args, emulate_fp16=emulate, **kw2)
             assert_close(small, whole, dtype)
 

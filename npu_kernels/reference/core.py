@@ -55,8 +55,9 @@ from .spans import Span
 CHUNK_ELEMENTS = 1 << 21
 TILE_ELEMENTS = 1 << 19
 TILE_KEYS = 512
-# Fewest rows per chunk that the online method splits a band's rows into.
-BAND_ROWS = 128
+# Rows per chunk the online method keeps where it can (batched products of fewer rows run slowly): its
+# key tiles shrink to as little as one block, and groups hold as few batches, to leave it that many.
+ONLINE_ROWS = 128
 # Value columns per batched block product of the online method.
 PV_COLUMNS = 64
 # Key (or value) elements converted to the working dtype at a time by the exact method.
@@ -136,6 +137,14 @@ def attend(q: torch.Tensor, kv: Reader, span: Span, b0: int, setup: Setup, sink:
         sink(i0, i1, *grp.chunk(i0, i1))
 
 
+def online_batches(numerics: Numerics, heads: int) -> Optional[int]:
+    """The most batches of ``heads`` query heads that ``attend`` should get at once with ``numerics``: with
+    the online method, as many as leave it chunks of ``ONLINE_ROWS`` rows over one key block; else None."""
+    if numerics.block_n is None:
+        return None
+    return max(1, TILE_ELEMENTS // (heads * ONLINE_ROWS * numerics.block_n))
+
+
 def _flash(q, k, v, mask: Optional[torch.Tensor], scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=causal, attn_mask=mask,
                                                                       scale=scale)
@@ -192,15 +201,22 @@ class _Group:
     def rows_per_chunk(self) -> int:
         sp = self.span
         if self.setup.numerics.block_n is not None and not self.sdpa:
-            rows = max(1, TILE_ELEMENTS // (self.G * self.N * min(TILE_KEYS, sp.kvlen)))
+            rows = max(1, TILE_ELEMENTS // (self.G * self.N * min(self.tile_keys(), sp.kvlen)))
             # a band that cuts keys (causal): a chunk computes the keys its last row reaches, so two chunks
             # of half the rows compute a quarter fewer scores than one
             if sp.nxt < sp.kvlen - 1 or sp.pre < sp.qlen - 1:
-                rows = min(rows, max(BAND_ROWS, -(-sp.qlen // 2)))
+                rows = min(rows, max(ONLINE_ROWS, -(-sp.qlen // 2)))
             return rows
         width = max(1, min(sp.kvlen, sp.pre + sp.nxt + 1))        # keys one row's band reaches
         rows = max(1, CHUNK_ELEMENTS // (self.G * self.N * width))
         return max(1, CHUNK_ELEMENTS // (self.G * self.N * min(sp.kvlen, width + rows - 1)))
+
+    def tile_keys(self) -> int:
+        """Keys per tile of the online method: whole blocks, up to ``TILE_KEYS``, fewer where ``ONLINE_ROWS``
+        rows of every head of the group would exceed ``TILE_ELEMENTS`` scores."""
+        bn = self.setup.numerics.block_n
+        keys = min(TILE_KEYS, TILE_ELEMENTS // (self.G * self.N * ONLINE_ROWS))
+        return max(bn, keys - keys % bn)
 
     def scratch(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous buffer of ``shape`` (``_Scratch``)."""
@@ -372,7 +388,7 @@ def _online(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor
     accumulator of the NPU's fp16 path, rounded after every block, runs block by block."""
     num = grp.setup.numerics
     bn = num.block_n
-    tile = max(bn, TILE_KEYS - TILE_KEYS % bn)
+    tile = grp.tile_keys()
     dv, kvlen = grp.Dv, grp.span.kvlen
     width = min(dv, PV_COLUMNS)
     parts = -(-dv // width)

@@ -108,7 +108,8 @@ def run_prefill(call: PromptCall, block: torch.Tensor, out: torch.Tensor, lse: O
                   zero_masked_rows=call.zero_masked_rows, numerics=numerics, sdpa=not call.quant.int8_out)
     dest = _PrefillOutput(call, out, lse)
     all_spans = spans.prefill(block, h.B, h.S1, h.S2, src.q_pad, src.kv_pad)
-    for b0, b1, sp in _groups(all_spans, h.KV_N * (h.k.shape[-1] + h.v.shape[-1])):
+    for b0, b1, sp in _groups(all_spans, h.KV_N * (h.k.shape[-1] + h.v.shape[-1]),
+                              core.online_batches(numerics, h.N)):
         if sp.unused and src.varlen:
             continue
         dest.outside(b0, b1, sp)
@@ -147,13 +148,15 @@ def decode_store(call: IncreCall) -> KeyStore:
                     key_quant=kq, value_quant=vq)
 
 
-def _groups(all_spans: list[Span], per_key: int) -> Iterator[tuple[int, int, Span]]:
+def _groups(all_spans: list[Span], per_key: int, batches: Optional[int] = None) -> Iterator[tuple[int, int, Span]]:
     """Runs of consecutive batches with equal spans, each holding at most ``GROUP_ELEMENTS`` key and value
-    elements (``per_key`` per key of a batch)."""
+    elements (``per_key`` per key of a batch), and at most ``batches`` batches when given."""
     b0 = 0
     while b0 < len(all_spans):
         sp = all_spans[b0]
         most = max(1, GROUP_ELEMENTS // max(1, per_key * sp.kvlen))
+        if batches is not None:
+            most = min(most, batches)
         b1 = b0 + 1
         while b1 < len(all_spans) and b1 - b0 < most and all_spans[b1] == sp:
             b1 += 1
