@@ -233,8 +233,8 @@ class _Group:
 
     def qf(self, i0: int, i1: int) -> torch.Tensor:
         """Query rows (G·KV_N, g·R, D) in the working dtype, the g query heads of a kv head folded into rows."""
-        q = self.q[:, :, i0:i1].to(self.work)
-        return q.reshape(self.G * self.H, self.g * (i1 - i0), self.D)
+        q = self.scratch("q", (self.G, self.N, i1 - i0, self.D), self.work).copy_(self.q[:, :, i0:i1])
+        return q.view(self.G * self.H, self.g * (i1 - i0), self.D)
 
     def unfold(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """(G·KV_N, g·R, ...) → (G, N, R, ...)."""
@@ -316,6 +316,7 @@ class _Group:
             if setup.zero_masked_rows:
                 zero = zero | full
             else:
+                out = out.clone()                        # a scratch buffer, which ``uniform`` reuses
                 u_out, u_lse = self.uniform()
                 out = torch.where(full[..., None], u_out.to(out.dtype), out)
                 lse = torch.where(full, u_lse.to(lse.dtype), lse)
@@ -353,6 +354,7 @@ class _Group:
 
             method = _exact if self.setup.numerics.block_n is None else _online
             out, lse, _ = method(self, scores, 0, self.span.kvlen)
+            out = out.clone()                            # kept past the scratch buffer's next use
             shape = (self.G, self.H, self.g)
             self._uniform = (out.reshape(self.G, self.H, 1, -1).expand(*shape, -1).reshape(self.G, self.N, 1, -1),
                              lse.reshape(self.G, self.H, 1).expand(*shape).reshape(self.G, self.N, 1))
@@ -369,7 +371,7 @@ def _exact(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor,
     p = exp_(s.sub_(m))
     l = p.sum(-1, keepdim=True)
     p = p.to(grp.vdtype).to(grp.work)
-    out = torch.zeros(p.shape[0], p.shape[1], grp.Dv, dtype=grp.work, device=p.device)
+    out = grp.scratch("out", (p.shape[0], p.shape[1], grp.Dv), grp.work).zero_()
     step = grp.key_step()
     for a in range(j0, j1, step):
         b = min(a + step, j1)
@@ -402,8 +404,8 @@ def _online(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor
         if m is None:
             m = torch.full((rows, m_rows, 1), float("-inf"), dtype=grp.work, device=s.device)
             l = torch.zeros_like(m)
-            acc = torch.zeros(parts, rows, m_rows, width, dtype=torch.float16 if num.fp16 else grp.work,
-                              device=s.device)
+            acc = grp.scratch("acc", (parts, rows, m_rows, width),
+                              torch.float16 if num.fp16 else grp.work).zero_()
         blocks = grp.scratch("blocks", sb.shape, grp.work).copy_(sb) if grp.steps else sb
         m_blk = torch.maximum(blocks.amax(-1).cummax(-1).values, m)          # (GH, M, nb) running max
         m_last = m_blk[..., -1:]
@@ -436,8 +438,10 @@ def _online(grp: _Group, scores: Scores, j0: int, j1: int) -> tuple[torch.Tensor
         else:
             acc = acc.mul_(rescale).add_(pv.mul_(weight).sum(2))
         m = m_last
-    out = acc.to(grp.work).permute(1, 2, 0, 3).flatten(2)[..., :dv]
-    return out / (fp16(l) if grp.steps else l), (m + l.log()).squeeze(-1), m.squeeze(-1)
+    out = grp.scratch("out", (rows, m_rows, parts * width), grp.work)
+    out.view(rows, m_rows, parts, width).copy_(acc.permute(1, 2, 0, 3))
+    out = out[..., :dv].div_(fp16(l) if grp.steps else l)
+    return out, (m + l.log()).squeeze(-1), m.squeeze(-1)
 
 
 def _blocks_pv(grp: _Group, p: torch.Tensor, v: torch.Tensor, width: int) -> torch.Tensor:
