@@ -307,6 +307,8 @@ _INT = {int}
 
 def meta(t) -> Optional[tuple]:
     """What a signature holds of a tensor argument: shape, strides, dtype, device index."""
+    if type(t) is torch.Tensor:
+        return (t.shape, t.stride(), t.dtype, t.get_device())
     if t is None:
         return None
     if not isinstance(t, torch.Tensor):
@@ -324,13 +326,15 @@ def signature(query, key, value, kwargs: dict, per_call: frozenset) -> list:
     True are equal keys but not equally valid). The same arguments given in another order, or given at
     their defaults, are other signatures of the same plan."""
     sig = [meta(query), meta(key), meta(value), key is query, value is key, value is query]
+    append = sig.append
     for name, v in kwargs.items():
-        if type(v) is torch.Tensor:
-            sig.append((name, v.shape, v.stride(), v.dtype, v.get_device()))
+        kind = type(v)
+        if kind is torch.Tensor:
+            append((name, v.shape, v.stride(), v.dtype, v.get_device()))
         elif name in per_call:
-            sig.append((name, v is None))
+            append((name, v is None))
         else:
-            sig.append((name, type(v), v if v is None or type(v) in _SCALARS else meta(v)))
+            append((name, kind, v if v is None or kind in _SCALARS else meta(v)))
     return sig
 
 
