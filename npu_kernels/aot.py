@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-import triton
 from triton.backends.compiler import GPUTarget
 
 from . import launcher
