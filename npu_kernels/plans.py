@@ -307,12 +307,8 @@ _INT = {int}
 
 def meta(t) -> Optional[tuple]:
     """What a signature holds of a tensor argument: shape, strides, dtype, device index."""
-    if type(t) is torch.Tensor:
-        return (t.shape, t.stride(), t.dtype, t.get_device())
-    if t is None:
-        return None
-    if not isinstance(t, torch.Tensor):
-        return (type(t),)        # validation rejects it; the key only has to differ from a tensor's
+    if type(t) is not torch.Tensor and not isinstance(t, torch.Tensor):   # a plain tensor skips isinstance
+        return None if t is None else (type(t),)      # validation rejects it; the key differs from a tensor's
     return (t.shape, t.stride(), t.dtype, t.get_device())
 
 

@@ -321,15 +321,19 @@ def output(call: PromptCall) -> torch.Tensor:
     return alloc.empty(out_shape(call.layout.out, h.B, h.N, h.S1, h.Dv), call.out_dtype, h.q.device)
 
 
+def _tnd_arguments(query, key, value, kwargs: dict) -> dict:
+    """The fused operator's keyword arguments of a TND call (``prompt_tnd``), its keywords checked first."""
+    if kwargs.keys() - DEFAULTS.keys():
+        validate(query, key, value, **kwargs)              # raises for the unknown keyword
+    return prompt_tnd.fused_arguments(query, key, value, kwargs)
+
+
 def fake(query, key, value, **kwargs) -> torch.Tensor:
     """The output of a call, validated (the fake implementation used while tracing)."""
     if kwargs.get("input_layout") == "TND":
         from . import fused
 
-        if kwargs.keys() - DEFAULTS.keys():
-            validate(query, key, value, **kwargs)              # raises for the unknown keyword
-
-        call = fused.validate(query, key, value, **prompt_tnd.fused_arguments(query, key, value, kwargs))
+        call = fused.validate(query, key, value, **_tnd_arguments(query, key, value, kwargs))
         return fused.outputs(call)[0]
     return output(validate(query, key, value, **kwargs))
 
@@ -341,11 +345,8 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     if kwargs.get("input_layout") == "TND":
         from . import fused
 
-        if kwargs.keys() - DEFAULTS.keys():
-            validate(query, key, value, **kwargs)              # raises for the unknown keyword
-
-        return fused.npu_fused_infer_attention_score(query, key, value, **prompt_tnd.fused_arguments(
-            query, key, value, kwargs))[0]
+        return fused.npu_fused_infer_attention_score(query, key, value, **_tnd_arguments(query, key, value,
+                                                                                          kwargs))[0]
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     args = (query, key, value, *map(kwargs.get, TENSOR_ARGS[3:]))
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
