@@ -9,7 +9,7 @@ operators as they are (``transparent_modes``: the runtime's backends add theirs)
 
 from __future__ import annotations
 
-import functools
+import contextlib
 
 import torch
 
@@ -53,10 +53,7 @@ def _direct(query) -> int:
     return 2
 
 
-def _run(impl, *args, **kwargs):
-    """``impl`` with python dispatch disabled (a transparent mode is on the stack)."""
-    with torch._C._DisableTorchDispatch():
-        return impl(*args, **kwargs)
+_NOTHING = contextlib.nullcontext()
 
 
 def public(name: str, impl, doc: str):
@@ -65,8 +62,9 @@ def public(name: str, impl, doc: str):
         direct = _direct(query)
         if direct == 1:
             return impl(query, *args, **kwargs)
-        if direct:
-            return _run(impl, query, *args, **kwargs)
+        if direct:                      # a transparent mode is on the stack: run past it
+            with torch._C._DisableTorchDispatch():
+                return impl(query, *args, **kwargs)
         return getattr(torch.ops.npu, name)(query, *args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
@@ -158,17 +156,18 @@ class FusedInferAttentionScore:
         if direct == 1:
             return fused.npu_fused_infer_attention_score(query, key, value, **kwargs)
         if direct:
-            return _run(fused.npu_fused_infer_attention_score, query, key, value, **kwargs)
+            with torch._C._DisableTorchDispatch():
+                return fused.npu_fused_infer_attention_score(query, key, value, **kwargs)
         return torch.ops.npu.npu_fused_infer_attention_score(query, key, value, **kwargs)
 
     def out(self, query, key, value, *, out, workspace=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         attention_out, softmax_lse = out
         direct = _direct(query)
         if direct:
-            impl = fused.npu_fused_infer_attention_score_out if direct == 1 else \
-                functools.partial(_run, fused.npu_fused_infer_attention_score_out)
-            return impl(query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse,
-                        **kwargs)
+            with torch._C._DisableTorchDispatch() if direct == 2 else _NOTHING:
+                return fused.npu_fused_infer_attention_score_out(query, key, value, workspace=workspace,
+                                                                 attention_out=attention_out,
+                                                                 softmax_lse=softmax_lse, **kwargs)
         return torch.ops.npu.npu_fused_infer_attention_score.out(
             query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
 

@@ -17,11 +17,13 @@ copy made while validating) makes the signature uncacheable (``views_of``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 from typing import Optional
 
 import torch
 
-from . import caches, launcher
+from . import caches, launcher, tasks
 from .checks import extent
 from .env import check_block_table
 
@@ -335,6 +337,59 @@ def signature(query, key, value, kwargs: dict, per_call: frozenset) -> list:
 
 
 _SCALARS = (int, float, bool, str)
+
+
+class Given:
+    """A cached call as its caller gave it (``tasks.Task.given`` is ``(Given, *its arguments)``): its ``plan`` (what the operator's cache
+    holds for the signature), the tensors it passed positionally and its keyword arguments, of which
+    ``per_call`` are the per-call values, and ``extra`` (what else the operator's signature holds).
+
+    ``same``: a call that gives the same tensors and objects, the same keywords with equal static scalars
+    of the same types (of the per-call values only whether given) and the same ``extra`` has the same
+    signature, so the same plan, found without computing the signature (task update, ``tasks.captured``)."""
+
+    __slots__ = ("plan", "extra", "names", "objects", "given_objects", "scalars", "given_scalars", "scalar_types",
+                 "per_call", "absent")
+
+    def __init__(self, plan, args: tuple, kwargs: dict, per_call: frozenset, extra: tuple = ()):
+        self.plan, self.extra, self.names = plan, extra, frozenset(kwargs)
+        scalar = [n for n in kwargs if n not in per_call and type(kwargs[n]) in _SCALARS]
+        objects = [n for n in kwargs if n not in per_call and n not in scalar]   # tensors, None, other objects
+        self.objects, self.scalars = _getter(objects), _getter(scalar)
+        self.per_call = _getter([n for n in kwargs if n in per_call])
+        self.given_objects = (*args, *self.objects(kwargs))
+        self.given_scalars = self.scalars(kwargs)
+        self.scalar_types = tuple(map(type, self.given_scalars))
+        self.absent = tuple(map(operator.is_, self.per_call(kwargs), _NONE))
+
+    def same(self, args: tuple, kwargs: dict, extra: tuple) -> bool:
+        if kwargs.keys() != self.names or extra != self.extra:
+            return False
+        if not all(map(operator.is_, (*args, *self.objects(kwargs)), self.given_objects)):
+            return False
+        scalars = self.scalars(kwargs)
+        return tuple(map(type, scalars)) == self.scalar_types and scalars == self.given_scalars and \
+            tuple(map(operator.is_, self.per_call(kwargs), _NONE)) == self.absent
+
+
+_NONE = itertools.repeat(None)
+
+
+def _getter(names: list):
+    """``kwargs`` → the tuple of its values of ``names``."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    if names:
+        name = names[0]
+        return lambda kwargs: (kwargs[name],)
+    return lambda kwargs: ()
+
+
+def captured(op: str, args: tuple, kwargs: dict, extra: tuple = ()):
+    """In task-update mode (``tasks.captured`` set), the next captured task (``tasks.Captured``) when this
+    call is its ``given`` one (``Given.same``); else None: the call is planned and submitted."""
+    cap = tasks.captured(op)
+    return cap if cap is not None and cap.given.same(args, kwargs, extra) else None
 
 
 class Cache:

@@ -36,15 +36,17 @@ class Task:
       ``args``: INPUT (read), OUTPUT (passed by the caller to be written: ``.out`` overloads) or OWN
       (allocated by the operator: its functional outputs and scratch; a functional call in update mode
       returns such unwritten tensors, the results land in the captured ones)
+    - ``given``: ``(make, *args)``: a runtime that captures the task keeps ``make(*args)``, the call as its
+      operator recognises it again (``captured``); None: updates of the task are planned and submitted
     """
 
-    __slots__ = ("op", "static", "params", "device", "launch", "block_buffer", "run", "args", "roles")
+    __slots__ = ("op", "static", "params", "device", "launch", "block_buffer", "run", "args", "roles", "given")
 
     def __init__(self, op: str, static: Hashable, params: torch.Tensor, device: torch.device,
                  launch: Optional[Callable[[torch.Tensor], None]] = None, inputs: tuple = (), outputs: tuple = (),
                  block_buffer: Optional[torch.Tensor] = None, run: Optional[Callable[[torch.Tensor, tuple], None]] = None,
-                 args: tuple = (), roles: str = ""):
-        self.op, self.static, self.params, self.device = op, static, params, device
+                 args: tuple = (), roles: str = "", given: object = None):
+        self.op, self.static, self.params, self.device, self.given = op, static, params, device, given
         self.launch, self.block_buffer = launch, block_buffer
         if run is None:
             run = lambda block, args: launch(block)  # noqa: E731
@@ -92,3 +94,27 @@ def set_submitter(fn: Optional[Submitter]) -> Submitter:
 
 def submit(task: Task) -> None:
     _submitter(task)
+
+
+class Captured:
+    """The next task to update on the current stream (``captured``): its ``given``, and ``rewrite``."""
+
+    given: object
+
+    def rewrite(self, params: torch.Tensor) -> None:
+        """Write ``params`` into the task's parameter block and go on to the next task, as the update of a
+        submitted task with the same plan and tensors would."""
+        raise NotImplementedError
+
+
+# Task update without planning: while a stream is in task-update mode a runtime sets ``captured``.
+# ``captured(op)`` gives the next task to update on the current stream when it is a task of ``op``
+# captured with a ``given``, else None. An operator whose call is the ``given`` one (the same tensors and
+# static arguments) validates and packs its per-call integers and rewrites the block; any other call is
+# planned and submitted, and the submitter updates the task.
+captured: Optional[Callable[[str], Optional[Captured]]] = None
+
+
+def set_captured(fn: Optional[Callable[[str], Optional[Captured]]]) -> None:
+    global captured
+    captured = fn

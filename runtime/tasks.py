@@ -38,15 +38,26 @@ class _Launch:
 
 
 @dataclass(eq=False)
-class _CapturedTask:
+class _CapturedTask(_tasks.Captured):
     task: Task                         # as captured
     launch: _Launch
     write: object                      # write(params, stream): rewrite the block on a stream
+    group: "_Group"
     passed: object = None              # passed(args): the tensors the caller passes (all but OWN), as a tuple
 
     def __post_init__(self):
         idx = [i for i, r in enumerate(self.task.roles) if r != _tasks.OWN]
         self.passed = operator.itemgetter(*idx) if len(idx) > 1 else lambda args: tuple(args[i] for i in idx)
+        given = self.task.given
+        self.given = None if given is None else given[0](*given[1:])
+
+    def rewrite(self, params: torch.Tensor) -> None:
+        stream = self.group.updating
+        update = _updating[stream]
+        if params.shape != self.launch.block.shape:
+            _block_error(self, params, self.task.op, update.matched)
+        self.write(params, stream)
+        update.matched += 1
 
     def same_tensors(self, task: Task) -> bool:
         """``task`` passes the captured tensors themselves (the usual update)."""
@@ -94,6 +105,21 @@ def guarding() -> bool:
 
 def _guard_changed() -> None:
     backend().guard_changed(guarding(), check_device_op)
+    _tasks.set_captured(_captured if _updating else None)
+
+
+def _captured(op: str):
+    """``npu_kernels.tasks.captured``: the next task to update on the current stream, if of ``op`` with a
+    ``given``."""
+    update = _updating.get(backend().current_stream())
+    if update is None:
+        return None
+    tasks = update.group.tasks
+    if update.matched < len(tasks):
+        cap = tasks[update.matched]
+        if cap.given is not None and cap.task.op == op:
+            return cap
+    return None
 
 
 def check_device_op(stream, what) -> None:
@@ -230,6 +256,13 @@ def _tensors(where: str, cap: Task, task: Task) -> tuple[tuple, list]:
     return tuple(args), copies
 
 
+def _block_error(cap: _CapturedTask, params: torch.Tensor, op: str, index: int) -> None:
+    raise RuntimeError(
+        f"task update of {op} (task {index} of the group): parameter block of {params.numel()} words, "
+        f"captured {cap.launch.block.numel()}"
+    )
+
+
 def _update(stream, update: _Update, task: Task) -> None:
     tasks = update.group.tasks
     if update.matched >= len(tasks):
@@ -252,9 +285,7 @@ def _update(stream, update: _Update, task: Task) -> None:
             f"changed); captured {cap.task.static!r}, got {task.static!r}"
         )
     if task.params.shape != cap.launch.block.shape:
-        raise RuntimeError(
-            f"{where()}: parameter block of {task.params.numel()} words, captured {cap.launch.block.numel()}"
-        )
+        _block_error(cap, task.params, task.op, update.matched)
     args, copies = (cap.task.args, []) if cap.same_tensors(task) else _tensors(where(), cap.task, task)
     cap.write(task.params, stream)
     be = backend()
@@ -292,7 +323,7 @@ def submit(task: Task) -> None:
     graph._blocks.append((block, initial))
     group = _open.get(stream)
     if group is not None:
-        group.tasks.append(_CapturedTask(task, launch, be.block_writer(block)))
+        group.tasks.append(_CapturedTask(task, launch, be.block_writer(block), group))
 
 
 def install() -> None:

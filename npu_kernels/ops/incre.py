@@ -371,11 +371,19 @@ _PER_CALL = frozenset({"actual_seq_lengths"})     # per-call integers: the kv le
 
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention`` (keyword arguments and
-    defaults: ``DEFAULTS``). A repeated signature validates and packs only the kv lengths."""
+    defaults: ``DEFAULTS``). A repeated signature validates and packs only the kv lengths; so does a task
+    update of the captured call with its tensors (``plans.captured``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, ("actual_seq_lengths",))
-    # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
-    args = (query, key, value, *map(kwargs.get, TENSOR_ARGS[3:]))
     lengths = kwargs.get("actual_seq_lengths")
+    qkv = (query, key, value)
+    if tasks.captured is not None:
+        cap = plans.captured(OP, qkv, kwargs)
+        if cap is not None:
+            _, call, shape, dtype, recent = cap.given.plan
+            cap.rewrite(_block(call, recent, lengths))
+            return alloc.empty(shape, dtype, query.device)
+    # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
+    args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
     if hit is None:
@@ -386,16 +394,22 @@ def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
         ops = operands(call, as_bnsd(out, call.layout.out, call.heads.N), None, *scratch(pl.static, ws))
         p = Prepared(call, pl.static, ops, False, (*args, out, ws), execution(out.device))
         if p.cacheable:
-            _plans.put(key_, (p, call, plans.Recent()))
+            hit = (p, call, out.shape, out.dtype, plans.Recent())
+            _plans.put(key_, hit)
         block = pl.params
     else:
-        p, call, recent = hit
-        out = output(call)
+        p, call, shape, dtype, recent = hit
+        out = alloc.empty(shape, dtype, query.device)
         ws = alloc.empty((sum(p.static.workspace),), torch.float32, out.device)
-        block = recent.block((lengths,), lambda: pack(per_batch(call, lengths)))
+        block = _block(call, recent, lengths)
     if out.numel():
-        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, ws), roles=_ROLES))
+        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, ws), roles=_ROLES,
+                                given=hit and (plans.Given, hit, qkv, kwargs, _PER_CALL)))
     return out
+
+
+def _block(call: IncreCall, recent: plans.Recent, lengths) -> torch.Tensor:
+    return recent.block((lengths,), lambda: pack(per_batch(call, lengths)))
 
 
 _ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2

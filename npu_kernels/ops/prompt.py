@@ -313,6 +313,7 @@ _plans = plans.Cache()
 
 
 _PER_CALL = frozenset(DYNAMIC_ARGS)
+_DYNAMIC_DEFAULTS = tuple(DEFAULTS[name] for name in DYNAMIC_ARGS)
 _LISTS = ("actual_seq_lengths", "actual_seq_lengths_kv")
 
 
@@ -340,33 +341,49 @@ def fake(query, key, value, **kwargs) -> torch.Tensor:
 
 def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention`` (keyword arguments and
-    defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers."""
+    defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers; so does a
+    task update of the captured call with its tensors (``plans.captured``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, _LISTS)
     if kwargs.get("input_layout") == "TND":
         from . import fused
 
         return fused.npu_fused_infer_attention_score(query, key, value, **_tnd_arguments(query, key, value,
                                                                                           kwargs))[0]
+    qkv = (query, key, value)
+    if tasks.captured is not None:
+        cap = plans.captured(OP, qkv, kwargs)
+        if cap is not None:
+            hit = cap.given.plan
+            cap.rewrite(_block(hit, kwargs))
+            return alloc.empty(hit[2], hit[3], query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
-    args = (query, key, value, *map(kwargs.get, TENSOR_ARGS[3:]))
+    args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
-    p = _plans.get(key_)
-    if p is None:
+    hit = _plans.get(key_)
+    if hit is None:
         call = validate(query, key, value, **kwargs)
         out = output(call)
         pl = plan(call, out, None)
         p = Prepared(call, pl.static, out_view(call, out), None, (*args, out), execution(out.device))
         if p.cacheable:
-            _plans.put(key_, (p, call, out.shape, out.dtype, plans.Recent()))
+            hit = (p, call, out.shape, out.dtype, plans.Recent())
+            _plans.put(key_, hit)
         block = pl.params
     else:
-        p, call, shape, dtype, recent = p
-        out = alloc.empty(shape, dtype, query.device)
-        dynamic = tuple(kwargs.get(name, DEFAULTS[name]) for name in DYNAMIC_ARGS)
-        block = recent.block(dynamic, lambda: pack(*per_batch(call, *dynamic)))
+        p = hit[0]
+        out = alloc.empty(hit[2], hit[3], query.device)
+        block = _block(hit, kwargs)
     if out.numel():
-        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out), roles=_ROLES))
+        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out), roles=_ROLES,
+                                given=hit and (plans.Given, hit, qkv, kwargs, _PER_CALL)))
     return out
+
+
+def _block(hit: tuple, kwargs: dict) -> torch.Tensor:
+    """The parameter block of a cached call (``hit``: the plan cache's entry)."""
+    call, recent = hit[1], hit[4]
+    dynamic = tuple(map(kwargs.get, DYNAMIC_ARGS, _DYNAMIC_DEFAULTS))
+    return recent.block(dynamic, lambda: pack(*per_batch(call, *dynamic)))
 
 
 _ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN

@@ -96,6 +96,15 @@ class _Direct:
         _thread.executing = self.previous
 
 
+def _modes_see_calls() -> bool:
+    """A torch function mode, or a dispatch mode not disabled, would see this thread's tensor calls."""
+    return torch._C._is_torch_function_mode_enabled() or bool(
+        torch._C._len_torch_dispatch_stack() and not torch._C._dispatch_tls_is_dispatch_key_excluded(_PYTHON))
+
+
+_PYTHON = torch._C.DispatchKey.Python
+
+
 class Wait:
     """A thunk that blocks its stream until ``ready()``; ``describe()`` says what it waits for."""
 
@@ -629,7 +638,10 @@ class HostBackend(interface.Backend):
         once when the stream has nothing queued and does not capture, else in its order."""
         def write(params: torch.Tensor, stream) -> None:
             if stream.lane is None and not stream.queue:
-                with _sched.direct():
+                if _modes_see_calls():
+                    with _sched.direct():
+                        block.copy_(params)
+                else:                              # inside an operator's call, past the modes
                     block.copy_(params)
                 return
             _sched.issue(stream, lambda: block.copy_(params))

@@ -347,6 +347,48 @@ def test_update_into_other_outputs_is_refused(rt, device, case):
             rt.graph_task_update_end(u)
 
 
+@pytest.mark.parametrize("case", [PROMPT, INCRE, FUSED_KV], ids=lambda c: c.name)
+def test_update_of_the_captured_call_is_not_planned(rt, device, case, monkeypatch):
+    """An update passing the captured tensors and static arguments finds its plan without a signature; its
+    lengths are still validated (on an error the update stays open with nothing matched)."""
+    from npu_kernels import plans
+
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    u = rt.Stream()
+
+    def no_signature(*args, **kwargs):
+        raise AssertionError("the update computed a signature")
+
+    monkeypatch.setattr(plans, "signature", no_signature)
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, h)
+        with pytest.raises(ValueError, match="actual_seq_lengths.*every length must be in"):
+            case.call(state, [10 ** 6] * len(case.updated))
+        with pytest.raises(RuntimeError, match="contains unupdated tasks. total_num=1, matched_num=0"):
+            rt.graph_task_update_end(u)
+        rt.graph_task_update_begin(u, h)
+        case.call(state, case.updated)
+        rt.graph_task_update_end(u)
+        ev.record(u)
+    g.replay()
+    rt.synchronize()
+    _close(case, state, case.updated)
+
+
+def test_update_with_another_static_value_is_refused(rt, device):
+    """The captured tensors with another scale: planned, and refused as a different static plan."""
+    state = FUSED_KV.make(device)
+    g, (ev,), (h,) = _capture(rt, FUSED_KV, state)
+    u = rt.Stream()
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, h)
+        with pytest.raises(RuntimeError, match="static plan differs"):
+            FUSED_KV.call(dict(state, scale=0.5), FUSED_KV.updated)
+        with pytest.raises(RuntimeError, match="unupdated"):
+            rt.graph_task_update_end(u)
+
+
 def test_what_an_update_may_pass_for_a_captured_tensor():
     from npu_kernels.tasks import Task
     from runtime.tasks import _tensors

@@ -36,19 +36,18 @@ class Planned:
 _plans = plans.Cache()
 _PER_CALL = frozenset((*LIST_ARGS, "pre_tokens", "next_tokens"))
 _DYNAMIC = (*LIST_ARGS, "pre_tokens", "next_tokens")
+_DYNAMIC_DEFAULTS = tuple(DEFAULTS[name] for name in _DYNAMIC)
 
 
-def _signature(query, key, value, kwargs: dict) -> list:
-    """``plans.signature``, whether pre_tokens opens the decode sliding window, and the token-major
-    parameter-block rows."""
+def _extra(query, kwargs: dict) -> tuple:
+    """What the signature holds beyond ``plans.signature``: whether pre_tokens opens the decode sliding
+    window, and the token-major parameter-block rows."""
     q_lens, layout = kwargs.get("actual_seq_lengths"), kwargs.get("input_layout", DEFAULTS["input_layout"])
     rows = 0
     if isinstance(layout, str) and layout.partition("_")[0] in TOKEN_LAYOUTS and isinstance(q_lens, (list, tuple)) \
             and isinstance(query, torch.Tensor) and query.dim() == 3:
         rows = token_rows(query.shape[0] if layout.startswith("T") else query.shape[1], len(q_lens))
-    sig = plans.signature(query, key, value, kwargs, _PER_CALL)
-    sig += (window_opens(kwargs.get("pre_tokens", DEFAULTS["pre_tokens"])), rows)
-    return sig
+    return window_opens(kwargs.get("pre_tokens", DEFAULTS["pre_tokens"])), rows
 
 
 def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +83,7 @@ def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor,
 def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
     """The parameter block of this call's per-call integers, validated (``kwargs`` as given: a plan's
     signature holds the names given, so none is unknown)."""
-    dynamic = tuple(kwargs.get(name, DEFAULTS[name]) for name in _DYNAMIC)
+    dynamic = tuple(map(kwargs.get, _DYNAMIC, _DYNAMIC_DEFAULTS))
     if planned.call.incre is not None:
         return planned.recent.block(dynamic, lambda: incre.pack(*per_batch(planned.call, with_defaults(kwargs))))
     return planned.recent.block(dynamic, lambda: prompt.pack(*per_batch(planned.call, with_defaults(kwargs)),
@@ -95,8 +94,16 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
     caller's workspace ``ws`` (``.out``; else scratch of its own). Returns (attention_out, softmax_lse)."""
     kwargs = checks.host_lists(kwargs, LIST_ARGS)
+    extra = _extra(query, kwargs)
+    if tasks.captured is not None:
+        cap = plans.captured(OP, _given_args(query, key, value, outs, ws), kwargs, extra)
+        if cap is not None:
+            planned = cap.given.plan
+            cap.rewrite(_block(planned, kwargs))
+            return outs if outs is not None else outputs(planned.call)
     args = (query, key, value, *map(kwargs.get, TENSOR_ARGS))
-    sig = _signature(query, key, value, kwargs)
+    sig = plans.signature(query, key, value, kwargs, _PER_CALL)
+    sig += extra
     if outs is not None:
         sig += map(plans.meta, (*outs, ws))
     key_ = tuple(sig)
@@ -115,7 +122,8 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
         prepared, block = _prepare(call, full, out, lse, scratch)
         block_buffer = workspace.block(scratch_words, ws, block.numel()) if ws is not None else None
         if prepared.cacheable:
-            _plans.put(key_, Planned(_without_batches(call), prepared, scratch_words))
+            planned = Planned(_without_batches(call), prepared, scratch_words)
+            _plans.put(key_, planned)
     else:
         call, prepared = planned.call, planned.prepared
         block = _block(planned, kwargs)
@@ -133,8 +141,15 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
         if prepared.extras:                              # only an uncached plan has them
             full, roles = (*full, *prepared.extras), roles + tasks.INPUT * len(prepared.extras)
         tasks.submit(tasks.Task(OP, prepared.static, block, out.device, run=prepared.run, args=full, roles=roles,
-                                block_buffer=block_buffer))
+                                block_buffer=block_buffer,
+                                given=planned and (plans.Given, planned, _given_args(query, key, value, outs, ws),
+                                                   kwargs, _PER_CALL, extra)))
     return out, lse
+
+
+def _given_args(query, key, value, outs: Optional[tuple], ws) -> tuple:
+    """The tensors a call passes outside its keyword arguments (``plans.Given``)."""
+    return (query, key, value) if outs is None else (query, key, value, *outs, ws)
 
 
 _ROLES = tasks.INPUT * (3 + len(TENSOR_ARGS)) + tasks.OWN * 2 + tasks.OUTPUT + tasks.OWN
