@@ -323,7 +323,12 @@ def signature(query, key, value, kwargs: dict, per_call: frozenset) -> list:
     per-call arguments ``per_call`` only whether they are given, else the value and its type (1, 1.0 and
     True are equal keys but not equally valid). The same arguments given in another order, or given at
     their defaults, are other signatures of the same plan."""
-    sig = [meta(query), meta(key), meta(value), key is query, value is key, value is query]
+    if type(query) is torch.Tensor and type(key) is torch.Tensor and type(value) is torch.Tensor:   # ``meta``s
+        sig = [query.shape, query.stride(), query.dtype, query.get_device(), key.shape, key.stride(), key.dtype,
+               key.get_device(), value.shape, value.stride(), value.dtype, value.get_device()]
+    else:
+        sig = [meta(query), meta(key), meta(value)]
+    sig += (key is query, value is key, value is query)
     append = sig.append
     for name, v in kwargs.items():
         kind = type(v)
