@@ -8,7 +8,7 @@ Host side (torch, any device; used by the references and by users):
   ``ifa_channel_quant``       IFA per-channel output quantisation: fp32 → fp16 → int8, half away at both steps
 Device side (``@triton.jit``, called from the kernels): ``deq_scale_tl``, ``ascend_quant_tl``,
 ``ascend_quant_f16_tl`` (fp16 blocks, native fp16 arithmetic), ``ifa_channel_quant_tl``,
-``int8_to_float_tl``. Both sides
+``int8_to_float_tl``, ``int8_pairs_to_fp16_tl``. Both sides
 compute the same bits; ``tests/test_quant.py`` checks each pair.
 Validation shared by the operators: ``full_quant_args`` (the allowed combinations, into a ``QuantArgs``),
 ``check_deq_scale``, ``check_quant_scale1``, ``check_output_quant``.
@@ -161,6 +161,16 @@ def int8_to_float_tl(x, DTYPE: tl.constexpr):
     if DTYPE == tl.float16:
         return x.to(tl.float16)
     return x.to(tl.float32).to(DTYPE)
+
+
+@triton.jit
+def int8_pairs_to_fp16_tl(w):
+    """int16 block of int8 pairs (low byte first) → (low, high) fp16 blocks, exactly, in integer ops on the
+    words: the unsigned byte ``b ^ 0x6480`` is the fp16 1024 + b + 128, minus 1152 is b."""
+    u = w.to(tl.uint16, bitcast=True)
+    lo = ((u & 0xFF) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+    hi = ((u >> 8) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+    return lo, hi
 
 
 @triton.jit

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import triton
 import triton.language as tl
 
@@ -85,7 +86,7 @@ def _decode_split_kernel(
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_KV_PAD: tl.constexpr, IS_PAGED: tl.constexpr,
     ANTIQUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, FILL: tl.constexpr,
-    K_C0: tl.constexpr, V_C0: tl.constexpr, PAGE_TILES: tl.constexpr,
+    K_C0: tl.constexpr, V_C0: tl.constexpr, PAGE_TILES: tl.constexpr, K_WORDS: tl.constexpr,
 ):
     i_s = tl.program_id(0)
     i_bk = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -120,6 +121,10 @@ def _decode_split_kernel(
         if HAS_AQ_OFFSET:
             p_o = AQ_OFFSET + i_kvn.to(tl.int64) * stride_on
             b_c = tl.sum(b_q * tl.load(p_o + o_d * stride_od, mask=m_d, other=0.0).to(tl.float32)[None, :], 1)
+    b_qlo, b_qhi = b_q, b_q
+    if K_WORDS:        # query channels 2i and 2i + 1, for the low and high bytes of the key words
+        b_qlo, b_qhi = b_q.reshape(BLOCK_G, BLOCK_D // 2, 2).split()
+        b_qlo, b_qhi = b_qlo.to(DTYPE), b_qhi.to(DTYPE)
     b_q = b_q.to(DTYPE)
     k_head = K + i_kvn.to(tl.int64) * stride_kn
     v_head = V + i_kvn.to(tl.int64) * stride_vn
@@ -131,18 +136,18 @@ def _decode_split_kernel(
     b_lv = tl.zeros([BLOCK_G], tl.float32)
     for j0 in range(j_start, j_full, BLOCK_N):           # whole blocks: no length predicate
         b_acc, b_l, b_m, b_lv = _split_block(
-            j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn,
-            m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE,
+            b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE,
             HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL,
-            K_C0, V_C0, False)
+            K_C0, V_C0, K_WORDS, False)
     if j_full < j_end:                                   # the split's last, partial block
         b_acc, b_l, b_m, b_lv = _split_block(
-            j_full, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn,
-            m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL,
-            K_C0, V_C0, True)
+            j_full, j_end, b_acc, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK,
+            PSE, b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs,
+            stride_vd, stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt,
+            BLOCK_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED,
+            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, True)
     if ANTIQUANT:      # sum_j p_j (v_j + off) * scale = (acc + off * l) * scale, once per split
         p_a = AQ_SCALE + stride_a2 + i_kvn.to(tl.int64) * stride_an + o_dv * stride_ad
         b_vs = tl.load(p_a, mask=m_dv, other=0.0).to(tl.float32)
@@ -162,13 +167,13 @@ def _decode_split_kernel(
 
 @triton.jit
 def _split_block(
-    j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64, o_qn, m_g,
-    kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, stride_mb,
+    j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64,
+    o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, stride_mb,
     stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, IS_PAGED: tl.constexpr,
     PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr, K_C0: tl.constexpr,
-    V_C0: tl.constexpr, PARTIAL: tl.constexpr,
+    V_C0: tl.constexpr, K_WORDS: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     """Keys ``j0 + [0, BLOCK_N)`` of the split: (acc, l, m, lv) updated; ``PARTIAL``: keys at or past
     ``j_end`` are excluded (-inf, zero values). int8 keys/values enter the dots as integers (their scales
@@ -199,9 +204,16 @@ def _split_block(
         o_krow = b64 * stride_kb + o_t * stride_ks
         o_vrow = b64 * stride_vb + o_t * stride_vs
         m_kv = m_j
-    p_k = k_head + o_krow[None, :] + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
-    b_k = load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)            # [BD, BN]
-    b_s = tl.dot(b_q, quant.int8_to_float_tl(b_k, DTYPE) if ANTIQUANT else b_k)           # [BG, BN]
+    if K_WORDS:        # int8 keys as int16 words of channels (2i, 2i + 1): one dot per byte
+        o_w = tl.arange(0, BLOCK_D // 2)
+        p_kw = k_head.to(tl.pointer_type(tl.int16)) + (o_krow // 2)[None, :] + o_w[:, None]
+        b_kw = load2(p_kw, (o_w < HEAD_DIM // 2)[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)
+        b_klo, b_khi = quant.int8_pairs_to_fp16_tl(b_kw)
+        b_s = tl.dot(b_qhi, b_khi, tl.dot(b_qlo, b_klo))
+    else:
+        p_k = k_head + o_krow[None, :] + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
+        b_k = load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)            # [BD, BN]
+        b_s = tl.dot(b_q, quant.int8_to_float_tl(b_k, DTYPE) if ANTIQUANT else b_k)           # [BG, BN]
     if ZERO_INVALID:
         b_s = tl.where(m_kv[None, :], b_s + b_c[:, None], 0.0)
     elif ANTIQUANT:
@@ -345,12 +357,20 @@ def grids(splits: int, bkv_total: int, bn_total: int) -> tuple[tuple[int, int, i
 def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
     """Every argument of ``_decode_split_kernel`` by name: tensors (Q, K, V, MASK, PSE, TABLE, KV_PAD,
     AQ_SCALE, AQ_OFFSET, WS_ACC, WS_ML, PARAMS), then scale, strides, sizes and constexprs of ``cfg``,
-    and PAGE_TILES (a page holds whole key blocks)."""
+    PAGE_TILES (a page holds whole key blocks) and K_WORDS (int8 keys of an fp16 query with contiguous
+    channel pairs, the cache 16-byte aligned as a traced plan tells alignments apart: read as int16 words;
+    sm_90 and the interpreter only, sm_80 has no packed 16-bit integer ops and issues more instructions
+    that way)."""
     num_blocks = cfg.num_blocks if cfg.num_blocks >= 0 else int(tensors[1].shape[0])
     args = dict(zip(_decode_split_kernel.arg_names, (*tensors, cfg.sm_scale, *cfg.split_strides,
                                                       *cfg.split_sizes, num_blocks)))
     args.update(cfg.split_meta)
     args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.split_sizes[4] % args["BLOCK_N"] == 0
+    arch = launcher.target_arch()                        # None: the interpreter
+    args["K_WORDS"] = bool(args["ANTIQUANT"]) and args["Q"].dtype == torch.float16 and args["K_C0"] == 0 \
+        and (arch is None or arch >= 90) and args["stride_kd"] == 1 and args["HEAD_DIM"] % 2 == 0 \
+        and args["K"].data_ptr() % launcher.ALIGNMENT == 0 \
+        and all(args[k] % 2 == 0 for k in ("stride_kb", "stride_kn", "stride_ks"))
     return args
 
 
