@@ -151,7 +151,9 @@ def ascend_quant_f16_tl(h, s):
     the product is rounded once (the clamp between product and sum keeps them from fusing into an FMA),
     adding 1.5 * 2^10 leaves no fraction bits, so the sum rounds half to even; NaN (0 · inf) is 0."""
     y = h * s
-    y = tl.minimum(tl.maximum(tl.where(y != y, 0.0, y), -128.0), 127.0)
+    # cast back: triton 3.6 takes min/max of an fp16 block and a Python float in fp32 (exact here), and the
+    # sum must be an fp16 one to round
+    y = tl.minimum(tl.maximum(tl.where(y != y, 0.0, y), -128.0), 127.0).to(tl.float16)
     return ((y + 1536.0) - 1536.0).to(tl.int8)
 
 

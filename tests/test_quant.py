@@ -90,7 +90,7 @@ def test_ifa_channel_quant_half_away():
 
 
 @triton.jit
-def _quant_kernel(X, S, O, DEQ_F, DEQ_W, OUT_A, OUT_AO, OUT_R, OUT_I, OUT_D, BLOCK: tl.constexpr):
+def _quant_kernel(X, S, O, DEQ_F, DEQ_W, OUT_A, OUT_AO, OUT_R, OUT_I, OUT_F16, OUT_D, BLOCK: tl.constexpr):
     o = tl.arange(0, BLOCK)
     x = tl.load(X + o)
     s = tl.load(S + o)
@@ -99,6 +99,7 @@ def _quant_kernel(X, S, O, DEQ_F, DEQ_W, OUT_A, OUT_AO, OUT_R, OUT_I, OUT_D, BLO
     tl.store(OUT_AO + o, quant.ascend_quant_tl(x, s, off, True))
     tl.store(OUT_R + o, quant.rint_sat_int8_tl(x))
     tl.store(OUT_I + o, quant.ifa_channel_quant_tl(x, s, off))
+    tl.store(OUT_F16 + o, quant.ascend_quant_f16_tl(x.to(tl.float16), s.to(tl.float16)))
     tl.store(OUT_D + 0, quant.deq_scale_tl(DEQ_F))
     tl.store(OUT_D + 1, quant.deq_scale_tl(DEQ_W))
 
@@ -113,7 +114,7 @@ def test_device_helpers_match_torch(device):
     s[-1] = 13.37
     off = (torch.randn(1024, generator=g) * 4).round().to(device)
     deq = torch.tensor([1 / 900], device=device)
-    outs = [torch.empty(1024, dtype=torch.int8, device=device) for _ in range(4)]
+    outs = [torch.empty(1024, dtype=torch.int8, device=device) for _ in range(5)]
     out_d = torch.empty(2, device=device)
     _quant_kernel[(1,)](x, s, off, deq.view(torch.int32), nk.npu_trans_quant_param(deq.cpu() * 3).to(device),
                         *outs, out_d, BLOCK=1024)
@@ -121,6 +122,7 @@ def test_device_helpers_match_torch(device):
     assert torch.equal(outs[1], quant.ascend_quant(x, s, off))
     assert torch.equal(outs[2], quant.rint_sat_int8(x))
     assert torch.equal(outs[3], quant.ifa_channel_quant(x, s, off))
+    assert torch.equal(outs[4], quant.ascend_quant(x.half(), s))       # in fp16 arithmetic: ties to even
     assert torch.equal(out_d, torch.cat([quant.fp19(deq), quant.fp19(deq * 3)]))
 
 
@@ -224,12 +226,15 @@ def test_device_helpers_match_torch_on_extreme_values(device):
 def test_int8_pipeline_with_extreme_scales_matches_reference(name, value, device):
     """Kernel and reference agree (within ±1) where a scale is NaN or overflows fp16."""
     from .prompt_cases import Case
+    from npu_kernels.reference.prompt import kernel_block_n
+
     from .test_prompt_int8 import QCase, assert_int8_close, make_quant_inputs
 
     q, k, v, kw = make_quant_inputs(QCase(Case(B=2, S1=40, S2=50, D=32, Dv=32), path="a"), device)
     kw[name] = torch.tensor([value], device=device)
     out = nk.npu_prompt_flash_attention(q, k, v, **kw)
-    ref = nk.reference.npu_prompt_flash_attention(q, k, v, **kw)
+    # P is quantised against each key block's running maximum: the reference follows the kernel's blocks
+    ref = nk.reference.npu_prompt_flash_attention(q, k, v, block_n=kernel_block_n(q, k, v, **kw), **kw)
     assert_int8_close(out, ref)
     if name == "quant_scale2" and value != value:
         assert (out == 0).all()
