@@ -345,19 +345,23 @@ _SCALARS = (int, float, bool, str)
 
 
 class Given:
-    """A cached call as its caller gave it (``tasks.Task.given`` is ``(Given, *its arguments)``): its ``plan`` (what the operator's cache
-    holds for the signature), the tensors it passed positionally and its keyword arguments, of which
-    ``per_call`` are the per-call values, and ``extra`` (what else the operator's signature holds).
+    """A cached call as its caller gave it (``tasks.Task.given`` is ``(Given, *its arguments)``): its ``plan``
+    (what the operator's cache holds for the signature), the tensors it passed outside its keywords
+    (``args``; those at ``outputs`` are the outputs it passed), its keyword arguments, of which ``per_call``
+    are the per-call values, and ``extra`` (what else the operator's signature holds).
 
-    ``same``: a call that gives the same tensors and objects, the same keywords with equal static scalars
-    of the same types (of the per-call values only whether given) and the same ``extra`` has the same
-    signature, so the same plan, found without computing the signature (task update, ``tasks.captured``)."""
+    ``match``: a call with the same keywords, equal static scalars of the same types, per-call values given
+    where they were, the same ``extra``, and, for each tensor, the same one, a tensor viewing its memory
+    alike (vLLM keeps weak references to a captured call's tensors and updates with those) or, for an
+    input, a tensor of its shape, dtype and device to be copied in, has the given call's signature, so its
+    plan, found without computing the signature (task update, ``tasks.captured``)."""
 
-    __slots__ = ("plan", "extra", "names", "objects", "given_objects", "scalars", "given_scalars", "scalar_types",
-                 "per_call", "absent")
+    __slots__ = ("plan", "extra", "names", "objects", "given_objects", "outputs", "scalars", "given_scalars",
+                 "scalar_types", "per_call", "absent")
 
-    def __init__(self, plan, args: tuple, kwargs: dict, per_call: frozenset, extra: tuple = ()):
-        self.plan, self.extra, self.names = plan, extra, frozenset(kwargs)
+    def __init__(self, plan, args: tuple, kwargs: dict, per_call: frozenset, extra: tuple = (),
+                 outputs: tuple = ()):
+        self.plan, self.extra, self.names, self.outputs = plan, extra, frozenset(kwargs), outputs
         scalar = [n for n in kwargs if n not in per_call and type(kwargs[n]) in _SCALARS]
         objects = [n for n in kwargs if n not in per_call and n not in scalar]   # tensors, None, other objects
         self.objects, self.scalars = _getter(objects), _getter(scalar)
@@ -367,17 +371,36 @@ class Given:
         self.scalar_types = tuple(map(type, self.given_scalars))
         self.absent = tuple(map(operator.is_, self.per_call(kwargs), _NONE))
 
-    def same(self, args: tuple, kwargs: dict, extra: tuple) -> bool:
+    def match(self, args: tuple, kwargs: dict, extra: tuple) -> Optional[tuple]:
+        """None, or the (given, new) input tensors to copy (usually none)."""
         if kwargs.keys() != self.names or extra != self.extra:
-            return False
-        if not all(map(operator.is_, (*args, *self.objects(kwargs)), self.given_objects)):
-            return False
+            return None
         scalars = self.scalars(kwargs)
-        return tuple(map(type, scalars)) == self.scalar_types and scalars == self.given_scalars and \
-            tuple(map(operator.is_, self.per_call(kwargs), _NONE)) == self.absent
+        if tuple(map(type, scalars)) != self.scalar_types or scalars != self.given_scalars or \
+                tuple(map(operator.is_, self.per_call(kwargs), _NONE)) != self.absent:
+            return None
+        objects = (*args, *self.objects(kwargs))
+        if all(map(operator.is_, objects, self.given_objects)):
+            return ()
+        copies = []
+        for i, (new, given) in enumerate(zip(objects, self.given_objects)):
+            if _same_view(new, given):
+                continue
+            if i in self.outputs or type(new) is not torch.Tensor or type(given) is not torch.Tensor or \
+                    new.shape != given.shape or new.dtype != given.dtype or new.device != given.device:
+                return None
+            copies.append((given, new))
+        return tuple(copies)
 
 
 _NONE = itertools.repeat(None)
+
+
+def _same_view(a, b) -> bool:
+    """``a`` is ``b``, or both are tensors viewing the same memory alike."""
+    return a is b or (type(a) is torch.Tensor and type(b) is torch.Tensor and a.data_ptr() == b.data_ptr()
+                      and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+                      and a.device == b.device)
 
 
 def _getter(names: list):
@@ -390,11 +413,15 @@ def _getter(names: list):
     return lambda kwargs: ()
 
 
-def captured(op: str, args: tuple, kwargs: dict, extra: tuple = ()):
-    """In task-update mode (``tasks.captured`` set), the next captured task (``tasks.Captured``) when this
-    call is its ``given`` one (``Given.same``); else None: the call is planned and submitted."""
+def captured(op: str, args: tuple, kwargs: dict, extra: tuple = ()) -> Optional[tuple]:
+    """In task-update mode (``tasks.captured`` set), the next captured task (``tasks.Captured``) and the
+    inputs to copy into it when this call matches its ``given`` one (``Given.match``); else None: the call
+    is planned and submitted."""
     cap = tasks.captured(op)
-    return cap if cap is not None and cap.given.same(args, kwargs, extra) else None
+    if cap is None:
+        return None
+    copies = cap.given.match(args, kwargs, extra)
+    return None if copies is None else (cap, copies)
 
 
 class Cache:

@@ -101,17 +101,17 @@ class Captured:
 
     given: object
 
-    def rewrite(self, params: torch.Tensor) -> None:
-        """Write ``params`` into the task's parameter block and go on to the next task, as the update of a
-        submitted task with the same plan and tensors would."""
+    def rewrite(self, params: torch.Tensor, copies: tuple = ()) -> None:
+        """Write ``params`` into the task's parameter block, copy each (captured, new) input of ``copies``,
+        and go on to the next task, as the update of a submitted task with the same plan would."""
         raise NotImplementedError
 
 
 # Task update without planning: while a stream is in task-update mode a runtime sets ``captured``.
 # ``captured(op)`` gives the next task to update on the current stream when it is a task of ``op``
-# captured with a ``given``, else None. An operator whose call is the ``given`` one (the same tensors and
-# static arguments) validates and packs its per-call integers and rewrites the block; any other call is
-# planned and submitted, and the submitter updates the task.
+# captured with a ``given``, else None. An operator whose call matches the ``given`` one (its tensors or
+# inputs to copy in, the same static arguments) validates and packs its per-call integers and rewrites
+# the block; any other call is planned and submitted, and the submitter updates the task.
 captured: Optional[Callable[[str], Optional[Captured]]] = None
 
 

@@ -51,12 +51,19 @@ class _CapturedTask(_tasks.Captured):
         given = self.task.given
         self.given = None if given is None else given[0](*given[1:])
 
-    def rewrite(self, params: torch.Tensor) -> None:
+    def rewrite(self, params: torch.Tensor, copies: tuple = ()) -> None:
         stream = self.group.updating
         update = _updating[stream]
         if params.shape != self.launch.block.shape:
             _block_error(self, params, self.task.op, update.matched)
         self.write(params, stream)
+        if copies:
+            be = backend()
+            for dst, src in copies:
+                be.copy_into(dst, src, stream)
+        launch = self.launch
+        if launch.args is not self.task.args:    # an earlier update passed views of other sizes
+            launch.run, launch.args = self.task.run, self.task.args
         update.matched += 1
 
     def same_tensors(self, task: Task) -> bool:

@@ -377,10 +377,11 @@ def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     lengths = kwargs.get("actual_seq_lengths")
     qkv = (query, key, value)
     if tasks.captured is not None:
-        cap = plans.captured(OP, qkv, kwargs)
-        if cap is not None:
+        found = plans.captured(OP, qkv, kwargs)
+        if found is not None:
+            cap, copies = found
             _, call, shape, dtype, recent = cap.given.plan
-            cap.rewrite(_block(call, recent, lengths))
+            cap.rewrite(_block(call, recent, lengths), copies)
             return alloc.empty(shape, dtype, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))

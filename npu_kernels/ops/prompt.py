@@ -351,10 +351,11 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
                                                                                           kwargs))[0]
     qkv = (query, key, value)
     if tasks.captured is not None:
-        cap = plans.captured(OP, qkv, kwargs)
-        if cap is not None:
+        found = plans.captured(OP, qkv, kwargs)
+        if found is not None:
+            cap, copies = found
             hit = cap.given.plan
-            cap.rewrite(_block(hit, kwargs))
+            cap.rewrite(_block(hit, kwargs), copies)
             return alloc.empty(hit[2], hit[3], query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))

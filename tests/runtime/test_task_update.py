@@ -347,15 +347,26 @@ def test_update_into_other_outputs_is_refused(rt, device, case):
             rt.graph_task_update_end(u)
 
 
+@pytest.mark.parametrize("passed", ["captured", "views", "new input"])
 @pytest.mark.parametrize("case", [PROMPT, INCRE, FUSED_KV], ids=lambda c: c.name)
-def test_update_of_the_captured_call_is_not_planned(rt, device, case, monkeypatch):
-    """An update passing the captured tensors and static arguments finds its plan without a signature; its
-    lengths are still validated (on an error the update stays open with nothing matched)."""
+def test_update_of_the_captured_call_is_not_planned(rt, device, case, passed, monkeypatch):
+    """An update passing the captured tensors, other tensors viewing their memory alike (vLLM's weak
+    references) or a new input of the same shape (copied in), with the captured static arguments, finds
+    its plan without a signature; its lengths are still validated (on an error the update stays open with
+    nothing matched)."""
     from npu_kernels import plans
 
     state = case.make(device)
     g, (ev,), (h,) = _capture(rt, case, state)
+    if passed == "views":
+        upd = {n: t.view(t.shape) if isinstance(t, torch.Tensor) else t for n, t in state.items()}
+    elif passed == "new input":
+        key = case.input_key
+        upd = dict(state, **{key: randn(*state[key].shape, device=device, dtype=state[key].dtype)})
+    else:
+        upd = state
     u = rt.Stream()
+    u.wait_stream(rt.current_stream())      # a new input is copied in on u: order it after its producer
 
     def no_signature(*args, **kwargs):
         raise AssertionError("the update computed a signature")
@@ -364,16 +375,18 @@ def test_update_of_the_captured_call_is_not_planned(rt, device, case, monkeypatc
     with rt.stream(u):
         rt.graph_task_update_begin(u, h)
         with pytest.raises(ValueError, match="actual_seq_lengths.*every length must be in"):
-            case.call(state, [10 ** 6] * len(case.updated))
+            case.call(upd, [10 ** 6] * len(case.updated))
         with pytest.raises(RuntimeError, match="contains unupdated tasks. total_num=1, matched_num=0"):
             rt.graph_task_update_end(u)
         rt.graph_task_update_begin(u, h)
-        case.call(state, case.updated)
+        case.call(upd, case.updated)
         rt.graph_task_update_end(u)
         ev.record(u)
     g.replay()
     rt.synchronize()
-    _close(case, state, case.updated)
+    _close(case, upd, case.updated, got=_output(state))
+    if passed == "new input":
+        torch.testing.assert_close(state[case.input_key], upd[case.input_key])
 
 
 def test_update_with_another_static_value_is_refused(rt, device):

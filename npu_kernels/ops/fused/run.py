@@ -96,10 +96,11 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
     kwargs = checks.host_lists(kwargs, LIST_ARGS)
     extra = _extra(query, kwargs)
     if tasks.captured is not None:
-        cap = plans.captured(OP, _given_args(query, key, value, outs, ws), kwargs, extra)
-        if cap is not None:
+        found = plans.captured(OP, _given_args(query, key, value, outs, ws), kwargs, extra)
+        if found is not None:
+            cap, copies = found
             planned = cap.given.plan
-            cap.rewrite(_block(planned, kwargs))
+            cap.rewrite(_block(planned, kwargs), copies)
             return outs if outs is not None else outputs(planned.call)
     args = (query, key, value, *map(kwargs.get, TENSOR_ARGS))
     sig = plans.signature(query, key, value, kwargs, _PER_CALL)
@@ -143,13 +144,17 @@ def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional
         tasks.submit(tasks.Task(OP, prepared.static, block, out.device, run=prepared.run, args=full, roles=roles,
                                 block_buffer=block_buffer,
                                 given=planned and (plans.Given, planned, _given_args(query, key, value, outs, ws),
-                                                   kwargs, _PER_CALL, extra)))
+                                                   kwargs, _PER_CALL, extra, () if outs is None else _OUTS)))
     return out, lse
 
 
 def _given_args(query, key, value, outs: Optional[tuple], ws) -> tuple:
-    """The tensors a call passes outside its keyword arguments (``plans.Given``)."""
+    """The tensors a call passes outside its keyword arguments (``plans.Given``; ``.out``'s outputs and
+    workspace at ``_OUTS``)."""
     return (query, key, value) if outs is None else (query, key, value, *outs, ws)
+
+
+_OUTS = (3, 4, 5)
 
 
 _ROLES = tasks.INPUT * (3 + len(TENSOR_ARGS)) + tasks.OWN * 2 + tasks.OUTPUT + tasks.OWN
