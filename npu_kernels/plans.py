@@ -356,8 +356,8 @@ class Given:
     input, a tensor of its shape, dtype and device to be copied in, has the given call's signature, so its
     plan, found without computing the signature (task update, ``tasks.captured``)."""
 
-    __slots__ = ("plan", "extra", "names", "objects", "given_objects", "outputs", "scalars", "given_scalars",
-                 "scalar_types", "per_call", "absent")
+    __slots__ = ("plan", "extra", "names", "objects", "given_objects", "given_views", "outputs", "scalars",
+                 "given_scalars", "scalar_types", "per_call", "absent")
 
     def __init__(self, plan, args: tuple, kwargs: dict, per_call: frozenset, extra: tuple = (),
                  outputs: tuple = ()):
@@ -367,6 +367,7 @@ class Given:
         self.objects, self.scalars = _getter(objects), _getter(scalar)
         self.per_call = _getter([n for n in kwargs if n in per_call])
         self.given_objects = (*args, *self.objects(kwargs))
+        self.given_views = tuple(map(_view, self.given_objects))
         self.given_scalars = self.scalars(kwargs)
         self.scalar_types = tuple(map(type, self.given_scalars))
         self.absent = tuple(map(operator.is_, self.per_call(kwargs), _NONE))
@@ -383,8 +384,8 @@ class Given:
         if all(map(operator.is_, objects, self.given_objects)):
             return ()
         copies = []
-        for i, (new, given) in enumerate(zip(objects, self.given_objects)):
-            if _same_view(new, given):
+        for i, (new, given, view) in enumerate(zip(objects, self.given_objects, self.given_views)):
+            if new is given or (view is not None and _view(new) == view):
                 continue
             if i in self.outputs or type(new) is not torch.Tensor or type(given) is not torch.Tensor or \
                     new.shape != given.shape or new.dtype != given.dtype or new.device != given.device:
@@ -396,11 +397,11 @@ class Given:
 _NONE = itertools.repeat(None)
 
 
-def _same_view(a, b) -> bool:
-    """``a`` is ``b``, or both are tensors viewing the same memory alike."""
-    return a is b or (type(a) is torch.Tensor and type(b) is torch.Tensor and a.data_ptr() == b.data_ptr()
-                      and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
-                      and a.device == b.device)
+def _view(t) -> Optional[tuple]:
+    """How a plain tensor views memory (address, sizes, strides, dtype, device index); None for others."""
+    if type(t) is not torch.Tensor:
+        return None
+    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.get_device()
 
 
 def _getter(names: list):
