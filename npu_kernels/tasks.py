@@ -36,7 +36,7 @@ class Task:
       ``args``: INPUT (read), OUTPUT (passed by the caller to be written: ``.out`` overloads) or OWN
       (allocated by the operator: its functional outputs and scratch; a functional call in update mode
       returns such unwritten tensors, the results land in the captured ones)
-    - ``given``: ``(make, *args)``: a runtime that captures the task keeps ``make(*args)``, the call as its
+    - ``given``: ``(make, *args)``: for a runtime that captures the task, ``make(*args)`` is the call as its
       operator recognises it again (``captured``); None: updates of the task are planned and submitted
     """
 

@@ -48,8 +48,7 @@ class _CapturedTask(_tasks.Captured):
     def __post_init__(self):
         idx = [i for i, r in enumerate(self.task.roles) if r != _tasks.OWN]
         self.passed = operator.itemgetter(*idx) if len(idx) > 1 else lambda args: tuple(args[i] for i in idx)
-        given = self.task.given
-        self.given = None if given is None else given[0](*given[1:])
+        self.given = None                  # made from ``task.given`` at the first update (a capture is slower)
 
     def rewrite(self, params: torch.Tensor, copies: tuple = ()) -> None:
         stream = self.group.updating
@@ -124,7 +123,10 @@ def _captured(op: str):
     tasks = update.group.tasks
     if update.matched < len(tasks):
         cap = tasks[update.matched]
-        if cap.given is not None and cap.task.op == op:
+        given = cap.task.given
+        if given is not None and cap.task.op == op:
+            if cap.given is None:
+                cap.given = given[0](*given[1:])
             return cap
     return None
 
