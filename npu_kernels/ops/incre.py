@@ -372,7 +372,7 @@ _PER_CALL = frozenset({"actual_seq_lengths"})     # per-call integers: the kv le
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention`` (keyword arguments and
     defaults: ``DEFAULTS``). A repeated signature validates and packs only the kv lengths; so does a task
-    update of the captured call with its tensors (``plans.captured``), which plans and submits nothing."""
+    update that matches its captured call (``plans.captured``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, ("actual_seq_lengths",))
     lengths = kwargs.get("actual_seq_lengths")
     qkv = (query, key, value)

@@ -342,7 +342,7 @@ def fake(query, key, value, **kwargs) -> torch.Tensor:
 def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention`` (keyword arguments and
     defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers; so does a
-    task update of the captured call with its tensors (``plans.captured``), which plans and submits nothing."""
+    task update that matches its captured call (``plans.captured``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, _LISTS)
     if kwargs.get("input_layout") == "TND":
         from . import fused

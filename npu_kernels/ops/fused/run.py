@@ -92,7 +92,8 @@ def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
 
 def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
-    caller's workspace ``ws`` (``.out``; else scratch of its own). Returns (attention_out, softmax_lse)."""
+    caller's workspace ``ws`` (``.out``; else scratch of its own); a task update that matches its captured
+    call (``plans.captured``) only rewrites its block. Returns (attention_out, softmax_lse)."""
     kwargs = checks.host_lists(kwargs, LIST_ARGS)
     extra = _extra(query, kwargs)
     if tasks.captured is not None:
