@@ -142,9 +142,7 @@ class Launch:
             return
         compiled = self.compiled
         if compiled is not None and _aligned_as(args, compiled[1], compiled[2]):
-            if not _dry:
-                _allocator()
-                compiled[0][self.grid](*args)
+            self._launch_kept(args)
             return
         kernel = _triton(self.kernel, self.grid, args, self.options)
         if kernel is not None and not triton_launch() and len(args) == len(getattr(self.kernel, "params", ())):
@@ -156,7 +154,10 @@ class Launch:
         """The kept kernel is the one for every pointer argument aligned."""
         return self.compiled is not None and all(self.compiled[2])
 
-    def aligned(self, args: tuple) -> None:
+    def _launch_kept(self, args: tuple) -> None:
+        """The kept kernel's launch (its host work only, in ``dry_run``)."""
         if not _dry:
             _allocator()
             self.compiled[0][self.grid](*args)
+
+    aligned = _launch_kept

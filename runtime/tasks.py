@@ -55,14 +55,18 @@ class _CapturedTask(_tasks.Captured):
         update = _updating[stream]
         if params.shape != self.launch.block.shape:
             _block_error(self, params, self.task.op, update.matched)
+        # the captured arguments again, where an earlier update passed views of other sizes
+        self.apply(params, copies, stream, update, self.task.run, self.task.args)
+
+    def apply(self, params: torch.Tensor, copies, stream, update: "_Update", run, args: tuple) -> None:
+        """Write the block and copy each (captured, new) input on ``stream``; the launch runs ``run`` over
+        ``args`` from now on; the update goes on to the next task."""
         self.write(params, stream)
         if copies:
             be = backend()
             for dst, src in copies:
                 be.copy_into(dst, src, stream)
-        launch = self.launch
-        if launch.args is not self.task.args:    # an earlier update passed views of other sizes
-            launch.run, launch.args = self.task.run, self.task.args
+        self.launch.run, self.launch.args = run, args
         update.matched += 1
 
     def same_tensors(self, task: Task) -> bool:
@@ -296,13 +300,10 @@ def _update(stream, update: _Update, task: Task) -> None:
     if task.params.shape != cap.launch.block.shape:
         _block_error(cap, task.params, task.op, update.matched)
     args, copies = (cap.task.args, []) if cap.same_tensors(task) else _tensors(where(), cap.task, task)
-    cap.write(task.params, stream)
-    be = backend()
-    for dst, src in copies:
-        be.copy_into(dst, src, stream)
-    if task.launch is None:            # a closure (``Task.launch``) holds its own tensors: keep the captured one
-        cap.launch.run, cap.launch.args = task.run, args
-    update.matched += 1
+    if task.launch is None:
+        cap.apply(task.params, copies, stream, update, task.run, args)
+    else:                              # a closure (``Task.launch``) holds its own tensors: keep the captured one
+        cap.apply(task.params, copies, stream, update, cap.launch.run, cap.launch.args)
 
 
 def submit(task: Task) -> None:
