@@ -120,6 +120,9 @@ class NPUGraph:
     def replay(self) -> None:
         if not self._captured:
             raise RuntimeError("Called NPUGraph::replay without a preceding successful capture.")
+        for group in self._groups:     # an update in progress: the blocks it rewrote so far
+            if group.pending:
+                group.flush()
         self._impl.replay(current_stream())
         if os.environ.get("ASCEND_LAUNCH_BLOCKING") == "1":
             synchronize()

@@ -41,7 +41,6 @@ class _Launch:
 class _CapturedTask(_tasks.Captured):
     task: Task                         # as captured
     launch: _Launch
-    write: object                      # write(params, stream): rewrite the block on a stream
     group: "_Group"
     passed: object = None              # passed(args): the tensors the caller passes (all but OWN), as a tuple
 
@@ -59,9 +58,10 @@ class _CapturedTask(_tasks.Captured):
         self.apply(params, copies, stream, update, self.task.run, self.task.args)
 
     def apply(self, params: torch.Tensor, copies, stream, update: "_Update", run, args: tuple) -> None:
-        """Write the block and copy each (captured, new) input on ``stream``; the launch runs ``run`` over
-        ``args`` from now on; the update goes on to the next task."""
-        self.write(params, stream)
+        """Write the block (with the group's others, ``_Group.flush``) and copy each (captured, new) input
+        on ``stream``; the launch runs ``run`` over ``args`` from now on; the update goes on to the next
+        task."""
+        self.group.pending.append((self.launch.block, params))
         if copies:
             be = backend()
             for dst, src in copies:
@@ -80,8 +80,17 @@ class _Group:
     graph: "graphs.NPUGraph"
     stream: object
     tasks: list = field(default_factory=list)
+    write: object = None               # the backend's ``blocks_writer()``
     updating: object = None            # the stream updating the group, if any
     valid: bool = True                 # False once the graph is reset
+    pending: list = field(default_factory=list)   # (block, params) of the update not yet written
+
+    def flush(self) -> None:
+        """Write the blocks of the update in progress on its stream, at once: at its end, or before a
+        replay of the graph reads them."""
+        if self.pending:
+            pairs, self.pending = self.pending, []
+            self.write(pairs, self.updating)
 
 
 class TaskGroupHandle:
@@ -161,7 +170,7 @@ def graph_task_group_begin(stream) -> None:
     graph = graphs.capturing_graph()
     if graph is None:
         raise RuntimeError("graph_task_group_begin: the capture was not begun by an NPUGraph")
-    _open[stream] = _Group(graph, stream)
+    _open[stream] = _Group(graph, stream, write=backend().blocks_writer())
     _guard_changed()
 
 
@@ -212,6 +221,7 @@ def graph_task_update_end(stream) -> None:
     update = _updating.pop(stream, None)
     if update is None:
         raise RuntimeError(f"graph_task_update_end: {stream!r} is not in task-update mode")
+    update.group.flush()
     update.group.updating = None
     _guard_changed()
     total = len(update.group.tasks)
@@ -333,7 +343,7 @@ def submit(task: Task) -> None:
     graph._blocks.append((block, initial))
     group = _open.get(stream)
     if group is not None:
-        group.tasks.append(_CapturedTask(task, launch, be.block_writer(block), group))
+        group.tasks.append(_CapturedTask(task, launch, group))
 
 
 def install() -> None:

@@ -406,18 +406,24 @@ class CudaBackend(interface.Backend):
                 block.copy_(params.pin_memory(), non_blocking=True)
         torch.cuda.current_stream().synchronize()
 
-    def block_writer(self, block: torch.Tensor):
-        """Writes into ``block`` through a pinned staging buffer, made at the first update (pinned
-        allocation is not allowed during a capture)."""
+    def blocks_writer(self):
+        """Writes an update's blocks with one host-to-device copy: their contents gathered in a pinned
+        staging buffer, copied to a device one, then into the blocks (one multi-tensor copy). The buffers
+        are made at the first update (pinned allocation is not allowed during a capture) and grow."""
         staging, copied = [], torch.cuda.Event()
 
-        def write(params: torch.Tensor, stream) -> None:
-            if not staging:
-                staging.append(torch.empty(block.shape, dtype=block.dtype).pin_memory())
-            copied.synchronize()  # the previous copy out of the staging buffer has finished
-            staging[0].copy_(params)
+        def write(pairs: list, stream) -> None:
+            blocks, params = [b for b, _ in pairs], [p for _, p in pairs]
+            words = sum(p.numel() for p in params)
+            copied.synchronize()  # the previous write is done with the staging buffers
+            if not staging or staging[0].numel() < words:
+                staging[:] = [torch.empty(words, dtype=torch.int32).pin_memory(),
+                              torch.empty(words, dtype=torch.int32, device=self.device)]
+            pinned, device = staging[0][:words], staging[1][:words]
+            torch.cat(params, out=pinned)
             with self.direct(), torch.cuda.stream(stream.cuda):
-                block.copy_(staging[0], non_blocking=True)
+                device.copy_(pinned, non_blocking=True)
+                torch._foreach_copy_(blocks, list(device.split([p.numel() for p in params])))
                 copied.record()
 
         return write

@@ -633,18 +633,19 @@ class HostBackend(interface.Backend):
             for block, params in blocks:
                 block.copy_(params)
 
-    def block_writer(self, block: torch.Tensor):
-        """Writes a new parameter block (a task's own tensor, never written afterwards) on a stream: at
-        once when the stream has nothing queued and does not capture, else in its order."""
-        def write(params: torch.Tensor, stream) -> None:
+    def blocks_writer(self):
+        """Writes new parameter blocks (tasks' own tensors, never written afterwards) on a stream: at once
+        when the stream has nothing queued and does not capture, else in its order."""
+        def write(pairs: list, stream) -> None:
+            blocks, params = [b for b, _ in pairs], [p for _, p in pairs]
             if stream.lane is None and not stream.queue:
                 if _modes_see_calls():
                     with _sched.direct():
-                        block.copy_(params)
-                else:                              # inside an operator's call, past the modes
-                    block.copy_(params)
+                        torch._foreach_copy_(blocks, params)
+                else:                              # past the modes
+                    torch._foreach_copy_(blocks, params)
                 return
-            _sched.issue(stream, lambda: block.copy_(params))
+            _sched.issue(stream, lambda: torch._foreach_copy_(blocks, params))
 
         return write
 

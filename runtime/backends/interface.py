@@ -207,8 +207,9 @@ class Backend(abc.ABC):
         """Write each (device block, params) pair, once, when a capture ends."""
 
     @abc.abstractmethod
-    def block_writer(self, block: torch.Tensor):
-        """``write(params, stream)``: rewrites ``block`` with ``params``, ordered on ``stream``."""
+    def blocks_writer(self):
+        """``write(pairs, stream)``: rewrites each (device block, params) pair of a task update, ordered on
+        ``stream``; one writer per task group."""
 
     @abc.abstractmethod
     def copy_into(self, dst: torch.Tensor, src: torch.Tensor, stream: Stream) -> None:

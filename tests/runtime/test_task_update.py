@@ -263,6 +263,24 @@ def test_update_persists_over_replays(rt, device, case):
     _close(case, state, case.updated)
 
 
+def test_a_replay_before_the_update_ends_reads_its_blocks(rt, device, case):
+    """An update writes its blocks on its stream by graph_task_update_end; a replay issued before that
+    (the update stream synchronized) reads the blocks the update rewrote so far."""
+    state = case.make(device)
+    g, (ev,), (h,) = _capture(rt, case, state)
+    u = rt.Stream()
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, h)
+        case.call(state, case.updated)
+    u.synchronize()
+    ev.record(rt.Stream())
+    g.replay()
+    rt.synchronize()
+    _close(case, state, case.updated)
+    with rt.stream(u):
+        rt.graph_task_update_end(u)
+
+
 def test_captured_lengths_hold_without_update(rt, device, case):
     state = case.make(device)
     g, (ev,), _ = _capture(rt, case, state)
