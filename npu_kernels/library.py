@@ -9,8 +9,6 @@ operators as they are (``transparent_modes``: the runtime's backends add theirs)
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from .ops import fused, incre, prompt
@@ -44,16 +42,32 @@ def _direct(query) -> int:
     """0: go through the dispatcher; 1: call the implementation; 2: call it with python dispatch disabled."""
     if type(query) is not torch.Tensor or torch.compiler.is_compiling():
         return 0
-    depth = torch._C._len_torch_dispatch_stack()
+    depth = _stack_depth()
     if not depth:
         return 1
-    for i in range(depth):
-        if not getattr(torch._C._get_dispatch_stack_at(i), "npu_transparent", False):
-            return 0
-    return 2
+    if depth == 1:
+        return 2 if getattr(_stack_at(0), "npu_transparent", False) else 0
+    return 2 if all(getattr(_stack_at(i), "npu_transparent", False) for i in range(depth)) else 0
 
 
-_NOTHING = contextlib.nullcontext()
+_stack_depth, _stack_at = torch._C._len_torch_dispatch_stack, torch._C._get_dispatch_stack_at
+
+
+def attention(name: str, entry, doc: str):
+    """The Python entry point of the attention operator ``torch.ops.npu.<name>``: ``entry(query, key,
+    value, kwargs)`` is its implementation, taking the keyword arguments as the dict made here."""
+    def call(query, key, value, **kwargs):
+        direct = _direct(query)
+        if direct == 1:
+            return entry(query, key, value, kwargs)
+        if direct:                      # a transparent mode is on the stack: run past it
+            with torch._C._DisableTorchDispatch():
+                return entry(query, key, value, kwargs)
+        return getattr(torch.ops.npu, name)(query, key, value, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = doc
+    return call
 
 
 def public(name: str, impl, doc: str):
@@ -73,8 +87,8 @@ def public(name: str, impl, doc: str):
 
 
 define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention, prompt.fake)
-npu_prompt_flash_attention = public("npu_prompt_flash_attention", prompt.npu_prompt_flash_attention,
-                                    "torch_npu.npu_prompt_flash_attention (spec ops §2).")
+npu_prompt_flash_attention = attention("npu_prompt_flash_attention", prompt.entry,
+                                       "torch_npu.npu_prompt_flash_attention (spec ops §2).")
 
 
 INCRE_SCHEMA = (
@@ -88,8 +102,8 @@ INCRE_SCHEMA = (
 )
 define(INCRE_SCHEMA, incre.npu_incre_flash_attention,
        lambda query, key, value, **kw: incre.output(incre.validate(query, key, value, **kw)))
-npu_incre_flash_attention = public("npu_incre_flash_attention", incre.npu_incre_flash_attention,
-                                   "torch_npu.npu_incre_flash_attention (spec ops §3).")
+npu_incre_flash_attention = attention("npu_incre_flash_attention", incre.entry,
+                                      "torch_npu.npu_incre_flash_attention (spec ops §3).")
 
 
 FUSED_ARGS = (
@@ -154,20 +168,20 @@ class FusedInferAttentionScore:
     def __call__(self, query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         direct = _direct(query)
         if direct == 1:
-            return fused.npu_fused_infer_attention_score(query, key, value, **kwargs)
+            return fused.submit(query, key, value, kwargs, None, None)
         if direct:
             with torch._C._DisableTorchDispatch():
-                return fused.npu_fused_infer_attention_score(query, key, value, **kwargs)
+                return fused.submit(query, key, value, kwargs, None, None)
         return torch.ops.npu.npu_fused_infer_attention_score(query, key, value, **kwargs)
 
     def out(self, query, key, value, *, out, workspace=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         attention_out, softmax_lse = out
         direct = _direct(query)
+        if direct == 1:
+            return fused.submit(query, key, value, kwargs, (attention_out, softmax_lse), workspace)
         if direct:
-            with torch._C._DisableTorchDispatch() if direct == 2 else _NOTHING:
-                return fused.npu_fused_infer_attention_score_out(query, key, value, workspace=workspace,
-                                                                 attention_out=attention_out,
-                                                                 softmax_lse=softmax_lse, **kwargs)
+            with torch._C._DisableTorchDispatch():
+                return fused.submit(query, key, value, kwargs, (attention_out, softmax_lse), workspace)
         return torch.ops.npu.npu_fused_infer_attention_score.out(
             query, key, value, workspace=workspace, attention_out=attention_out, softmax_lse=softmax_lse, **kwargs)
 

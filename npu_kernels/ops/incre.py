@@ -371,8 +371,14 @@ _PER_CALL = frozenset({"actual_seq_lengths"})     # per-call integers: the kv le
 
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_incre_flash_attention`` (keyword arguments and
-    defaults: ``DEFAULTS``). A repeated signature validates and packs only the kv lengths; so does a task
-    update that matches its captured call (``plans.captured``), which plans and submits nothing."""
+    defaults: ``DEFAULTS``)."""
+    return entry(query, key, value, kwargs)
+
+
+def entry(query, key, value, kwargs: dict) -> torch.Tensor:
+    """The eager implementation, its keyword arguments a dict it may keep (the entry points pass theirs).
+    A repeated signature validates and packs only the kv lengths; so does a task update that matches its
+    captured call (``plans.captured``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, ("actual_seq_lengths",))
     lengths = kwargs.get("actual_seq_lengths")
     qkv = (query, key, value)

@@ -341,8 +341,14 @@ def fake(query, key, value, **kwargs) -> torch.Tensor:
 
 def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
     """Eager implementation behind ``torch.ops.npu.npu_prompt_flash_attention`` (keyword arguments and
-    defaults: ``DEFAULTS``). A repeated signature validates and packs only the per-call integers; so does a
-    task update that matches its captured call (``plans.captured``), which plans and submits nothing."""
+    defaults: ``DEFAULTS``)."""
+    return entry(query, key, value, kwargs)
+
+
+def entry(query, key, value, kwargs: dict) -> torch.Tensor:
+    """The eager implementation, its keyword arguments a dict it may keep (the entry points pass theirs).
+    A repeated signature validates and packs only the per-call integers; so does a task update that
+    matches its captured call (``plans.captured``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, _LISTS)
     if kwargs.get("input_layout") == "TND":
         from . import fused

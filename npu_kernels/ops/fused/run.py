@@ -90,10 +90,11 @@ def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
                                                              *planned.tiling))
 
 
-def _submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
+def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
     caller's workspace ``ws`` (``.out``; else scratch of its own); a task update that matches its captured
-    call (``plans.captured``) only rewrites its block. Returns (attention_out, softmax_lse)."""
+    call (``plans.captured``) only rewrites its block. Returns (attention_out, softmax_lse). ``kwargs``: a
+    dict it may keep (the entry points pass theirs)."""
     kwargs = checks.host_lists(kwargs, LIST_ARGS)
     extra = _extra(query, kwargs)
     if tasks.captured is not None:
@@ -185,13 +186,13 @@ def _check_outputs(call: FusedCall, attention_out, softmax_lse, ws) -> None:
 
 def npu_fused_infer_attention_score(query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager implementation behind ``torch.ops.npu.npu_fused_infer_attention_score``."""
-    return _submit(query, key, value, kwargs, None, None)
+    return submit(query, key, value, kwargs, None, None)
 
 
 def npu_fused_infer_attention_score_out(query, key, value, *, workspace=None, attention_out, softmax_lse,
                                         **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """``.out``: writes ``attention_out`` (and ``softmax_lse`` when the flag is set; untouched otherwise)."""
-    return _submit(query, key, value, kwargs, (attention_out, softmax_lse), workspace)
+    return submit(query, key, value, kwargs, (attention_out, softmax_lse), workspace)
 
 
 def get_max_workspace(query, key, value, **kwargs) -> torch.Tensor:
