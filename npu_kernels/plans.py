@@ -25,6 +25,7 @@ import torch
 
 from . import caches, launcher, tasks
 from .checks import extent
+from .fill import aligned_check, filler
 from .env import check_block_table
 
 MAX_PLANS = 4096
@@ -164,7 +165,7 @@ class Traced:
     launch whose arguments depend on an operand's address alignment is traced for the alignment seen; a
     call whose operands align otherwise launches untraced."""
 
-    __slots__ = ("launches", "launch", "views", "aligned", "pointer_args", "fast")
+    __slots__ = ("launches", "launch", "views", "aligned", "pointers_aligned", "fast")
 
     def __init__(self, launch, operands: tuple, views: tuple):
         """``launch(operands, block)`` issues the launches through ``launcher.run`` (traced, not run);
@@ -180,7 +181,7 @@ class Traced:
             launcher.set_recorder(previous)
         self.launch, self.views = launch, views
         self.aligned = tuple((views[i], operands[i].data_ptr() % launcher.ALIGNMENT == 0) for i in sorted(addressed))
-        self.launches = []
+        self.launches, pointer_args = [], set()
         for kernel, grid, args, options in recorded:
             if any(hasattr(a, "data_ptr") and not isinstance(a, _Slot) for a in args):
                 raise RuntimeError(f"{kernel}: a launch argument is built from a tensor; it cannot be traced")
@@ -194,9 +195,11 @@ class Traced:
                         direct.append((pos, view.arg))
                     else:
                         computed.append((pos, view))
-            self.launches.append((launcher.Launch(kernel, grid, options), list(args), direct, computed, blocks))
+            fill = filler(list(args), direct, computed, blocks, Pointer, launcher.ALIGNMENT)
+            self.launches.append((launcher.Launch(kernel, grid, options), fill))
+            pointer_args.update(i for _, i in direct)
         # every pointer a launch takes is a call argument (``direct``), a ``Pointer`` into one, or the block
-        self.pointer_args = tuple(sorted({i for *_, direct, _, _ in self.launches for _, i in direct}))
+        self.pointers_aligned = aligned_check(tuple(sorted(pointer_args)), launcher.ALIGNMENT)
         self.fast = False         # every launch keeps its kernel for aligned pointers
 
     def __call__(self, args: tuple, block) -> None:
@@ -206,28 +209,16 @@ class Traced:
                 self.launch(tuple(None if v is None else v.operand(args) for v in self.views), block)
                 return
         # aligned pointers launch the kept kernels without each launch checking its own
-        fast = self.fast and block.data_ptr() % align == 0 and not launcher.recording()
-        if fast:
-            for i in self.pointer_args:
-                if args[i].data_ptr() % align:
-                    fast = False
-                    break
-        for launch, template, direct, computed, blocks in self.launches:
-            values = template.copy()
-            for pos, i in direct:
-                values[pos] = args[i]
-            aligned = fast
-            for pos, view in computed:
-                p = values[pos] = view.operand(args)
-                aligned = aligned and p.ptr % align == 0
-            for pos in blocks:
-                values[pos] = block
-            if aligned:
-                launch.aligned(tuple(values))
+        fast = self.fast and block.data_ptr() % align == 0 and not launcher.recording() and \
+            self.pointers_aligned(args)
+        for launch, fill in self.launches:
+            values, aligned = fill(args, block)
+            if fast and aligned:
+                launch.aligned(values)
             else:
-                launch(tuple(values))
+                launch(values)
         if not self.fast:
-            self.fast = all(launch.compiled_aligned for launch, *_ in self.launches)
+            self.fast = all(launch.compiled_aligned for launch, _ in self.launches)
 
 
 class Prepared:
@@ -356,12 +347,13 @@ class Given:
     input, a tensor of its shape, dtype and device to be copied in, has the given call's signature, so its
     plan, found without computing the signature (task update, ``tasks.captured``)."""
 
-    __slots__ = ("plan", "extra", "names", "objects", "given_objects", "given_views", "outputs", "scalars",
-                 "given_scalars", "scalar_types", "per_call", "absent", "last_views")
+    __slots__ = ("plan", "extra", "names", "order", "objects", "given_objects", "given_views", "outputs", "scalars",
+                 "given_scalars", "scalar_types", "per_call", "absent", "fixed", "present", "last")
 
     def __init__(self, plan, args: tuple, kwargs: dict, per_call: frozenset, extra: tuple = (),
                  outputs: tuple = ()):
         self.plan, self.extra, self.names, self.outputs = plan, extra, frozenset(kwargs), outputs
+        self.order = tuple(kwargs)
         scalar = [n for n in kwargs if n not in per_call and type(kwargs[n]) in _SCALARS]
         objects = [n for n in kwargs if n not in per_call and n not in scalar]   # tensors, None, other objects
         self.objects, self.scalars = _getter(objects), _getter(scalar)
@@ -371,19 +363,29 @@ class Given:
         self.given_scalars = self.scalars(kwargs)
         self.scalar_types = tuple(map(type, self.given_scalars))
         self.absent = tuple(map(operator.is_, self.per_call(kwargs), _NONE))
-        self.last_views = self.given_objects     # the tensors of the last match that viewed the given ones
+        # positions in (*args, *kwargs.values()): ``fixed`` hold what the last match passed (all but the
+        # per-call values given), ``present`` the per-call values given
+        values = (*args, *kwargs.values())
+        given = [i for i, n in enumerate(self.order, len(args)) if n in per_call and kwargs[n] is not None]
+        self.fixed = _getter([i for i in range(len(values)) if i not in given])
+        self.present = _getter(given)
+        self.last = self.fixed(values)
 
     def match(self, args: tuple, kwargs: dict, extra: tuple) -> Optional[tuple]:
         """None, or the (given, new) input tensors to copy (usually none)."""
-        if kwargs.keys() != self.names or extra != self.extra:
+        if extra != self.extra:
+            return None
+        values = (*args, *kwargs.values())
+        if tuple(kwargs) == self.order and all(map(operator.is_, self.fixed(values), self.last)) and \
+                None not in self.present(values):
+            return ()                            # the objects of the last match (vLLM's every update)
+        if kwargs.keys() != self.names:
             return None
         scalars = self.scalars(kwargs)
         if tuple(map(type, scalars)) != self.scalar_types or scalars != self.given_scalars or \
                 tuple(map(operator.is_, self.per_call(kwargs), _NONE)) != self.absent:
             return None
         objects = (*args, *self.objects(kwargs))
-        if all(map(operator.is_, objects, self.given_objects)) or all(map(operator.is_, objects, self.last_views)):
-            return ()
         copies = []
         for i, (new, given, view) in enumerate(zip(objects, self.given_objects, self.given_views)):
             if new is given or (view is not None and _view(new) == view):
@@ -392,8 +394,8 @@ class Given:
                     new.shape != given.shape or new.dtype != given.dtype or new.device != given.device:
                 return None
             copies.append((given, new))
-        if not copies:                           # vLLM updates with the same weak references every time
-            self.last_views = objects
+        if not copies and tuple(kwargs) == self.order:
+            self.last = self.fixed(values)
         return tuple(copies)
 
 
@@ -407,14 +409,14 @@ def _view(t) -> Optional[tuple]:
     return t.data_ptr(), t.shape, t.stride(), t.dtype, t.get_device()
 
 
-def _getter(names: list):
-    """``kwargs`` → the tuple of its values of ``names``."""
-    if len(names) > 1:
-        return operator.itemgetter(*names)
-    if names:
-        name = names[0]
-        return lambda kwargs: (kwargs[name],)
-    return lambda kwargs: ()
+def _getter(keys: list):
+    """``values`` (a dict or tuple) → the tuple of its items at ``keys``."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    if keys:
+        key = keys[0]
+        return lambda values: (values[key],)
+    return lambda values: ()
 
 
 def captured(op: str, args: tuple, kwargs: dict, extra: tuple = ()) -> Optional[tuple]:

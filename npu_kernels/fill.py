@@ -1,0 +1,56 @@
+"""Generated argument builders: a traced launch's kernel arguments (``plans.Traced``; up to ~100) and a
+cached call's tensor arguments, each built in one expression instead of a loop over them.
+"""
+
+from __future__ import annotations
+
+
+def _define(name: str, source: str, namespace: dict):
+    exec(compile(source, "<npu_kernels.fill>", "exec"), namespace)
+    return namespace[name]
+
+
+def _tuple(items: list) -> str:
+    return f"({', '.join(items)},)" if items else "()"
+
+
+def filler(template: list, direct: list, computed: list, blocks: list, pointer, alignment: int):
+    """``fill(args, block) -> (values, aligned)``: ``values`` is ``template`` with position ``pos`` of each
+    ``direct`` pair set to ``args[i]``, of each ``computed`` pair to the ``pointer(ptr, dtype)`` its
+    ``View`` gives into ``args``, and each of ``blocks`` to ``block``; ``aligned`` tells whether every
+    computed pointer is ``alignment``-byte aligned. Runs of constant arguments are sliced from the
+    template."""
+    namespace = {"t": tuple(template), "P": pointer}
+    items: dict[int, str] = {}
+    lines = []
+    for pos, i in direct:
+        items[pos] = f"a[{i}]"
+    for k, (pos, view) in enumerate(computed):
+        namespace[f"d{k}"] = view.dtype
+        lines.append(f"    p{k} = P(a[{view.arg}].data_ptr() + {view.offset * view.dtype.itemsize}, d{k})\n")
+        items[pos] = f"p{k}"
+    for pos in blocks:
+        items[pos] = "b"
+    parts, start = [], 0
+    for pos in sorted(items):
+        if pos > start:
+            parts.append(f"*t[{start}:{pos}]")
+        parts.append(items[pos])
+        start = pos + 1
+    if start < len(template):
+        parts.append(f"*t[{start}:]")
+    aligned = " and ".join(f"p{k}.ptr % {alignment} == 0" for k in range(len(computed))) or "True"
+    return _define("fill", f"def fill(a, b):\n{''.join(lines)}    return {_tuple(parts)}, {aligned}\n", namespace)
+
+
+def aligned_check(positions: tuple, alignment: int):
+    """``check(args)``: every ``args[i]`` of ``positions`` has an ``alignment``-byte aligned address."""
+    test = " or ".join(f"a[{i}].data_ptr() % {alignment}" for i in positions) or "0"
+    return _define("check", f"def check(a):\n    return not ({test})\n", {})
+
+
+def picker(names: tuple, given) -> object:
+    """``pick(kwargs)``: the tuple of ``kwargs[name]`` for each of ``names``, None for those not in ``given``
+    (the keyword arguments of a cached call's signature: a call with that signature gives exactly those)."""
+    items = [f"k[{name!r}]" if name in given else "None" for name in names]
+    return _define("pick", f"def pick(k):\n    return {_tuple(items)}\n", {})

@@ -1,0 +1,55 @@
+"""``npu_kernels.fill``: a generated filler builds the same argument tuple as filling the template one
+position at a time."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npu_kernels.fill import aligned_check, filler
+from npu_kernels.plans import Pointer, View
+
+
+@st.composite
+def launches(draw):
+    n = draw(st.integers(0, 40))
+    kinds = draw(st.lists(st.sampled_from("cdpb"), min_size=n, max_size=n))   # constant/direct/pointer/block
+    offsets = draw(st.lists(st.integers(0, 64), min_size=n, max_size=n))
+    return kinds, offsets
+
+
+@given(launches())
+def test_filler_matches_filling_one_by_one(launch):
+    kinds, offsets = launch
+    args = tuple(torch.zeros(80, dtype=torch.float16) for _ in range(4))
+    block = torch.zeros(4, dtype=torch.int32)
+    template = [("constant", i) if k == "c" else None for i, k in enumerate(kinds)]
+    direct = [(pos, pos % len(args)) for pos, k in enumerate(kinds) if k == "d"]
+    computed = [(pos, View(pos % len(args), torch.float16, (8,), (1,), offsets[pos], False))
+                for pos, k in enumerate(kinds) if k == "p"]
+    blocks = [pos for pos, k in enumerate(kinds) if k == "b"]
+    values, aligned = filler(template, direct, computed, blocks, Pointer, 16)(args, block)
+
+    want = list(template)
+    for pos, i in direct:
+        want[pos] = args[i]
+    for pos, view in computed:
+        want[pos] = view.operand(args)
+    for pos in blocks:
+        want[pos] = block
+    assert len(values) == len(want)
+    for got, w in zip(values, want):
+        if isinstance(w, Pointer):
+            assert isinstance(got, Pointer) and (got.ptr, got.dtype) == (w.ptr, w.dtype)
+        else:
+            assert got is w
+    assert aligned == all(view.operand(args).ptr % 16 == 0 for _, view in computed)
+
+
+def test_aligned_check():
+    t = torch.zeros(64, dtype=torch.float16)
+    args = (t, t[1:], t[8:])
+    assert aligned_check((0, 2), 16)(args)
+    assert not aligned_check((0, 1), 16)(args)
+    assert aligned_check((), 16)(args)
