@@ -151,12 +151,12 @@ def lengths(name: str, values: Optional[Sequence[int]], batch: int, upper: int) 
     return out
 
 
-def host_lists(kwargs: dict, names: tuple) -> dict:
+def host_lists(kwargs: dict, names: frozenset) -> dict:
     """``kwargs`` with each of ``names`` that is given as a tensor read as a list of ints, as the dispatcher
     reads a tensor passed for an ``int[]`` argument (a host read)."""
-    for name in names:
-        v = kwargs.get(name)
-        if isinstance(v, torch.Tensor):
+    for name in kwargs.keys() & names:
+        v = kwargs[name]
+        if type(v) is not list and isinstance(v, torch.Tensor):
             require(v.dim() == 1 and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool,
                     name, v, "a tensor given for a list of ints must be 1-D with an integer dtype")
             kwargs = {**kwargs, name: v.tolist()}

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from einops import rearrange
 
-from .. import alloc, checks, params, plans, quant, tasks
+from .. import alloc, checks, fill, params, plans, quant, tasks
 from ..device import execution
 from ..errors import require
 from ..kernels import decode
@@ -379,21 +379,21 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
     """The eager implementation, its keyword arguments a dict it may keep (the entry points pass theirs).
     A repeated signature validates and packs only the kv lengths; so does a task update that matches its
     captured call (``plans.captured``), which plans and submits nothing."""
-    kwargs = checks.host_lists(kwargs, ("actual_seq_lengths",))
+    kwargs = checks.host_lists(kwargs, _PER_CALL)
     lengths = kwargs.get("actual_seq_lengths")
     qkv = (query, key, value)
     if tasks.captured is not None:
         found = plans.captured(OP, qkv, kwargs)
         if found is not None:
             cap, copies = found
-            _, call, shape, dtype, recent = cap.given.plan
+            _, call, shape, dtype, recent, _ = cap.given.plan
             cap.rewrite(_block(call, recent, lengths), copies)
             return alloc.empty(shape, dtype, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
-    args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
     if hit is None:
+        args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))
         call = validate(query, key, value, **kwargs)
         out = output(call)
         pl = plan(call, out)
@@ -401,11 +401,12 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
         ops = operands(call, as_bnsd(out, call.layout.out, call.heads.N), None, *scratch(pl.static, ws))
         p = Prepared(call, pl.static, ops, False, (*args, out, ws), execution(out.device))
         if p.cacheable:
-            hit = (p, call, out.shape, out.dtype, plans.Recent())
+            hit = (p, call, out.shape, out.dtype, plans.Recent(), fill.picker(TENSOR_ARGS[3:], kwargs))
             _plans.put(key_, hit)
         block = pl.params
     else:
-        p, call, shape, dtype, recent = hit
+        p, call, shape, dtype, recent, pick = hit
+        args = (*qkv, *pick(kwargs))
         out = alloc.empty(shape, dtype, query.device)
         ws = alloc.empty((sum(p.static.workspace),), torch.float32, out.device)
         block = _block(call, recent, lengths)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .. import alloc, checks, masks, params, plans, quant, tasks
+from .. import alloc, checks, fill, masks, params, plans, quant, tasks
 from ..device import execution
 from ..errors import require
 from ..kernels import prefill
@@ -314,7 +314,7 @@ _plans = plans.Cache()
 
 _PER_CALL = frozenset(DYNAMIC_ARGS)
 _DYNAMIC_DEFAULTS = tuple(DEFAULTS[name] for name in DYNAMIC_ARGS)
-_LISTS = ("actual_seq_lengths", "actual_seq_lengths_kv")
+_LISTS = frozenset(("actual_seq_lengths", "actual_seq_lengths_kv"))
 
 
 def output(call: PromptCall) -> torch.Tensor:
@@ -364,20 +364,21 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
             cap.rewrite(_block(hit, kwargs), copies)
             return alloc.empty(hit[2], hit[3], query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
-    args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
     if hit is None:
+        args = (*qkv, *map(kwargs.get, TENSOR_ARGS[3:]))
         call = validate(query, key, value, **kwargs)
         out = output(call)
         pl = plan(call, out, None)
         p = Prepared(call, pl.static, out_view(call, out), None, (*args, out), execution(out.device))
         if p.cacheable:
-            hit = (p, call, out.shape, out.dtype, plans.Recent())
+            hit = (p, call, out.shape, out.dtype, plans.Recent(), fill.picker(TENSOR_ARGS[3:], kwargs))
             _plans.put(key_, hit)
         block = pl.params
     else:
         p = hit[0]
+        args = (*qkv, *hit[5](kwargs))
         out = alloc.empty(hit[2], hit[3], query.device)
         block = _block(hit, kwargs)
     if out.numel():

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ... import alloc, checks, plans, tasks
+from ... import alloc, checks, fill, plans, tasks
 from ...device import execution
 from ...errors import require
 from ...layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, out_shape
@@ -20,13 +20,14 @@ from .prefill_path import kv_view, token_rows
 
 class Planned:
     """A fused call planned for its signature: the validated call without batches, the kernel call
-    prepared for it, the float32 words of split-KV scratch it needs (0 on the prefill kernel) and, on the
-    prefill kernel, the (token tiles, BLOCK_M) its parameter block is packed with."""
+    prepared for it, the float32 words of split-KV scratch it needs (0 on the prefill kernel), ``pick``
+    (``fill.picker``: the call's tensor arguments) and, on the prefill kernel, the (token tiles, BLOCK_M)
+    its parameter block is packed with."""
 
-    __slots__ = ("call", "prepared", "scratch", "recent", "tiling")
+    __slots__ = ("call", "prepared", "scratch", "pick", "recent", "tiling")
 
-    def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int):
-        self.call, self.prepared, self.scratch = call, prepared, scratch
+    def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int, pick):
+        self.call, self.prepared, self.scratch, self.pick = call, prepared, scratch, pick
         self.recent = plans.Recent()
         if call.incre is None:
             meta = dict(prepared.static.meta)
@@ -37,6 +38,7 @@ _plans = plans.Cache()
 _PER_CALL = frozenset((*LIST_ARGS, "pre_tokens", "next_tokens"))
 _DYNAMIC = (*LIST_ARGS, "pre_tokens", "next_tokens")
 _DYNAMIC_DEFAULTS = tuple(DEFAULTS[name] for name in _DYNAMIC)
+_LISTS = frozenset(LIST_ARGS)
 
 
 def _extra(query, kwargs: dict) -> tuple:
@@ -95,7 +97,7 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
     caller's workspace ``ws`` (``.out``; else scratch of its own); a task update that matches its captured
     call (``plans.captured``) only rewrites its block. Returns (attention_out, softmax_lse). ``kwargs``: a
     dict it may keep (the entry points pass theirs)."""
-    kwargs = checks.host_lists(kwargs, LIST_ARGS)
+    kwargs = checks.host_lists(kwargs, _LISTS)
     extra = _extra(query, kwargs)
     if tasks.captured is not None:
         found = plans.captured(OP, _given_args(query, key, value, outs, ws), kwargs, extra)
@@ -104,7 +106,6 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
             planned = cap.given.plan
             cap.rewrite(_block(planned, kwargs), copies)
             return outs if outs is not None else outputs(planned.call)
-    args = (query, key, value, *map(kwargs.get, TENSOR_ARGS))
     sig = plans.signature(query, key, value, kwargs, _PER_CALL)
     sig += extra
     if outs is not None:
@@ -112,6 +113,7 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
     key_ = tuple(sig)
     planned = _plans.get(key_)
     if planned is None:
+        args = (query, key, value, *map(kwargs.get, TENSOR_ARGS))
         kw = with_defaults(kwargs)
         call = validate(query, key, value, **kw)
         out, lse = outs if outs is not None else outputs(call)
@@ -125,10 +127,11 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
         prepared, block = _prepare(call, full, out, lse, scratch)
         block_buffer = workspace.block(scratch_words, ws, block.numel()) if ws is not None else None
         if prepared.cacheable:
-            planned = Planned(_without_batches(call), prepared, scratch_words)
+            planned = Planned(_without_batches(call), prepared, scratch_words, fill.picker(TENSOR_ARGS, kwargs))
             _plans.put(key_, planned)
     else:
         call, prepared = planned.call, planned.prepared
+        args = (query, key, value, *planned.pick(kwargs))
         block = _block(planned, kwargs)
         out, lse = outs if outs is not None else outputs(call)     # the caller's passed the checks before
         own = None
