@@ -414,17 +414,19 @@ class CudaBackend(interface.Backend):
 
         def write(pairs: list, stream) -> None:
             blocks, params = [b for b, _ in pairs], [p for _, p in pairs]
-            words = sum(p.numel() for p in params)
+            sizes = [p.numel() for p in params]
+            words = sum(sizes)
             copied.synchronize()  # the previous write is done with the staging buffers
-            if not staging or staging[0].numel() < words:
-                staging[:] = [torch.empty(words, dtype=torch.int32).pin_memory(),
-                              torch.empty(words, dtype=torch.int32, device=self.device)]
-            pinned, device = staging[0][:words], staging[1][:words]
-            torch.cat(params, out=pinned)
-            with self.direct(), torch.cuda.stream(stream.cuda):
-                device.copy_(pinned, non_blocking=True)
-                torch._foreach_copy_(blocks, list(device.split([p.numel() for p in params])))
-                copied.record()
+            with self.direct():
+                if not staging or staging[0].numel() < words:
+                    staging[:] = [torch.empty(words, dtype=torch.int32).pin_memory(),
+                                  torch.empty(words, dtype=torch.int32, device=self.device)]
+                pinned, device = staging[0][:words], staging[1][:words]
+                torch.cat(params, out=pinned)
+                with torch.cuda.stream(stream.cuda):
+                    device.copy_(pinned, non_blocking=True)
+                    torch._foreach_copy_(blocks, list(device.split(sizes)))
+                    copied.record()
 
         return write
 
