@@ -25,8 +25,8 @@ import torch
 
 from . import caches, launcher, tasks
 from .checks import extent
-from .fill import aligned_check, filler
 from .env import check_block_table
+from .fill import aligned_check, filler
 
 MAX_PLANS = 4096
 

@@ -5,8 +5,9 @@ stream; each such call owns its parameter block (allocated during capture, its i
 when the capture ends, so that only updates write it afterwards). Between
 ``graph_task_update_begin(u, h)`` and ``graph_task_update_end(u)`` an operator call on ``u`` is not
 launched: it is matched, in capture order, to the next task of the group; its static plan must equal
-the captured one, its parameter block is written into the captured block on ``u``, and its tensors are
-the captured ones (another tensor of the same shape and dtype is copied into the captured input on
+the captured one, its parameter block is written into the captured block on ``u`` (the group's blocks
+together, at ``graph_task_update_end`` or before a replay of the graph), and its tensors are the captured
+ones (another tensor of the same shape and dtype is copied into the captured input on
 ``u``). Errors and messages follow the CANN runtime (spec/runtime.md §1.4, §1.5, §1.9).
 """
 
