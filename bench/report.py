@@ -7,10 +7,10 @@ unset: interpret mode replaces the jitted functions the compiler needs) with an 
 Tabulates, per launched kernel and arch: registers, spills (and those inside the main loop), shared memory,
 tensor-core instructions (wgmma / mma), the main loop's load kinds (TMA / cp.async / ldg) and barriers, and its SASS
 instructions per warp per 32 keys (``npu_kernels.kernels.sass``): on its shortest path (no optional work: for the
-mask variants an all-visible tile of the mask summary) and its longest (every optional step: a mixed tile). Spills and variants that fail to
-compile or need more shared memory than the arch has (which fails at launch) are flagged; a binary
-identical to an earlier row's (same cubin hash) is marked. Exit status 1 when a variant fails to compile
-or does not fit.
+mask variants an all-visible tile of the mask summary) and its longest (every optional step: a mixed tile).
+Spills and variants that fail to compile or need more shared memory than the arch has (which fails at
+launch) are flagged; a binary identical to an earlier row's (same cubin hash) is marked. Exit status 1 when
+a variant fails to compile or does not fit.
 
 Instruction counts are static: what the binary issues per loop iteration, not a measured speed.
 """

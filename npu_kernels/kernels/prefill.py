@@ -16,7 +16,11 @@ body with the band/length predicate. The three loops visit the blocks in ascendi
 reference's blockwise emulation does. Masked scores are FILL, keys past the length -inf; a row whose
 every score is FILL attends uniformly to all keys of the batch (the NPU result for fully masked rows):
 the keys of blocks that were not visited are added in a score-free pass that runs only when such a row
-exists. The user mask is non-zero = masked out.
+exists. The user mask is non-zero = masked out. With MASK_SUMMARY (a user mask read from row and column 0
+by row tiles of one batch: no token grid, no left padding) the launch first summarises the mask in the
+kernel's tiles (``mask_summary``) and the loops visit only the key blocks whose tile has a visible
+element, reading the mask only where the tile is mixed; a skipped block would have left each valid row's
+maximum at FILL (set once), and its keys join the score-free pass of fully masked rows.
 
 Loads. Dense float Q/K/V whose strides allow it (``USE_TMA``, decided at launch) are read through
 device-side tensor descriptors (TMA on sm_90; the output is stored through pointers); paged caches, a shared prefix, rope parts,
