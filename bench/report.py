@@ -6,10 +6,11 @@ sm_90, in a subprocess where Triton is in compiled mode (``NPUK_COMPILE_ONLY=1``
 unset: interpret mode replaces the jitted functions the compiler needs) with an empty Triton cache.
 Tabulates, per launched kernel and arch: registers, spills (and those inside the main loop), shared memory,
 tensor-core instructions (wgmma / mma), the main loop's load kinds (TMA / cp.async / ldg) and barriers, and its SASS
-instructions per warp per 32 keys (``npu_kernels.kernels.sass``). Spills and variants that fail to
-compile or need more shared memory than the arch has (which fails at launch) are flagged; a binary
-identical to an earlier row's (same cubin hash) is marked. Exit status 1 when a variant fails to compile
-or does not fit.
+instructions per warp per 32 keys (``npu_kernels.kernels.sass``): on its shortest path (no optional work: for the
+mask variants an all-visible tile of the mask summary) and its longest (every optional step: a mixed tile).
+Spills and variants that fail to compile or need more shared memory than the arch has (which fails at
+launch) are flagged; a binary identical to an earlier row's (same cubin hash) is marked. Exit status 1 when
+a variant fails to compile or does not fit.
 
 Instruction counts are static: what the binary issues per loop iteration, not a measured speed.
 """
@@ -93,33 +94,36 @@ def status(row: dict) -> str:
     return "SPILLS" if row.get("spill_bytes") else "ok"
 
 
-def _loop(r: dict) -> tuple[str, str, str]:
-    """(instructions per 32 keys, load kinds, barriers) of the main loop; dashes without one."""
+def _loop(r: dict) -> tuple[str, str, str, str]:
+    """(instructions per 32 keys, load kinds, barriers, instructions per 32 keys on the longest path) of the
+    main loop; dashes without one."""
     if not r.get("loop_keys"):
-        return "-", "-", "-"
+        return "-", "-", "-", "-"
     loads = " ".join(f"{k}:{v}" for k, v in r["loop_loads"].items() if v) or "none"
-    return f"{r['per_32_keys']:g} ({r['loop_instructions']} per {r['loop_keys']})", loads, str(r["loop_barriers"])
+    return (f"{r['per_32_keys']:g} ({r['loop_instructions']} per {r['loop_keys']})", loads, str(r["loop_barriers"]),
+            f"{r.get('longest_per_32_keys', 0):g}")
 
 
 def markdown(rows: list[dict]) -> str:
     head = ("| kernel | variant | arch | blocks | warps/stages | registers | spill bytes | shared KiB "
-            "| tensor cores | main loop: instr/warp per 32 keys | loop loads | loop barriers | status |")
-    lines = [head, "|" + "---|" * 13]
+            "| tensor cores | main loop: instr/warp per 32 keys | loop loads | loop barriers "
+            "| longest path: instr/warp per 32 keys | status |")
+    lines = [head, "|" + "---|" * 14]
     first: dict[str, str] = {}
     for r in rows:
         where = f"{r['kernel']}:{r['variant']}@sm_{r['arch']}"
         if r.get("error"):
-            lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | | | | | | | | | | "
+            lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | | | | | | | | | | | "
                          f"**FAILED**: {r['error'].splitlines()[0][:160]} |")
             continue
         same = first.setdefault(r["cubin_sha256"], where)
         note = f" (same binary as {same})" if same != where else ""
         spill = f"**{r['spill_bytes']}** ({r['loop_spill_bytes']} in loop)" if r["spill_bytes"] else "0"
         cores = f"{r['tensor_cores']} ×{r['mma']}" if r["tensor_cores"] else "none"
-        loop, loads, bars = _loop(r)
+        loop, loads, bars, longest = _loop(r)
         lines.append(f"| {r['kernel']} | {r['variant']} | sm_{r['arch']} | {r.get('blocks', '')} "
                      f"| {r['num_warps']}/{r['num_stages']} | {r['registers']} | {spill} "
-                     f"| {r['shared_bytes'] / 1024:.1f} | {cores} | {loop} | {loads} | {bars} "
+                     f"| {r['shared_bytes'] / 1024:.1f} | {cores} | {loop} | {loads} | {bars} | {longest} "
                      f"| {status(r).replace('SPILLS', '**SPILLS**').replace('SHARED', '**SHARED MEMORY**')}{note} |")
     return "\n".join(lines)
 

@@ -79,6 +79,7 @@ class Compiled:
     loop_keys: int              # keys per main-loop iteration (BLOCK_N); 0 without a main loop
     loop_instructions: int      # instructions per warp on the main loop's shortest path
     per_32_keys: float          # loop_instructions per 32 keys
+    longest_per_32_keys: float = 0.0    # per 32 keys on the main loop's longest path (its optional work run)
     loop_loads: dict = field(default_factory=dict)   # tma / cp.async / ldg instructions in the main loop
     loop_barriers: int = 0      # BAR instructions in the main loop
     loop_spill_bytes: int = 0   # spill bytes moved inside the main loop (each iteration)
@@ -161,6 +162,7 @@ def analyse(kernel, arch: int, block_n: int, compile_s: float = 0.0) -> Compiled
         shared_bytes=int(kernel.metadata.shared), tensor_cores="wgmma" if wgmma else "mma" if mma else "", mma=mma,
         loop_keys=keys, loop_instructions=loop.path if loop else 0,
         per_32_keys=round(loop.path * 32 / keys, 1) if loop else 0.0,
+        longest_per_32_keys=round(loop.longest * 32 / keys, 1) if loop else 0.0,
         loop_loads=sass.load_kinds(loop.counts) if loop else {}, loop_barriers=loop.counts["BAR"] if loop else 0,
         loop_spill_bytes=sass.spill_bytes(instrs[loop.start:loop.end + 1]) if loop else 0,
         cubin_sha256=hashlib.sha256(cubin).hexdigest(), compile_s=compile_s)
@@ -218,19 +220,21 @@ def rows(variants: Sequence[Variant], archs: Sequence[int] = ARCHS) -> Iterator[
 
 
 def _prefill_variant(name: str, call, out: torch.Tensor, lse, tensors: tuple, meta: tuple = ()) -> Variant:
-    """A prefill-kernel call planned for a GPU; ``tensors``: Q, K, V, O, LSE, MASK, PSE as the operator
-    passes them (the parameter block is appended); ``meta``: constexprs added to the plan's."""
+    """A prefill-kernel call planned for a GPU (its mask summary pass first, where the plan has one);
+    ``tensors``: Q, K, V, O, LSE, MASK, PSE as the operator passes them (the parameter block is appended);
+    ``meta``: constexprs added to the plan's."""
     from dataclasses import replace
 
     from . import tasks
-    from .kernels import prefill
+    from .kernels import mask_summary, prefill
     from .ops import prompt
 
     def launch():
         p = prompt.plan(call, out, lse, on_gpu=True)
+        summary = None if p.static.summary is None else mask_summary.scratch(p.static.summary, out.device)
         prefill.launch(replace(p.static, meta=p.static.meta + meta), *tensors,
                        tasks.device_block(p.params, out.device), scales=call.quant.kernel_scales(),
-                       sources=call.sources.tensors())
+                       sources=call.sources.tensors(), summary=summary)
 
     return Variant(name, launch)
 
@@ -386,10 +390,10 @@ class _LaunchConfig:
 
 def prefill_int8_variants() -> list[tuple[str, dict, _LaunchConfig]]:
     """(name, kernel arguments by name, launch config: every constexpr, num_warps, num_stages) of each
-    int8 prefill variant, planned for sm_90."""
+    int8 prefill variant's prefill kernel (after its mask summary pass, where it has one), planned for sm_90."""
     out = []
     for v in _int8_prefill():
-        (launch,) = v.launches(90)
+        (launch,) = (x for x in v.launches(90) if x.family == "prefill")
         cfg = _LaunchConfig(tuple(launch.constexprs().items()), launch.options["num_warps"],
                             launch.options["num_stages"])
         out.append((v.name, launch.by_name(), cfg))

@@ -16,7 +16,11 @@ body with the band/length predicate. The three loops visit the blocks in ascendi
 reference's blockwise emulation does. Masked scores are FILL, keys past the length -inf; a row whose
 every score is FILL attends uniformly to all keys of the batch (the NPU result for fully masked rows):
 the keys of blocks that were not visited are added in a score-free pass that runs only when such a row
-exists. The user mask is non-zero = masked out.
+exists. The user mask is non-zero = masked out. With MASK_SUMMARY (a user mask read from row and column 0
+by row tiles of one batch: no token grid, no left padding) the launch first summarises the mask in the
+kernel's tiles (``mask_summary``) and the loops visit only the key blocks whose tile has a visible
+element, reading the mask only where the tile is mixed; a skipped block would have left each valid row's
+maximum at FILL (set once), and its keys join the score-free pass of fully masked rows.
 
 Loads. Dense float Q/K/V whose strides allow it (``USE_TMA``, decided at launch) are read through
 device-side tensor descriptors (TMA on sm_90; the output is stored through pointers); paged caches, a shared prefix, rope parts,
@@ -43,6 +47,7 @@ by fp16(l). OUT_QUANT quantises the normalised output to int8 (1: per-tensor, 2:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import triton
 import triton.language as tl
@@ -50,6 +55,7 @@ import triton.language as tl
 from .. import launcher
 from .. import params as pb
 from .. import quant
+from . import mask_summary
 
 LOG2E = tl.constexpr(1.4426950408889634)     # exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -77,6 +83,7 @@ def _prefill_kernel(
     stride_vsx, stride_vsh, stride_vsy,             # VSC/VOF: value anti-quant
     stride_kt, stride_vt, stride_krt,               # K/V/KR of NZ caches: channel tiles (see channel_offsets)
     N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS,   # GROUP = N // KV_N; NUM_BLOCKS: paged cache blocks
+    SUMMARY, stride_ub, SUMMARY_COLS,               # mask block summary (mask_summary; Q when absent)
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -88,7 +95,7 @@ def _prefill_kernel(
     K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr, HAS_V_OFFSET: tl.constexpr,
     K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr, LSE_EMPTY: tl.constexpr,
     FP16_PATH: tl.constexpr, TOKEN_GRID: tl.constexpr, USE_TMA: tl.constexpr, PAGE_TILES: tl.constexpr,
-    SCALE_POS: tl.constexpr,
+    SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr,
 ):
     if TOKEN_GRID:                                       # (row tile of T, head): batches [lo, hi) of the tail
         i_t = tl.program_id(0)
@@ -103,11 +110,12 @@ def _prefill_kernel(
                 stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
                 stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
                 stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy, stride_kt,
-                stride_vt, stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, i_t * BLOCK_M,
+                stride_vt, stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, SUMMARY, stride_ub,
+                SUMMARY_COLS, i_b, i_n, i_t * BLOCK_M,
                 HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
                 ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
                 HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0,
-                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, True)
+                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY, True)
     else:
         i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
         if i_bh < BN_TOTAL:
@@ -120,12 +128,12 @@ def _prefill_kernel(
                 stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
                 stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
                 stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy, stride_kt,
-                stride_vt, stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_bh // N, i_bh % N,
-                i_m * BLOCK_M,
+                stride_vt, stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, SUMMARY, stride_ub,
+                SUMMARY_COLS, i_bh // N, i_bh % N, i_m * BLOCK_M,
                 HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
                 ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
                 HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0,
-                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, False)
+                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY, False)
 
 
 @triton.jit
@@ -137,7 +145,7 @@ def _rows(
     stride_ps, stride_pk, stride_tb, stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps,
     stride_vpd, stride_qrb, stride_qrn, stride_qrs, stride_qrd, stride_krb, stride_krn, stride_krs,
     stride_krd, stride_ksx, stride_ksh, stride_ksy, stride_vsx, stride_vsh, stride_vsy, stride_kt, stride_vt,
-    stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, i_b, i_n, row0,
+    stride_krt, N, S1, S2, BN_TOTAL, GROUP, PAGE_SIZE, NUM_BLOCKS, SUMMARY, stride_ub, SUMMARY_COLS, i_b, i_n, row0,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr,
     HAS_LSE: tl.constexpr, FILL: tl.constexpr, ZERO_MASKED_ROWS: tl.constexpr, QUANT_MODE: tl.constexpr,
@@ -146,7 +154,7 @@ def _rows(
     BLOCK_DR: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
     HAS_V_OFFSET: tl.constexpr, K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr,
     LSE_EMPTY: tl.constexpr, FP16_PATH: tl.constexpr, USE_TMA: tl.constexpr, PAGE_TILES: tl.constexpr,
-    SCALE_POS: tl.constexpr, TILE_OF_T: tl.constexpr,
+    SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr, TILE_OF_T: tl.constexpr,
 ):
     """Rows ``row0 + [0, BLOCK_M)`` of batch ``i_b``, query head ``i_n``: attention, output and lse.
     ``TILE_OF_T``: the tile is a tile of the token axis shared with other batches (store own rows only);
@@ -241,12 +249,24 @@ def _rows(
     p_prow = PSE + b64 * stride_pb + n64 * stride_pn + (qm_off + o_i).to(tl.int64) * stride_ps
     p_table = TABLE + b64 * stride_tb
 
+    # The loops visit key blocks [j_start, s_lo), [s_lo, s_hi), [s_hi, j_end): every block, or with
+    # MASK_SUMMARY the row tile's visits of the summary (``mask_summary``), all-masked blocks left out.
+    r_tile = ((qm_off + row0 - q_off) // BLOCK_M).to(tl.int64)              # the tile's mask rows
+    p_count = SUMMARY + b64 * stride_ub + r_tile * (2 * SUMMARY_COLS + 1)
+    p_visit = p_count + SUMMARY_COLS + 1
+    v_start = _visit_at(p_count, j_start, BLOCK_N, MASK_SUMMARY)
+    v_lo = _visit_at(p_count, s_lo, BLOCK_N, MASK_SUMMARY)
+    v_hi = _visit_at(p_count, s_hi, BLOCK_N, MASK_SUMMARY)
+    v_end = _visit_at(p_count, j_end, BLOCK_N, MASK_SUMMARY)
+    V_STEP: tl.constexpr = 1 if MASK_SUMMARY else BLOCK_N
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    if MASK_SUMMARY:                                     # a skipped block leaves every valid row's max at FILL
+        b_m = tl.where((v_end - v_start) * BLOCK_N < j_end - j_start, FILL, b_m)
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float16 if FP16_PATH else tl.float32)
-    for j0 in range(j_start, s_lo, BLOCK_N):             # partial blocks before the steady ones (band start)
+    for v in range(v_start, v_lo, V_STEP):               # partial blocks before the steady ones (band start)
         b_acc, b_l, b_m = _block(
-            j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
             KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -254,10 +274,10 @@ def _rows(
             stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
             BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
-            SCALE_POS, True)
-    for j0 in range(s_lo, s_hi, BLOCK_N):                # steady blocks: no element predicate
+            SCALE_POS, MASK_SUMMARY, True)
+    for v in range(v_lo, v_hi, V_STEP):                  # steady blocks: no element predicate
         b_acc, b_l, b_m = _block(
-            j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
             KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -265,10 +285,10 @@ def _rows(
             stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
             BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
-            SCALE_POS, False)
-    for j0 in range(s_hi, j_end, BLOCK_N):               # partial blocks after them (diagonal, end of keys)
+            SCALE_POS, MASK_SUMMARY, False)
+    for v in range(v_hi, v_end, V_STEP):                 # partial blocks after them (diagonal, end of keys)
         b_acc, b_l, b_m = _block(
-            j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
             KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -276,7 +296,7 @@ def _rows(
             stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
             BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
-            SCALE_POS, True)
+            SCALE_POS, MASK_SUMMARY, True)
     b_acc = b_acc.to(tl.float32)
 
     m_has_key = m_row & (tl.maximum(o_i - pre, 0) <= tl.minimum(o_i + nxt, kvlen - 1))
@@ -287,7 +307,11 @@ def _rows(
             if tl.sum(m_all_fill.to(tl.int32)) > 0:
                 b_pf = tl.where(m_all_fill, 1.0, 0.0)                        # exp(FILL - m)
                 for j0 in range(0, kvlen, BLOCK_N):
-                    if (j0 < j_start) | (j0 >= j_end):
+                    unvisited = (j0 < j_start) | (j0 >= j_end)
+                    if MASK_SUMMARY:                     # or skipped as all masked: no visit between the counts
+                        unvisited = unvisited | (_visit_at(p_count, j0 + BLOCK_N, BLOCK_N, MASK_SUMMARY)
+                                                 == _visit_at(p_count, j0, BLOCK_N, MASK_SUMMARY))
+                    if unvisited:
                         o_j = j0 + tl.arange(0, BLOCK_N)
                         m_j = o_j < kvlen
                         o_kb, o_kr, m_kv = _key_rows(o_j, m_j, prefix, b64, kv_off, p_table, NUM_BLOCKS,
@@ -335,7 +359,7 @@ def _rows(
 
 @triton.jit
 def _block(
-    j0, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+    visit, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
     KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
     pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
     stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -347,12 +371,18 @@ def _block(
     QUANT_MODE: tl.constexpr, FP16_PATH: tl.constexpr, IS_PAGED: tl.constexpr, PAGE_TILES: tl.constexpr,
     HAS_PREFIX: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
     HAS_V_OFFSET: tl.constexpr, K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POS: tl.constexpr, PARTIAL: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr, PARTIAL: tl.constexpr,
 ):
-    """One key block ``j0 + [0, BLOCK_N)`` of the online softmax: (acc, l, m) updated. ``PARTIAL``: apply
-    the band/length predicate (else every (row, key) of the block is inside the band and the length).
-    Steady float blocks without mask or pse apply the scale inside exp2 (FOLD; SCALE_POS: scale >= 0)."""
+    """One key block ``j0 + [0, BLOCK_N)`` of the online softmax: (acc, l, m) updated. ``visit``: ``j0``, or
+    with MASK_SUMMARY the summary's ``2 * (j0 // BLOCK_N) + mixed`` (only a mixed block reads the mask).
+    ``PARTIAL``: apply the band/length predicate (else every (row, key) of the block is inside the band
+    and the length). Steady float blocks without mask or pse apply the scale inside exp2 (FOLD; SCALE_POS:
+    scale >= 0)."""
     FOLD: tl.constexpr = SCALE_POS and not (PARTIAL or HAS_MASK or HAS_PSE or FP16_PATH or QUANT_MODE == 1)
+    if MASK_SUMMARY:
+        j0 = (visit >> 1) * BLOCK_N
+    else:
+        j0 = visit
     o_j = j0 + tl.arange(0, BLOCK_N)                     # [BN] keys of the batch
     m_j = o_j < kvlen
     o_d = tl.arange(0, BLOCK_D)
@@ -411,9 +441,11 @@ def _block(
         b_s = tl.where(keep, b_s, FILL)
         b_s = tl.where(m_j[None, :], b_s, float("-inf"))
     if HAS_MASK:
-        p_um = p_mrow[:, None] + (kvm_off + o_j)[None, :].to(tl.int64) * stride_mk
-        b_um = load2(p_um, m_row[:, None], m_j[None, :], True, PARTIAL)
-        b_s = tl.where(b_um != 0, FILL, b_s)
+        if MASK_SUMMARY:
+            if (visit & 1) != 0:
+                b_s = _user_mask(b_s, p_mrow, kvm_off, o_j, m_row, m_j, stride_mk, FILL, PARTIAL)
+        else:
+            b_s = _user_mask(b_s, p_mrow, kvm_off, o_j, m_row, m_j, stride_mk, FILL, PARTIAL)
 
     if FOLD:                                             # max(qk) * scale = max(qk * scale) for a scale >= 0
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
@@ -441,6 +473,31 @@ def _block(
     else:
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None])
     return b_acc, b_l, b_m_new
+
+
+@triton.jit
+def _user_mask(b_s, p_mrow, kvm_off, o_j, m_row, m_j, stride_mk, FILL: tl.constexpr, PARTIAL: tl.constexpr):
+    """Scores with FILL where the user mask is non-zero (rows ``m_row``, keys ``m_j`` of the block)."""
+    p_um = p_mrow[:, None] + (kvm_off + o_j)[None, :].to(tl.int64) * stride_mk
+    b_um = load2(p_um, m_row[:, None], m_j[None, :], True, PARTIAL)
+    return tl.where(b_um != 0, FILL, b_s)
+
+
+@triton.jit
+def _visit_at(p_count, j, BLOCK_N: tl.constexpr, MASK_SUMMARY: tl.constexpr):
+    """Where the loops' visits of the key blocks from key ``j`` (a multiple of BLOCK_N) start: ``j``, or with
+    MASK_SUMMARY the row tile's count of visits before block ``j // BLOCK_N``."""
+    if MASK_SUMMARY:
+        return tl.load(p_count + j // BLOCK_N)
+    return j
+
+
+@triton.jit
+def _visit(p_visit, v, MASK_SUMMARY: tl.constexpr):
+    """The ``visit`` argument of ``_block`` for loop index ``v``."""
+    if MASK_SUMMARY:
+        return tl.load(p_visit + v)
+    return v
 
 
 @triton.jit
@@ -572,6 +629,7 @@ class PrefillConfig:
     num_stages: int
     sm_scale: float
     num_blocks: int = -1            # blocks of a paged cache (-1: the key operand's first dim, at launch)
+    summary: Optional[mask_summary.SummaryConfig] = None    # the user mask's block summary (MASK_SUMMARY)
     tma: bool = field(init=False)   # the layout allows tensor descriptors (addresses are checked at launch)
 
     def __post_init__(self):
@@ -631,11 +689,12 @@ def token_grid(t: int, block_m: int, n: int) -> tuple[int, int, int]:
     return (cdiv(t, block_m), n, 1)
 
 
-def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources: tuple = ()) -> dict:
+def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources: tuple = (), summary=None) -> dict:
     """Every argument of ``_prefill_kernel`` by name: tensors (Q, K, V, O, LSE, MASK, PSE, PARAMS), the
     quantisation scales (DEQ1, QS1, DEQ2, QS2, QO2) and the fused-operator inputs (QPAD, KVPAD, TABLE, KP,
     VP, QR, KR, KSC, KOF, VSC, VOF), Q standing in for absent ones, then the scale, strides and sizes of ``cfg``,
-    then its constexprs and those derived at launch (USE_TMA, PAGE_TILES, SCALE_POS)."""
+    the mask summary (``summary``: its scratch when ``cfg.summary``), then its constexprs and those derived
+    at launch (USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY)."""
     def padded(group: tuple, size: int) -> tuple:
         return tuple(tensors[0] if t is None else t for t in group) + (tensors[0],) * (size - len(group))
 
@@ -649,6 +708,9 @@ def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources:
     args["USE_TMA"] = cfg.tma and (arch is None or arch >= 90) and all(t.data_ptr() % 16 == 0 for t in tensors[:3])
     args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.sizes[5] % args["BLOCK_N"] == 0
     args["SCALE_POS"] = cfg.sm_scale >= 0
+    sc = cfg.summary
+    args.update(SUMMARY=tensors[0] if sc is None else summary, stride_ub=0 if sc is None else sc.batch_stride,
+                SUMMARY_COLS=0 if sc is None else sc.col_tiles, MASK_SUMMARY=sc is not None)
     return args
 
 
@@ -674,6 +736,11 @@ def num_stages(cfg: PrefillConfig) -> int:
     return cfg.num_stages
 
 
-def launch(cfg: PrefillConfig, *tensors, scales: tuple = (), sources: tuple = ()) -> None:
-    launcher.run(_prefill_kernel, cfg.grid, positional(_prefill_kernel, kernel_args(cfg, tensors, scales, sources)),
-                 num_warps=cfg.num_warps, num_stages=num_stages(cfg), enable_fp_fusion=fp_fusion(cfg.meta))
+def launch(cfg: PrefillConfig, *tensors, scales: tuple = (), sources: tuple = (), summary=None) -> None:
+    """The launch's device work: the mask summary pass into ``summary`` (with ``cfg.summary``), then the
+    prefill kernel."""
+    if cfg.summary is not None:
+        mask_summary.launch(cfg.summary, tensors[5], summary)
+    args = kernel_args(cfg, tensors, scales, sources, summary)
+    launcher.run(_prefill_kernel, cfg.grid, positional(_prefill_kernel, args), num_warps=cfg.num_warps,
+                 num_stages=num_stages(cfg), enable_fp_fusion=fp_fusion(cfg.meta))

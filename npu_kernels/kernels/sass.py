@@ -7,7 +7,8 @@ innermost loop with the most tensor-core instructions (HGMMA/IGMMA on sm_90, HMM
 equals the shortest, i.e. the steady-state loop rather than a masked copy of it. Its cost is the number
 of instructions on the shortest path from the loop head to the back branch (forward branches inside the
 body may be taken): what one warp issues per iteration when no optional work (masking, partial blocks)
-runs.
+runs. The longest such path is what it issues when every optional step inside the body runs (e.g. the
+user-mask load of a mixed tile, which the prefill kernel's mask summary skips for all-visible tiles).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Loop:
     end: int           # index of the back branch
     path: int          # instructions on the shortest path through one iteration
     counts: Counter    # opcode (without modifiers) -> instructions in the body
+    longest: int = 0   # instructions on the longest path through one iteration
 
 
 def disassemble(cubin: bytes, nvdisasm: str) -> str:
@@ -77,21 +79,27 @@ def _branch_target(ins: Instr, labels: dict[str, int]):
     return labels.get(m.group(1)) if m else None
 
 
-def _shortest_path(instrs: list[Instr], labels: dict[str, int], start: int, end: int) -> int:
-    inf = len(instrs) + 1
-    dist = [inf] * (end + 1)
+def _path(instrs: list[Instr], labels: dict[str, int], start: int, end: int, pick=min) -> int:
+    """Instructions on the shortest (``pick=min``) or longest (``max``) path from ``start`` to ``end``
+    along forward branches and fall-throughs."""
+    unreached = None
+    dist = [unreached] * (end + 1)
     dist[start] = 1
+
+    def reach(k: int, d: int) -> None:
+        dist[k] = d if dist[k] is unreached else pick(dist[k], d)
+
     for k in range(start, end):
-        if dist[k] == inf:
+        if dist[k] is unreached:
             continue
         target = _branch_target(instrs[k], labels)
         if target is not None and k < target <= end:
-            dist[target] = min(dist[target], dist[k] + 1)
+            reach(target, dist[k] + 1)
             if not instrs[k].guarded:
                 continue
         if instrs[k].base != "EXIT" or instrs[k].guarded:
-            dist[k + 1] = min(dist[k + 1], dist[k] + 1)
-    return dist[end]
+            reach(k + 1, dist[k] + 1)
+    return len(instrs) + 1 if dist[end] is unreached else dist[end]
 
 
 def loops(instrs: list[Instr], labels: dict[str, int]) -> list[Loop]:
@@ -101,7 +109,8 @@ def loops(instrs: list[Instr], labels: dict[str, int]) -> list[Loop]:
         if start is not None and start <= end \
                 and not any(i.base == "EXIT" and not i.guarded for i in instrs[start:end + 1]):
             body = Counter(i.base for i in instrs[start:end + 1])
-            out.append(Loop(start, end, _shortest_path(instrs, labels, start, end), body))
+            out.append(Loop(start, end, _path(instrs, labels, start, end), body,
+                            _path(instrs, labels, start, end, max)))
     return out
 
 

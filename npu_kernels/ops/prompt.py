@@ -20,7 +20,7 @@ import torch
 from .. import alloc, checks, fill, masks, params, plans, quant, tasks
 from ..device import execution
 from ..errors import require
-from ..kernels import prefill
+from ..kernels import mask_summary, prefill
 from ..layouts import PROMPT_LAYOUTS, Layout, as_bnsd, out_shape
 from ..masks import Band
 from . import prompt_tnd
@@ -228,6 +228,31 @@ def _extra_tiles(call: PromptCall) -> int:
     return (call.mask is not None) + (call.pse is not None)
 
 
+def _mask_summary(call: PromptCall, block_m: int, block_n: int) -> Optional[mask_summary.SummaryConfig]:
+    """The block summary of the call's user mask, where the kernel's row tiles and key blocks are the mask's
+    own tiles: mask rows and columns read from 0 (no left padding), row tiles of one batch each (no token
+    grid)."""
+    m, h, src = call.mask, call.heads, call.sources
+    if m is None or token_grid(call) or src.q_pad is not None or src.kv_pad is not None or m.shape[1] < h.S1:
+        return None
+    prefix = 0 if src.prefix is None else src.prefix[0].shape[2]
+    return mask_summary.SummaryConfig(
+        batches=int(m.shape[0]), rows=h.S1, cols=min(int(m.shape[2]), h.S2 + prefix), block_m=block_m,
+        block_n=block_n, mask_strides=(checks.broadcast_stride(m, 0), int(m.stride(1)), int(m.stride(2))))
+
+
+def summary_words(call: PromptCall, on_gpu: bool) -> int:
+    """int32 words of the call's mask summary scratch (0: none) on a GPU (``on_gpu``) or the CPU."""
+    block_m, block_n, _, _ = prefill.block_config(call.heads.D, call.heads.Dv, on_gpu, _extra_tiles(call))
+    summary = _mask_summary(call, block_m, block_n)
+    return 0 if summary is None else summary.words
+
+
+def summary_scratch(static: prefill.PrefillConfig, device: torch.device) -> Optional[torch.Tensor]:
+    """The mask summary scratch of a functional call (None without a summary)."""
+    return None if static.summary is None else alloc.empty((static.summary.words,), torch.int32, device)
+
+
 def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
          on_gpu: Optional[bool] = None) -> Plan:
     """Static configuration and parameter block; ``lse`` is the (B, N, S1) view the kernel writes;
@@ -256,7 +281,7 @@ def plan(call: PromptCall, out: torch.Tensor, lse: Optional[torch.Tensor],
         strides=tuple(int(s) for s in strides),
         sizes=(h.N, h.S1, h.S2, bn_total, h.group, call.sources.page_size), meta=meta,
         grid=prefill.token_grid(h.S1, block_m, h.N) if tiles else prefill.grid(h.S1, block_m, bn_total),
-        num_warps=warps, num_stages=stages, sm_scale=call.scale)
+        num_warps=warps, num_stages=stages, sm_scale=call.scale, summary=_mask_summary(call, block_m, block_n))
     return Plan(static, pack(call.qlens, call.kvlens, call.bands, call.offsets, tiles, block_m))
 
 
@@ -270,16 +295,17 @@ def _pow2(x: int, least: int = 16) -> int:
     return max(least, 1 << (x - 1).bit_length())
 
 
-def operands(call: PromptCall, o4: torch.Tensor, lse: Optional[torch.Tensor]) -> tuple:
+def operands(call: PromptCall, o4: torch.Tensor, lse: Optional[torch.Tensor],
+             summary: Optional[torch.Tensor] = None) -> tuple:
     """The prefill kernel's tensors: Q, K, V, O, LSE, MASK, PSE (Q standing in for absent ones), the
-    quantisation scales DEQ1, QS1, DEQ2, QS2, QO2 and the fused-operator sources (``Sources.tensors``),
-    None where absent."""
+    quantisation scales DEQ1, QS1, DEQ2, QS2, QO2, the fused-operator sources (``Sources.tensors``) and the
+    mask summary's scratch, None where absent."""
     h = call.heads
     mask = call.mask
     if mask is not None and mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)
     return (h.q, h.k, h.v, o4, h.q if lse is None else lse, h.q if mask is None else mask,
-            h.q if call.pse is None else call.pse, *call.quant.kernel_scales(), *call.sources.tensors())
+            h.q if call.pse is None else call.pse, *call.quant.kernel_scales(), *call.sources.tensors(), summary)
 
 
 class Prepared(plans.Prepared):
@@ -288,8 +314,9 @@ class Prepared(plans.Prepared):
     __slots__ = ("has_lse",)
 
     def __init__(self, call: PromptCall, static, o4: torch.Tensor, lse: Optional[torch.Tensor], args: tuple,
-                 execution: str):
-        super().__init__(call, static, operands(call, o4, lse), args, execution, functools.partial(launch, static))
+                 execution: str, summary: Optional[torch.Tensor] = None):
+        super().__init__(call, static, operands(call, o4, lse, summary), args, execution,
+                         functools.partial(launch, static))
         self.has_lse = lse is not None
 
     def native(self, ops: tuple, block: torch.Tensor, args: tuple) -> None:
@@ -306,7 +333,7 @@ class Prepared(plans.Prepared):
 
 def launch(static: prefill.PrefillConfig, ops: tuple, block: torch.Tensor) -> None:
     """The prefill kernel on the tensors of ``operands``."""
-    prefill.launch(static, *ops[:7], block, scales=ops[7:12], sources=ops[12:])
+    prefill.launch(static, *ops[:7], block, scales=ops[7:12], sources=ops[12:23], summary=ops[23])
 
 
 _plans = plans.Cache()
@@ -371,7 +398,8 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
         call = validate(query, key, value, **kwargs)
         out = output(call)
         pl = plan(call, out, None)
-        p = Prepared(call, pl.static, out_view(call, out), None, (*args, out), execution(out.device))
+        summary = summary_scratch(pl.static, out.device)
+        p = Prepared(call, pl.static, out_view(call, out), None, (*args, out, summary), execution(out.device), summary)
         if p.cacheable:
             hit = (p, call, out.shape, out.dtype, plans.Recent(), fill.picker(TENSOR_ARGS[3:], kwargs))
             _plans.put(key_, hit)
@@ -380,9 +408,10 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
         p = hit[0]
         args = (*qkv, *hit[5](kwargs))
         out = alloc.empty(hit[2], hit[3], query.device)
+        summary = summary_scratch(p.static, out.device)
         block = _block(hit, kwargs)
     if out.numel():
-        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out), roles=_ROLES,
+        tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, summary), roles=_ROLES,
                                 given=hit and (plans.Given, hit, qkv, kwargs, _PER_CALL)))
     return out
 
@@ -394,4 +423,4 @@ def _block(hit: tuple, kwargs: dict) -> torch.Tensor:
     return recent.block(dynamic, lambda: pack(*per_batch(call, *dynamic)))
 
 
-_ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN
+_ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2          # out, mask summary scratch

@@ -20,9 +20,9 @@ from .prefill_path import kv_view, token_rows
 
 class Planned:
     """A fused call planned for its signature: the validated call without batches, the kernel call
-    prepared for it, the float32 words of split-KV scratch it needs (0 on the prefill kernel), ``pick``
-    (``fill.picker``: the call's tensor arguments) and, on the prefill kernel, the (token tiles, BLOCK_M)
-    its parameter block is packed with."""
+    prepared for it, the 4-byte words of scratch it needs (``_scratch_words``), ``pick`` (``fill.picker``:
+    the call's tensor arguments) and, on the prefill kernel, the (token tiles, BLOCK_M) its parameter block
+    is packed with."""
 
     __slots__ = ("call", "prepared", "scratch", "pick", "recent", "tiling")
 
@@ -59,9 +59,10 @@ def outputs(call: FusedCall) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _scratch_words(call: FusedCall) -> int:
-    """Float32 words of split-KV scratch (partial outputs, per-split max and sum) on the decode kernels."""
+    """4-byte words of scratch: the mask summary on the prefill kernel (``prompt.summary_words``), the
+    split-KV scratch (partial outputs, per-split max and sum, float32) on the decode kernels."""
     if call.incre is None:
-        return 0
+        return prompt.summary_words(call.prompt, call.prompt.heads.q.device.type == "cuda")
     device = call.incre.heads.q.device
     out = torch.empty(call.out_shape, dtype=call.out_dtype, device="meta")
     return sum(incre.plan(call.incre, out, None, on_gpu=device.type == "cuda").static.workspace)
@@ -79,7 +80,9 @@ def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor,
         ops = incre.operands(call.incre, o4, lse_k, *incre.scratch(pl.static, scratch))
         return incre.Prepared(call.incre, pl.static, ops, lse_k is not None, args, how), pl.params
     pl = prompt.plan(call.prompt, out, lse_k)
-    return prompt.Prepared(call.prompt, pl.static, prompt.out_view(call.prompt, out), lse_k, args, how), pl.params
+    summary = None if pl.static.summary is None else scratch.view(torch.int32)
+    return prompt.Prepared(call.prompt, pl.static, prompt.out_view(call.prompt, out), lse_k, args, how,
+                           summary), pl.params
 
 
 def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
@@ -120,8 +123,8 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
         if outs is not None:
             _check_outputs(call, out, lse, ws)
         scratch_words = _scratch_words(call)
-        own = None if ws is not None or call.incre is None else alloc.empty((scratch_words,), torch.float32,
-                                                                           out.device)
+        own = None if ws is not None or not (scratch_words or call.incre) else \
+            alloc.empty((scratch_words,), torch.float32, out.device)
         scratch = workspace.scratch(scratch_words, call, ws) if ws is not None else own
         full = (*args, out, lse, ws, own)
         prepared, block = _prepare(call, full, out, lse, scratch)
@@ -139,7 +142,7 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
             block_buffer = workspace.block(planned.scratch, ws, block.numel())
         else:
             block_buffer = None
-            if call.incre is not None:
+            if planned.scratch or call.incre is not None:
                 own = alloc.empty((planned.scratch,), torch.float32, out.device)
         full = (*args, out, lse, ws, own)
     if out.numel() or (call.lse_flag and lse.numel()):

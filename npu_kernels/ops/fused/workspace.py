@@ -1,8 +1,8 @@
 """The workspace of the fused operator's ``.out`` (``_npu_fused_infer_attention_score_get_max_workspace``):
-in the query's dtype, room for the split-KV scratch of the decode kernels (partial outputs and per-split
-max/sum, float32; none on the prefill kernel) sized for the worst case of the call (capacity, not actual
-lengths), then the parameter block (an int32 per batch field). With it ``.out`` allocates nothing on the
-device."""
+in the query's dtype, room for the scratch of the call's kernels, sized for the worst case of the call
+(capacity, not actual lengths): the split-KV scratch of the decode kernels (partial outputs and per-split
+max/sum, float32), or the user mask's block summary on the prefill kernel (int32, ``kernels.mask_summary``);
+then the parameter block (an int32 per batch field). With it ``.out`` allocates nothing on the device."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def block_words(call: FusedCall) -> int:
 
 
 def numel(scratch_words: int, call: FusedCall, element_size: int) -> int:
-    """Elements of ``element_size`` bytes holding ``scratch_words`` float32 words of scratch and the
+    """Elements of ``element_size`` bytes holding ``scratch_words`` 4-byte words of scratch and the
     parameter block (at least one 4-byte word, as ``scratch`` requires whole words)."""
     return -(-max(1, scratch_words + block_words(call)) * 4 // element_size)
 
