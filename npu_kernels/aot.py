@@ -226,12 +226,12 @@ def _prefill_variant(name: str, call, out: torch.Tensor, lse, tensors: tuple, me
     from dataclasses import replace
 
     from . import tasks
-    from .kernels import mask_summary, prefill
+    from .kernels import prefill
     from .ops import prompt
 
     def launch():
         p = prompt.plan(call, out, lse, on_gpu=True)
-        summary = None if p.static.summary is None else mask_summary.scratch(p.static.summary, out.device)
+        summary = prompt.summary_scratch(p.static, out.device)
         prefill.launch(replace(p.static, meta=p.static.meta + meta), *tensors,
                        tasks.device_block(p.params, out.device), scales=call.quant.kernel_scales(),
                        sources=call.sources.tensors(), summary=summary)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import triton
 import triton.language as tl
 
@@ -84,11 +83,6 @@ class SummaryConfig:
     def words(self) -> int:
         """int32 words of scratch the summary fills."""
         return self.batches * self.row_tiles * (2 * self.col_tiles + 1)
-
-
-def scratch(cfg: SummaryConfig, device: torch.device) -> torch.Tensor:
-    """A summary's int32 scratch (the operators carve it from their own or the caller's memory)."""
-    return torch.empty(cfg.words, dtype=torch.int32, device=device)
 
 
 def launch(cfg: SummaryConfig, mask, summary) -> None:
