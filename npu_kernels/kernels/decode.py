@@ -87,6 +87,7 @@ def _decode_split_kernel(
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_KV_PAD: tl.constexpr, IS_PAGED: tl.constexpr,
     ANTIQUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, FILL: tl.constexpr,
     K_C0: tl.constexpr, V_C0: tl.constexpr, PAGE_TILES: tl.constexpr, K_WORDS: tl.constexpr,
+    V_WORDS: tl.constexpr,
 ):
     i_s = tl.program_id(0)
     i_bk = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -132,22 +133,26 @@ def _decode_split_kernel(
 
     b_m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_G], tl.float32)
-    b_acc = tl.zeros([BLOCK_G, BLOCK_DV], tl.float32)
+    VW: tl.constexpr = 2 if V_WORDS else 1
+    b_acc = tl.zeros([BLOCK_G, BLOCK_DV // VW], tl.float32)       # V_WORDS: the even channels
+    b_acc2 = tl.zeros([BLOCK_G, BLOCK_DV // 2], tl.float32)       # V_WORDS: the odd channels (else unused)
     b_lv = tl.zeros([BLOCK_G], tl.float32)
     for j0 in range(j_start, j_full, BLOCK_N):           # whole blocks: no length predicate
-        b_acc, b_l, b_m, b_lv = _split_block(
-            j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE,
-            b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE,
-            HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED, PAGE_TILES, ANTIQUANT, FILL,
-            K_C0, V_C0, K_WORDS, False)
-    if j_full < j_end:                                   # the split's last, partial block
-        b_acc, b_l, b_m, b_lv = _split_block(
-            j_full, j_end, b_acc, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK,
+        b_acc, b_acc2, b_l, b_m, b_lv = _split_block(
+            j0, j_end, b_acc, b_acc2, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK,
             PSE, b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs,
             stride_vd, stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt,
             BLOCK_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED,
-            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, True)
+            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, False)
+    if j_full < j_end:                                   # the split's last, partial block
+        b_acc, b_acc2, b_l, b_m, b_lv = _split_block(
+            j_full, j_end, b_acc, b_acc2, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS,
+            MASK, PSE, b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs,
+            stride_vd, stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt,
+            BLOCK_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED,
+            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, True)
+    if V_WORDS:        # channels 2i and 2i + 1
+        b_acc = tl.join(b_acc, b_acc2).reshape(BLOCK_G, BLOCK_DV)
     if ANTIQUANT:      # sum_j p_j (v_j + off) * scale = (acc + off * l) * scale, once per split
         p_a = AQ_SCALE + stride_a2 + i_kvn.to(tl.int64) * stride_an + o_dv * stride_ad
         b_vs = tl.load(p_a, mask=m_dv, other=0.0).to(tl.float32)
@@ -167,18 +172,20 @@ def _decode_split_kernel(
 
 @triton.jit
 def _split_block(
-    j0, j_end, b_acc, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE, b64,
-    o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, stride_mb,
-    stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE, DTYPE: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    j0, j_end, b_acc, b_acc2, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE,
+    b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE,
+    DTYPE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, IS_PAGED: tl.constexpr,
     PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr, K_C0: tl.constexpr,
-    V_C0: tl.constexpr, K_WORDS: tl.constexpr, PARTIAL: tl.constexpr,
+    V_C0: tl.constexpr, K_WORDS: tl.constexpr, V_WORDS: tl.constexpr, PARTIAL: tl.constexpr,
 ):
-    """Keys ``j0 + [0, BLOCK_N)`` of the split: (acc, l, m, lv) updated; ``PARTIAL``: keys at or past
+    """Keys ``j0 + [0, BLOCK_N)`` of the split: (acc, acc2, l, m, lv) updated; ``PARTIAL``: keys at or past
     ``j_end`` are excluded (-inf, zero values). int8 keys/values enter the dots as integers (their scales
     and offsets are applied around the loop); a paged key whose block id is outside the cache is a zero
-    key (score 0) and a zero value, so with an offset the sum of P over the readable keys (lv) is kept."""
+    key (score 0) and a zero value, so with an offset the sum of P over the readable keys (lv) is kept.
+    K_WORDS/V_WORDS: int8 keys/values read as int16 words of channel pairs (2i, 2i + 1), their row offsets
+    counted in words; the values' even channels accumulate in acc, the odd ones in acc2."""
     MASK_KV: tl.constexpr = IS_PAGED or PARTIAL
     ZERO_INVALID: tl.constexpr = IS_PAGED and ANTIQUANT
     o_j = j0 + tl.arange(0, BLOCK_N)                     # [BN] keys of the batch
@@ -187,6 +194,8 @@ def _split_block(
     o_dv = tl.arange(0, BLOCK_DV)
     m_d = o_d < HEAD_DIM
     m_dv = o_dv < HEAD_DIM_V
+    KW: tl.constexpr = 2 if K_WORDS else 1              # bytes per loaded key element (all strides even)
+    VW: tl.constexpr = 2 if V_WORDS else 1
     if IS_PAGED:
         if PAGE_TILES:                                   # the block lies in one page: one table entry
             o_blk = tl.zeros_like(o_j) + tl.load(p_table + (j0 // BLOCK_SIZE).to(tl.int64) * stride_tk)
@@ -197,16 +206,16 @@ def _split_block(
             m_kv = m_kv & m_j
         o_blk = tl.where(m_kv, o_blk, 0).to(tl.int64)
         o_slot = (o_j % BLOCK_SIZE).to(tl.int64)
-        o_krow = o_blk * stride_kb + o_slot * stride_ks
-        o_vrow = o_blk * stride_vb + o_slot * stride_vs
+        o_krow = o_blk * (stride_kb // KW) + o_slot * (stride_ks // KW)
+        o_vrow = o_blk * (stride_vb // VW) + o_slot * (stride_vs // VW)
     else:
         o_t = (kv_off + o_j).to(tl.int64)
-        o_krow = b64 * stride_kb + o_t * stride_ks
-        o_vrow = b64 * stride_vb + o_t * stride_vs
+        o_krow = b64 * (stride_kb // KW) + o_t * (stride_ks // KW)
+        o_vrow = b64 * (stride_vb // VW) + o_t * (stride_vs // VW)
         m_kv = m_j
     if K_WORDS:        # int8 keys as int16 words of channels (2i, 2i + 1): one dot per byte
         o_w = tl.arange(0, BLOCK_D // 2)
-        p_kw = k_head.to(tl.pointer_type(tl.int16)) + (o_krow // 2)[None, :] + o_w[:, None]
+        p_kw = k_head.to(tl.pointer_type(tl.int16)) + o_krow[None, :] + o_w[:, None]
         b_kw = load2(p_kw, (o_w < HEAD_DIM // 2)[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)
         b_klo, b_khi = quant.int8_pairs_to_fp16_tl(b_kw)
         b_s = tl.dot(b_qhi, b_khi, tl.dot(b_qlo, b_klo))
@@ -234,11 +243,20 @@ def _split_block(
     b_l = b_l * b_alpha + tl.sum(b_p, 1)
     if ZERO_INVALID:
         b_lv = b_lv * b_alpha + tl.sum(tl.where(m_kv[None, :], b_p, 0.0), 1)
-    p_v = v_head + o_vrow[:, None] + channel_offsets(o_dv[None, :], stride_vd, stride_vt, V_C0)
-    b_v = load2(p_v, m_kv[:, None], m_dv[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)         # [BN, BDV]
-    if ANTIQUANT:
-        b_v = quant.int8_to_float_tl(b_v, DTYPE)
-    return tl.dot(b_p.to(DTYPE), b_v, b_acc * b_alpha[:, None]), b_l, b_m_new, b_lv
+    if V_WORDS:
+        o_w = tl.arange(0, BLOCK_DV // 2)
+        p_vw = v_head.to(tl.pointer_type(tl.int16)) + o_vrow[:, None] + o_w[None, :]
+        b_vw = load2(p_vw, m_kv[:, None], (o_w < HEAD_DIM_V // 2)[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)
+        b_vlo, b_vhi = quant.int8_pairs_to_fp16_tl(b_vw)
+        b_acc = tl.dot(b_p.to(DTYPE), b_vlo, b_acc * b_alpha[:, None])
+        b_acc2 = tl.dot(b_p.to(DTYPE), b_vhi, b_acc2 * b_alpha[:, None])
+    else:
+        p_v = v_head + o_vrow[:, None] + channel_offsets(o_dv[None, :], stride_vd, stride_vt, V_C0)
+        b_v = load2(p_v, m_kv[:, None], m_dv[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)     # [BN, BDV]
+        if ANTIQUANT:
+            b_v = quant.int8_to_float_tl(b_v, DTYPE)
+        b_acc = tl.dot(b_p.to(DTYPE), b_v, b_acc * b_alpha[:, None])
+    return b_acc, b_acc2, b_l, b_m_new, b_lv
 
 
 @triton.jit
@@ -366,12 +384,21 @@ def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
                                                       *cfg.split_sizes, num_blocks)))
     args.update(cfg.split_meta)
     args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.split_sizes[4] % args["BLOCK_N"] == 0
-    arch = launcher.target_arch()                        # None: the interpreter
-    args["K_WORDS"] = bool(args["ANTIQUANT"]) and args["Q"].dtype == torch.float16 and args["K_C0"] == 0 \
-        and (arch is None or arch >= 90) and args["stride_kd"] == 1 and args["HEAD_DIM"] % 2 == 0 \
-        and args["K"].data_ptr() % launcher.ALIGNMENT == 0 \
-        and all(args[k] % 2 == 0 for k in ("stride_kb", "stride_kn", "stride_ks"))
+    args["K_WORDS"] = _words(args, "K", "k", "HEAD_DIM", "K_C0")
+    args["V_WORDS"] = _words(args, "V", "v", "HEAD_DIM_V", "V_C0")
     return args
+
+
+def _words(args: dict, name: str, s: str, dim: str, c0: str) -> bool:
+    """int8 keys (``name`` K) or values (V) of an fp16 query read as int16 words: contiguous channel pairs
+    (ND cache, channel stride 1, even head dim and strides), the cache 16-byte aligned as a traced plan tells
+    alignments apart; sm_90 and the interpreter only (sm_80 has no packed 16-bit integer ops and issues more
+    instructions that way)."""
+    arch = launcher.target_arch()                        # None: the interpreter
+    return bool(args["ANTIQUANT"]) and args["Q"].dtype == torch.float16 and args[c0] == 0 \
+        and (arch is None or arch >= 90) and args[f"stride_{s}d"] == 1 and args[dim] % 2 == 0 \
+        and args[name].data_ptr() % launcher.ALIGNMENT == 0 \
+        and all(args[f"stride_{s}{k}"] % 2 == 0 for k in "bns")
 
 
 def combine_args(cfg: DecodeConfig, tensors: tuple) -> dict:
