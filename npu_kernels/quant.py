@@ -166,12 +166,15 @@ def int8_to_float_tl(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def int8_pairs_to_fp16_tl(w):
-    """int16 block of int8 pairs (low byte first) → (low, high) fp16 blocks, exactly. Low: in integer ops on
-    the words, the unsigned byte ``b ^ 0x6480`` is the fp16 1024 + b + 128, minus 1152 is b. High: converted
-    from the byte in place (sm_90 converts a selected byte; shifting 16-bit lanes would unpack them)."""
-    u = w.to(tl.uint16, bitcast=True)
-    lo = ((u & 0xFF) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+def int8_pairs_to_fp16_tl(w, PACKED16: tl.constexpr):
+    """int16 block of int8 pairs (low byte first) → (low, high) fp16 blocks, exactly. Each byte is converted
+    in place (the GPU converts a selected byte of a register; shifting 16-bit lanes would unpack them), but
+    with packed 16-bit integer ops (PACKED16, sm_90) the low bytes take two ops per pair of words: the
+    unsigned byte ``b ^ 0x6480`` is the fp16 1024 + b + 128, minus 1152 is b."""
+    if PACKED16:
+        lo = ((w.to(tl.uint16, bitcast=True) & 0xFF) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+    else:
+        lo = w.to(tl.int8).to(tl.float16)
     hi = (w >> 8).to(tl.int8).to(tl.float16)
     return lo, hi
 

@@ -87,7 +87,7 @@ def _decode_split_kernel(
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_KV_PAD: tl.constexpr, IS_PAGED: tl.constexpr,
     ANTIQUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, FILL: tl.constexpr,
     K_C0: tl.constexpr, V_C0: tl.constexpr, PAGE_TILES: tl.constexpr, K_WORDS: tl.constexpr,
-    V_WORDS: tl.constexpr,
+    V_WORDS: tl.constexpr, PACKED16: tl.constexpr,
 ):
     i_s = tl.program_id(0)
     i_bk = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -143,14 +143,14 @@ def _decode_split_kernel(
             PSE, b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs,
             stride_vd, stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt,
             BLOCK_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED,
-            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, False)
+            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, PACKED16, False)
     if j_full < j_end:                                   # the split's last, partial block
         b_acc, b_acc2, b_l, b_m, b_lv = _split_block(
             j_full, j_end, b_acc, b_acc2, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS,
             MASK, PSE, b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs,
             stride_vd, stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt,
             BLOCK_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED,
-            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, True)
+            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, PACKED16, True)
     if V_WORDS:        # channels 2i and 2i + 1
         b_acc = tl.join(b_acc, b_acc2).reshape(BLOCK_G, BLOCK_DV)
     if ANTIQUANT:      # sum_j p_j (v_j + off) * scale = (acc + off * l) * scale, once per split
@@ -175,17 +175,19 @@ def _split_block(
     j0, j_end, b_acc, b_acc2, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS, MASK, PSE,
     b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
     stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt, BLOCK_SIZE,
-    DTYPE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, IS_PAGED: tl.constexpr,
-    PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr, K_C0: tl.constexpr,
-    V_C0: tl.constexpr, K_WORDS: tl.constexpr, V_WORDS: tl.constexpr, PARTIAL: tl.constexpr,
+    DTYPE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr,
+    IS_PAGED: tl.constexpr, PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr,
+    K_C0: tl.constexpr, V_C0: tl.constexpr, K_WORDS: tl.constexpr, V_WORDS: tl.constexpr, PACKED16: tl.constexpr,
+    PARTIAL: tl.constexpr,
 ):
     """Keys ``j0 + [0, BLOCK_N)`` of the split: (acc, acc2, l, m, lv) updated; ``PARTIAL``: keys at or past
     ``j_end`` are excluded (-inf, zero values). int8 keys/values enter the dots as integers (their scales
     and offsets are applied around the loop); a paged key whose block id is outside the cache is a zero
     key (score 0) and a zero value, so with an offset the sum of P over the readable keys (lv) is kept.
     K_WORDS/V_WORDS: int8 keys/values read as int16 words of channel pairs (2i, 2i + 1), their row offsets
-    counted in words; the values' even channels accumulate in acc, the odd ones in acc2."""
+    counted in words; the values' even channels accumulate in acc, the odd ones in acc2. PACKED16: the
+    target has packed 16-bit integer ops (``quant.int8_pairs_to_fp16_tl``)."""
     MASK_KV: tl.constexpr = IS_PAGED or PARTIAL
     ZERO_INVALID: tl.constexpr = IS_PAGED and ANTIQUANT
     o_j = j0 + tl.arange(0, BLOCK_N)                     # [BN] keys of the batch
@@ -217,7 +219,7 @@ def _split_block(
         o_w = tl.arange(0, BLOCK_D // 2)
         p_kw = k_head.to(tl.pointer_type(tl.int16)) + o_krow[None, :] + o_w[:, None]
         b_kw = load2(p_kw, (o_w < HEAD_DIM // 2)[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)
-        b_klo, b_khi = quant.int8_pairs_to_fp16_tl(b_kw)
+        b_klo, b_khi = quant.int8_pairs_to_fp16_tl(b_kw, PACKED16)
         b_s = tl.dot(b_qhi, b_khi, tl.dot(b_qlo, b_klo))
     else:
         p_k = k_head + o_krow[None, :] + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
@@ -247,7 +249,7 @@ def _split_block(
         o_w = tl.arange(0, BLOCK_DV // 2)
         p_vw = v_head.to(tl.pointer_type(tl.int16)) + o_vrow[:, None] + o_w[None, :]
         b_vw = load2(p_vw, m_kv[:, None], (o_w < HEAD_DIM_V // 2)[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)
-        b_vlo, b_vhi = quant.int8_pairs_to_fp16_tl(b_vw)
+        b_vlo, b_vhi = quant.int8_pairs_to_fp16_tl(b_vw, PACKED16)
         b_acc = tl.dot(b_p.to(DTYPE), b_vlo, b_acc * b_alpha[:, None])
         b_acc2 = tl.dot(b_p.to(DTYPE), b_vhi, b_acc2 * b_alpha[:, None])
     else:
@@ -375,10 +377,8 @@ def grids(splits: int, bkv_total: int, bn_total: int) -> tuple[tuple[int, int, i
 def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
     """Every argument of ``_decode_split_kernel`` by name: tensors (Q, K, V, MASK, PSE, TABLE, KV_PAD,
     AQ_SCALE, AQ_OFFSET, WS_ACC, WS_ML, PARAMS), then scale, strides, sizes and constexprs of ``cfg``,
-    PAGE_TILES (a page holds whole key blocks) and K_WORDS (int8 keys of an fp16 query with contiguous
-    channel pairs, the cache 16-byte aligned as a traced plan tells alignments apart: read as int16 words;
-    sm_90 and the interpreter only, sm_80 has no packed 16-bit integer ops and issues more instructions
-    that way)."""
+    PAGE_TILES (a page holds whole key blocks), K_WORDS and V_WORDS (``_words``) and PACKED16 (the target
+    has packed 16-bit integer ops: sm_90, and the interpreter)."""
     num_blocks = cfg.num_blocks if cfg.num_blocks >= 0 else int(tensors[1].shape[0])
     args = dict(zip(_decode_split_kernel.arg_names, (*tensors, cfg.sm_scale, *cfg.split_strides,
                                                       *cfg.split_sizes, num_blocks)))
@@ -386,18 +386,17 @@ def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
     args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.split_sizes[4] % args["BLOCK_N"] == 0
     args["K_WORDS"] = _words(args, "K", "k", "HEAD_DIM", "K_C0")
     args["V_WORDS"] = _words(args, "V", "v", "HEAD_DIM_V", "V_C0")
+    arch = launcher.target_arch()                        # None: the interpreter
+    args["PACKED16"] = arch is None or arch >= 90
     return args
 
 
 def _words(args: dict, name: str, s: str, dim: str, c0: str) -> bool:
     """int8 keys (``name`` K) or values (V) of an fp16 query read as int16 words: contiguous channel pairs
     (ND cache, channel stride 1, even head dim and strides), the cache 16-byte aligned as a traced plan tells
-    alignments apart; sm_90 and the interpreter only (sm_80 has no packed 16-bit integer ops and issues more
-    instructions that way)."""
-    arch = launcher.target_arch()                        # None: the interpreter
+    alignments apart."""
     return bool(args["ANTIQUANT"]) and args["Q"].dtype == torch.float16 and args[c0] == 0 \
-        and (arch is None or arch >= 90) and args[f"stride_{s}d"] == 1 and args[dim] % 2 == 0 \
-        and args[name].data_ptr() % launcher.ALIGNMENT == 0 \
+        and args[f"stride_{s}d"] == 1 and args[dim] % 2 == 0 and args[name].data_ptr() % launcher.ALIGNMENT == 0 \
         and all(args[f"stride_{s}{k}"] % 2 == 0 for k in "bns")
 
 
