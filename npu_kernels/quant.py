@@ -8,7 +8,7 @@ Host side (torch, any device; used by the references and by users):
   ``ifa_channel_quant``       IFA per-channel output quantisation: fp32 → fp16 → int8, half away at both steps
 Device side (``@triton.jit``, called from the kernels): ``deq_scale_tl``, ``ascend_quant_tl``,
 ``ascend_quant_f16_tl`` (fp16 blocks, native fp16 arithmetic), ``ifa_channel_quant_tl``,
-``int8_to_float_tl``, ``int8_pairs_to_fp16_tl``. Both sides
+``int8_to_float_tl``, ``int8_pairs_to_float_tl``. Both sides
 compute the same bits; ``tests/test_quant.py`` checks each pair.
 Validation shared by the operators: ``full_quant_args`` (the allowed combinations, into a ``QuantArgs``),
 ``check_deq_scale``, ``check_quant_scale1``, ``check_output_quant``.
@@ -166,17 +166,36 @@ def int8_to_float_tl(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def int8_pairs_to_fp16_tl(w, PACKED16: tl.constexpr):
-    """int16 block of int8 pairs (low byte first) → (low, high) fp16 blocks, exactly. Each byte is converted
-    in place (the GPU converts a selected byte of a register; shifting 16-bit lanes would unpack them), but
-    with packed 16-bit integer ops (PACKED16, sm_90) the low bytes take two ops per pair of words: the
-    unsigned byte ``b ^ 0x6480`` is the fp16 1024 + b + 128, minus 1152 is b."""
+def int8_pairs_to_float_tl(w, DTYPE: tl.constexpr, PACKED16: tl.constexpr):
+    """int16 block of int8 pairs (low byte first) → (low, high) blocks of DTYPE (fp16 or bf16), exactly.
+    Each byte is converted where it lies (the GPU converts a selected byte of a register; shifting 16-bit
+    lanes would unpack them), to fp16, or to fp32 whose high half is the bf16 (exact: 8 significant bits).
+    With packed 16-bit integer ops (PACKED16, sm_90) the low bytes take integer ops on the words instead:
+    fp16 ``b ^ 0x6480`` (b the unsigned byte) is 1024 + b + 128, minus 1152 is b; bf16 ``0x4300 | b & 0x7F``
+    is 128 + (b & 0x7F), minus ``0x4300 | b & 0x80`` (128, or 256 for a negative byte) is b."""
     if PACKED16:
-        lo = ((w.to(tl.uint16, bitcast=True) & 0xFF) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+        u = w.to(tl.uint16, bitcast=True)
+        if DTYPE == tl.float16:
+            lo = ((u & 0xFF) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
+        else:
+            t = u | 0x4300     # one constant per op: no register to rematerialise
+            # the difference is exact in bf16 (and compiles to a bf16 subtraction)
+            lo = ((t & 0x437F).to(tl.bfloat16, bitcast=True).to(tl.float32)
+                  - (t & 0x4380).to(tl.bfloat16, bitcast=True).to(tl.float32)).to(tl.bfloat16)
     else:
-        lo = w.to(tl.int8).to(tl.float16)
-    hi = (w >> 8).to(tl.int8).to(tl.float16)
-    return lo, hi
+        lo = _int8_to_float_in_place(w.to(tl.int8), DTYPE)
+    return lo, _int8_to_float_in_place((w >> 8).to(tl.int8), DTYPE)
+
+
+@triton.jit
+def _int8_to_float_in_place(b, DTYPE: tl.constexpr):
+    """int8 block → DTYPE in one conversion per element (bf16: the high half of the fp32, taken as bits so that
+    the compiler keeps the per-byte conversion)."""
+    if DTYPE == tl.float16:
+        y = b.to(tl.float16)
+    else:
+        y = (b.to(tl.float32).to(tl.int32, bitcast=True) >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return y
 
 
 @triton.jit

@@ -164,30 +164,34 @@ def test_float32_to_bfloat16_rounds_to_nearest_even(device):
 
 
 @triton.jit
-def _int8_convert_kernel(X, W, Y16, YB16, LO, HI, BLOCK: tl.constexpr, PACKED16: tl.constexpr):
+def _int8_convert_kernel(X, W, Y16, YB16, LO, HI, LOB, HIB, BLOCK: tl.constexpr, PACKED16: tl.constexpr):
     o = tl.arange(0, BLOCK)
     x = tl.load(X + o)
     tl.store(Y16 + o, quant.int8_to_float_tl(x, tl.float16))
     tl.store(YB16 + o, quant.int8_to_float_tl(x, tl.bfloat16))
-    lo, hi = quant.int8_pairs_to_fp16_tl(tl.load(W + o), PACKED16)
+    w = tl.load(W + o)
+    lo, hi = quant.int8_pairs_to_float_tl(w, tl.float16, PACKED16)
     tl.store(LO + o, lo)
     tl.store(HI + o, hi)
+    lo, hi = quant.int8_pairs_to_float_tl(w, tl.bfloat16, PACKED16)
+    tl.store(LOB + o, lo)
+    tl.store(HIB + o, hi)
 
 
 @pytest.mark.parametrize("packed16", [True, False])
 def test_int8_conversions_are_exact(packed16, device):
     """Every int8 value converts exactly: to fp16 and bf16, and from the int16 words of int8 pairs (low byte
-    first, as little-endian memory holds channels 2i and 2i + 1) to fp16, with and without packed 16-bit
-    integer ops."""
+    first, as little-endian memory holds channels 2i and 2i + 1) to fp16 and bf16, with and without packed
+    16-bit integer ops."""
     x = torch.arange(-128, 128, dtype=torch.int8)
     pairs = torch.stack([x, x.roll(37)], 1)                                # every value in both bytes
     x, w = x.to(device), pairs.contiguous().view(torch.int16).view(256).to(device)
     y16, lo, hi = (torch.empty(256, dtype=torch.float16, device=device) for _ in range(3))
-    yb16 = torch.empty(256, dtype=torch.bfloat16, device=device)
-    _int8_convert_kernel[(1,)](x, w, y16, yb16, lo, hi, BLOCK=256, PACKED16=packed16)
+    yb16, lob, hib = (torch.empty(256, dtype=torch.bfloat16, device=device) for _ in range(3))
+    _int8_convert_kernel[(1,)](x, w, y16, yb16, lo, hi, lob, hib, BLOCK=256, PACKED16=packed16)
     assert torch.equal(y16, x.to(torch.float16)) and torch.equal(yb16, x.to(torch.bfloat16))
-    assert torch.equal(lo.cpu(), pairs[:, 0].to(torch.float16))
-    assert torch.equal(hi.cpu(), pairs[:, 1].to(torch.float16))
+    for dtype, (low, high) in ((torch.float16, (lo, hi)), (torch.bfloat16, (lob, hib))):
+        assert torch.equal(low.cpu(), pairs[:, 0].to(dtype)) and torch.equal(high.cpu(), pairs[:, 1].to(dtype))
 
 
 def test_extreme_values_saturate_and_nan_is_zero():

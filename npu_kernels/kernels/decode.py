@@ -24,8 +24,11 @@ The key blocks of a split run without a length predicate; only its last block, w
 Int8 keys/values (per-channel ``(x + offset) * scale``) enter both dots as integers converted to the
 query's dtype: the key scale is folded into q (fp32, then the query dtype) and its offset into a
 per-row constant added to the scores, the value scale and offset are applied once per split to the
-accumulator: ``(acc + offset * l) * scale``. Masked scores (non-zero mask) are replaced by FILL, keys
-past the chunk are -inf; a batch whose keys are all masked averages V uniformly, as the NPU does.
+accumulator: ``(acc + offset * l) * scale``. ND int8 caches are read as int16 words of channel pairs
+(``_words``): each dot splits into one over the low bytes (even channels) and one over the high bytes
+(odd channels), which ``quant.int8_pairs_to_float_tl`` converts in registers. Masked scores (non-zero
+mask) are replaced by FILL, keys past the chunk are -inf; a batch whose keys are all masked averages V
+uniformly, as the NPU does.
 """
 
 from __future__ import annotations
@@ -187,7 +190,7 @@ def _split_block(
     key (score 0) and a zero value, so with an offset the sum of P over the readable keys (lv) is kept.
     K_WORDS/V_WORDS: int8 keys/values read as int16 words of channel pairs (2i, 2i + 1), their row offsets
     counted in words; the values' even channels accumulate in acc, the odd ones in acc2. PACKED16: the
-    target has packed 16-bit integer ops (``quant.int8_pairs_to_fp16_tl``)."""
+    target has packed 16-bit integer ops (``quant.int8_pairs_to_float_tl``)."""
     MASK_KV: tl.constexpr = IS_PAGED or PARTIAL
     ZERO_INVALID: tl.constexpr = IS_PAGED and ANTIQUANT
     o_j = j0 + tl.arange(0, BLOCK_N)                     # [BN] keys of the batch
@@ -219,7 +222,7 @@ def _split_block(
         o_w = tl.arange(0, BLOCK_D // 2)
         p_kw = k_head.to(tl.pointer_type(tl.int16)) + o_krow[None, :] + o_w[:, None]
         b_kw = load2(p_kw, (o_w < HEAD_DIM // 2)[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)
-        b_klo, b_khi = quant.int8_pairs_to_fp16_tl(b_kw, PACKED16)
+        b_klo, b_khi = quant.int8_pairs_to_float_tl(b_kw, DTYPE, PACKED16)
         b_s = tl.dot(b_qhi, b_khi, tl.dot(b_qlo, b_klo))
     else:
         p_k = k_head + o_krow[None, :] + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
@@ -249,7 +252,7 @@ def _split_block(
         o_w = tl.arange(0, BLOCK_DV // 2)
         p_vw = v_head.to(tl.pointer_type(tl.int16)) + o_vrow[:, None] + o_w[None, :]
         b_vw = load2(p_vw, m_kv[:, None], (o_w < HEAD_DIM_V // 2)[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)
-        b_vlo, b_vhi = quant.int8_pairs_to_fp16_tl(b_vw, PACKED16)
+        b_vlo, b_vhi = quant.int8_pairs_to_float_tl(b_vw, DTYPE, PACKED16)
         b_acc = tl.dot(b_p.to(DTYPE), b_vlo, b_acc * b_alpha[:, None])
         b_acc2 = tl.dot(b_p.to(DTYPE), b_vhi, b_acc2 * b_alpha[:, None])
     else:
@@ -392,10 +395,10 @@ def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
 
 
 def _words(args: dict, name: str, s: str, dim: str, c0: str) -> bool:
-    """int8 keys (``name`` K) or values (V) of an fp16 query read as int16 words: contiguous channel pairs
+    """int8 keys (``name`` K) or values (V) read as int16 words: contiguous channel pairs
     (ND cache, channel stride 1, even head dim and strides), the cache 16-byte aligned as a traced plan tells
     alignments apart."""
-    return bool(args["ANTIQUANT"]) and args["Q"].dtype == torch.float16 and args[c0] == 0 \
+    return bool(args["ANTIQUANT"]) and args[c0] == 0 \
         and args[f"stride_{s}d"] == 1 and args[dim] % 2 == 0 and args[name].data_ptr() % launcher.ALIGNMENT == 0 \
         and all(args[f"stride_{s}{k}"] % 2 == 0 for k in "bns")
 
