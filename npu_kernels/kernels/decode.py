@@ -202,15 +202,21 @@ def _split_block(
     KW: tl.constexpr = 2 if K_WORDS else 1              # bytes per loaded key element (all strides even)
     VW: tl.constexpr = 2 if V_WORDS else 1
     if IS_PAGED:
-        if PAGE_TILES:                                   # the block lies in one page: one table entry
-            o_blk = tl.zeros_like(o_j) + tl.load(p_table + (j0 // BLOCK_SIZE).to(tl.int64) * stride_tk)
+        if PAGE_TILES:     # the block lies in one page: one table entry, slots from j0 % BLOCK_SIZE on
+            blk = tl.load(p_table + (j0 // BLOCK_SIZE).to(tl.int64) * stride_tk)
+            ok = (blk >= 0) & (blk < NUM_BLOCKS)         # ids outside the cache read zeros
+            m_kv = tl.full([BLOCK_N], 1, tl.int1) & ok
+            if PARTIAL:
+                m_kv = m_kv & m_j
+            o_blk = tl.where(ok, blk, 0).to(tl.int64)
+            o_slot = (j0 % BLOCK_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
         else:
             o_blk = tl.load(p_table + (o_j // BLOCK_SIZE).to(tl.int64) * stride_tk, mask=m_j, other=0)
-        m_kv = (o_blk >= 0) & (o_blk < NUM_BLOCKS)       # ids outside the cache read zeros
-        if PARTIAL:
-            m_kv = m_kv & m_j
-        o_blk = tl.where(m_kv, o_blk, 0).to(tl.int64)
-        o_slot = (o_j % BLOCK_SIZE).to(tl.int64)
+            m_kv = (o_blk >= 0) & (o_blk < NUM_BLOCKS)   # ids outside the cache read zeros
+            if PARTIAL:
+                m_kv = m_kv & m_j
+            o_blk = tl.where(m_kv, o_blk, 0).to(tl.int64)
+            o_slot = (o_j % BLOCK_SIZE).to(tl.int64)
         o_krow = o_blk * (stride_kb // KW) + o_slot * (stride_ks // KW)
         o_vrow = o_blk * (stride_vb // VW) + o_slot * (stride_vs // VW)
     else:
@@ -228,7 +234,9 @@ def _split_block(
         p_k = k_head + o_krow[None, :] + channel_offsets(o_d[:, None], stride_kd, stride_kt, K_C0)
         b_k = load2(p_k, m_d[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)            # [BD, BN]
         b_s = tl.dot(b_q, quant.int8_to_float_tl(b_k, DTYPE) if ANTIQUANT else b_k)           # [BG, BN]
-    if ZERO_INVALID:
+    if ZERO_INVALID and PAGE_TILES:                      # the block's keys are all readable or all zeros
+        b_s += tl.where(ok, b_c, 0.0)[:, None]
+    elif ZERO_INVALID:
         b_s = tl.where(m_kv[None, :], b_s + b_c[:, None], 0.0)
     elif ANTIQUANT:
         b_s += b_c[:, None]
@@ -245,8 +253,11 @@ def _split_block(
     b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
     b_alpha = tl.exp(b_m - b_m_new)
     b_p = tl.exp(b_s - b_m_new[:, None])
-    b_l = b_l * b_alpha + tl.sum(b_p, 1)
-    if ZERO_INVALID:
+    b_psum = tl.sum(b_p, 1)
+    b_l = b_l * b_alpha + b_psum
+    if ZERO_INVALID and PAGE_TILES:                      # keys past j_end have P = 0
+        b_lv = b_lv * b_alpha + tl.where(ok, b_psum, 0.0)
+    elif ZERO_INVALID:
         b_lv = b_lv * b_alpha + tl.sum(tl.where(m_kv[None, :], b_p, 0.0), 1)
     if V_WORDS:
         o_w = tl.arange(0, BLOCK_DV // 2)
