@@ -209,7 +209,10 @@ def _split_block(
             if PARTIAL:
                 m_kv = m_kv & m_j
             o_blk = tl.where(ok, blk, 0).to(tl.int64)
-            o_slot = (j0 % BLOCK_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
+            o_slot = j0 % BLOCK_SIZE + tl.arange(0, BLOCK_N)
+            # offsets inside a block fit in int32
+            o_krow = o_blk * (stride_kb // KW) + (o_slot * (stride_ks // KW)).to(tl.int64)
+            o_vrow = o_blk * (stride_vb // VW) + (o_slot * (stride_vs // VW)).to(tl.int64)
         else:
             o_blk = tl.load(p_table + (o_j // BLOCK_SIZE).to(tl.int64) * stride_tk, mask=m_j, other=0)
             m_kv = (o_blk >= 0) & (o_blk < NUM_BLOCKS)   # ids outside the cache read zeros
@@ -217,8 +220,8 @@ def _split_block(
                 m_kv = m_kv & m_j
             o_blk = tl.where(m_kv, o_blk, 0).to(tl.int64)
             o_slot = (o_j % BLOCK_SIZE).to(tl.int64)
-        o_krow = o_blk * (stride_kb // KW) + o_slot * (stride_ks // KW)
-        o_vrow = o_blk * (stride_vb // VW) + o_slot * (stride_vs // VW)
+            o_krow = o_blk * (stride_kb // KW) + o_slot * (stride_ks // KW)
+            o_vrow = o_blk * (stride_vb // VW) + o_slot * (stride_vs // VW)
     else:
         o_t = (kv_off + o_j).to(tl.int64)
         o_krow = b64 * (stride_kb // KW) + o_t * (stride_ks // KW)
