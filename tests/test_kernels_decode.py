@@ -1,5 +1,5 @@
-"""The split-KV decode kernels: block ids outside the cache, the per-key block-table path, and the split
-count sized by the device rather than capped."""
+"""The split-KV decode kernels: block ids outside the cache, the per-key block-table path, int8 caches read
+as words or bytes, and the split count sized by the device rather than capped."""
 
 from __future__ import annotations
 
@@ -68,6 +68,28 @@ def test_block_table_read_per_key(int8, device):
     assert not decode.split_args(cfg, (*ops[:11], ops[0]))["PAGE_TILES"]
     incre.launch(cfg, ops, tasks.device_block(p.params, device))
     assert_close(out, nk.reference.npu_incre_flash_attention(q, k, v, **kw), torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_int8_caches_read_as_words_or_bytes(dtype, device):
+    """int8 caches are read as int16 words of channel pairs when 16-byte aligned (K_WORDS, V_WORDS), byte by
+    byte otherwise; both match the reference."""
+    q, k, v, kw = paged_call(device, True)
+    q = q.to(dtype)
+    kw.update(antiquant_scale=kw["antiquant_scale"].to(dtype), antiquant_offset=kw["antiquant_offset"].to(dtype))
+    for aligned in (True, False):
+        if not aligned:                       # the same values one byte into their storage
+            k, v = (torch.empty(t.numel() + 1, dtype=t.dtype, device=device)[1:].view(t.shape).copy_(t)
+                    for t in (k, v))
+        call = incre.validate(q, k, v, **kw)
+        out = incre.output(call)
+        p = incre.plan(call, out, None)
+        ws = torch.empty(sum(p.static.workspace), dtype=torch.float32, device=device)
+        ops = incre.operands(call, as_bnsd(out, call.layout.out, N), None, *incre.scratch(p.static, ws))
+        args = decode.split_args(p.static, (*ops[:11], ops[0]))
+        assert args["K_WORDS"] == args["V_WORDS"] == aligned
+        incre.launch(p.static, ops, tasks.device_block(p.params, device))
+        assert_close(out, nk.reference.npu_incre_flash_attention(q, k, v, **kw), dtype)
 
 
 def test_split_count_fills_the_device():

@@ -24,7 +24,7 @@ The key blocks of a split run without a length predicate; only its last block, w
 Int8 keys/values (per-channel ``(x + offset) * scale``) enter both dots as integers converted to the
 query's dtype: the key scale is folded into q (fp32, then the query dtype) and its offset into a
 per-row constant added to the scores, the value scale and offset are applied once per split to the
-accumulator: ``(acc + offset * l) * scale``. ND int8 caches are read as int16 words of channel pairs
+accumulator: ``(acc + offset * l) * scale``. Int8 caches are read as int16 words of channel pairs
 (``_words``): each dot splits into one over the low bytes (even channels) and one over the high bytes
 (odd channels), which ``quant.int8_pairs_to_float_tl`` converts in registers. Masked scores (non-zero
 mask) are replaced by FILL, keys past the chunk are -inf; a batch whose keys are all masked averages V
@@ -229,7 +229,8 @@ def _split_block(
         m_kv = m_j
     if K_WORDS:        # int8 keys as int16 words of channels (2i, 2i + 1): one dot per byte
         o_w = tl.arange(0, BLOCK_D // 2)
-        p_kw = k_head.to(tl.pointer_type(tl.int16)) + o_krow[None, :] + o_w[:, None]
+        p_kw = k_head.to(tl.pointer_type(tl.int16)) + o_krow[None, :] \
+            + channel_offsets(o_w[:, None], 1, stride_kt // 2, K_C0 // 2)
         b_kw = load2(p_kw, (o_w < HEAD_DIM // 2)[:, None], m_kv[None, :], HEAD_DIM != BLOCK_D, MASK_KV)
         b_klo, b_khi = quant.int8_pairs_to_float_tl(b_kw, DTYPE, PACKED16)
         b_s = tl.dot(b_qhi, b_khi, tl.dot(b_qlo, b_klo))
@@ -264,7 +265,8 @@ def _split_block(
         b_lv = b_lv * b_alpha + tl.sum(tl.where(m_kv[None, :], b_p, 0.0), 1)
     if V_WORDS:
         o_w = tl.arange(0, BLOCK_DV // 2)
-        p_vw = v_head.to(tl.pointer_type(tl.int16)) + o_vrow[:, None] + o_w[None, :]
+        p_vw = v_head.to(tl.pointer_type(tl.int16)) + o_vrow[:, None] \
+            + channel_offsets(o_w[None, :], 1, stride_vt // 2, V_C0 // 2)
         b_vw = load2(p_vw, m_kv[:, None], (o_w < HEAD_DIM_V // 2)[None, :], MASK_KV, HEAD_DIM_V != BLOCK_DV)
         b_vlo, b_vhi = quant.int8_pairs_to_float_tl(b_vw, DTYPE, PACKED16)
         b_acc = tl.dot(b_p.to(DTYPE), b_vlo, b_acc * b_alpha[:, None])
@@ -409,12 +411,11 @@ def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
 
 
 def _words(args: dict, name: str, s: str, dim: str, c0: str) -> bool:
-    """int8 keys (``name`` K) or values (V) read as int16 words: contiguous channel pairs
-    (ND cache, channel stride 1, even head dim and strides), the cache 16-byte aligned as a traced plan tells
-    alignments apart."""
-    return bool(args["ANTIQUANT"]) and args[c0] == 0 \
-        and args[f"stride_{s}d"] == 1 and args[dim] % 2 == 0 and args[name].data_ptr() % launcher.ALIGNMENT == 0 \
-        and all(args[f"stride_{s}{k}"] % 2 == 0 for k in "bns")
+    """int8 keys (``name`` K) or values (V) read as int16 words: contiguous channel pairs (channel stride 1,
+    even head dim, strides and NZ tile width), the cache 16-byte aligned as a traced plan tells alignments
+    apart."""
+    return bool(args["ANTIQUANT"]) and args[f"stride_{s}d"] == 1 and args[dim] % 2 == 0 and args[c0] % 2 == 0 \
+        and args[name].data_ptr() % launcher.ALIGNMENT == 0 and all(args[f"stride_{s}{k}"] % 2 == 0 for k in "bnst")
 
 
 def combine_args(cfg: DecodeConfig, tensors: tuple) -> dict:
