@@ -365,14 +365,18 @@ class DecodeConfig:
     num_blocks: int = -1             # blocks of a paged cache (-1: the key operand's first dim, at launch)
 
 
-def block_config(d: int, dv: int, on_gpu: bool, int8_kv: bool = False) -> tuple[int, int, int]:
+def block_config(d: int, dv: int, on_gpu: bool, int8_kv: bool = False, page: int = 0) -> tuple[int, int, int]:
     """(BLOCK_N, num_warps, num_stages) for head dims d/dv, from the static report (``python -m bench
     report``): no spills, the fewest main-loop instructions per key, and shared memory within sm_80's
     limit: 128-key blocks with loads two blocks ahead up to D = 128, 128-key blocks one ahead up to 256,
-    32-key blocks two ahead beyond. int8 caches (``int8_kv``, half the bytes) take the same blocks."""
+    32-key blocks two ahead beyond. int8 caches (``int8_kv``, half the bytes) up to D = 128 take 256-key
+    blocks (the same shared memory; the block's fixed cost over twice the keys) unless pages of ``page``
+    keys (paged caches; 0: contiguous) would not hold whole blocks; wider int8 caches take fp16's blocks."""
     if not on_gpu:
         return 16, 4, 1
     width = max(d, dv)
+    if int8_kv and width <= 128 and page % 256 == 0:
+        return 256, 8, 3
     if width <= 128:
         return 128, 8, 3
     if width <= 256:

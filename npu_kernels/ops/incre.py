@@ -262,7 +262,8 @@ def plan(call: IncreCall, out: torch.Tensor, lse: Optional[torch.Tensor] = None,
     h = call.heads
     o4 = as_bnsd(out, call.layout.out, h.N)
     on_gpu = o4.device.type == "cuda" if on_gpu is None else on_gpu
-    block_n, warps, stages = decode.block_config(h.D, h.Dv, on_gpu, call.antiquant is not None)
+    block_n, warps, stages = decode.block_config(h.D, h.Dv, on_gpu, call.antiquant is not None,
+                                                 0 if call.paged is None else call.paged.block_size)
     splits = decode.num_splits(call.capacity, h.B * h.KV_N, block_n, _programs(h.q.device, on_gpu))
     mask_strides = (0, 0) if call.mask is None else (int(call.mask.stride(0)), int(call.mask.stride(2)))
     pse_strides = (0, 0, 0) if call.pse is None else \
