@@ -92,6 +92,22 @@ def test_int8_caches_read_as_words_or_bytes(dtype, device):
         assert_close(out, nk.reference.npu_incre_flash_attention(q, k, v, **kw), dtype)
 
 
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_row_offsets_in_int64(paged, monkeypatch, device):
+    """Keys addressed by 64-bit products per row (ROWS32 off: D = 512, or strides too wide for int32
+    offsets within a block) match the reference as the int32 offsets do."""
+    split_args = decode.split_args
+    monkeypatch.setattr(decode, "split_args", lambda cfg, tensors: {**split_args(cfg, tensors), "ROWS32": False})
+    q, k, v, kw = paged_call(device, True)
+    if not paged:
+        g = torch.Generator().manual_seed(1)
+        k, v = (torch.randint(-127, 128, (B, KV_N, 80, D), generator=g, dtype=torch.int8).to(device) for _ in "kv")
+        kw = {n: t for n, t in kw.items() if n not in ("block_table", "block_size")}
+        kw["actual_seq_lengths"] = [80, 37]
+    out = nk.npu_incre_flash_attention(q, k, v, **kw)
+    assert_close(out, nk.reference.npu_incre_flash_attention(q, k, v, **kw), torch.float16)
+
+
 def test_split_count_fills_the_device():
     """Splits come from the programs the device holds, not a cap of 64: one (batch, kv head) on 264
     program slots gets 264 splits when the capacity has that many blocks."""

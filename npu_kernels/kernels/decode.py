@@ -90,7 +90,7 @@ def _decode_split_kernel(
     HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr, HAS_KV_PAD: tl.constexpr, IS_PAGED: tl.constexpr,
     ANTIQUANT: tl.constexpr, HAS_AQ_OFFSET: tl.constexpr, FILL: tl.constexpr,
     K_C0: tl.constexpr, V_C0: tl.constexpr, PAGE_TILES: tl.constexpr, K_WORDS: tl.constexpr,
-    V_WORDS: tl.constexpr, PACKED16: tl.constexpr,
+    V_WORDS: tl.constexpr, PACKED16: tl.constexpr, ROWS32: tl.constexpr,
 ):
     i_s = tl.program_id(0)
     i_bk = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
@@ -146,14 +146,14 @@ def _decode_split_kernel(
             PSE, b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs,
             stride_vd, stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt,
             BLOCK_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED,
-            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, PACKED16, False)
+            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, PACKED16, ROWS32, False)
     if j_full < j_end:                                   # the split's last, partial block
         b_acc, b_acc2, b_l, b_m, b_lv = _split_block(
             j_full, j_end, b_acc, b_acc2, b_l, b_m, b_lv, b_q, b_qlo, b_qhi, b_c, k_head, v_head, p_table, NUM_BLOCKS,
             MASK, PSE, b64, o_qn, m_g, kv_off, kvm_off, sm_scale, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs,
             stride_vd, stride_mb, stride_mk, stride_pb, stride_pn, stride_pk, stride_tk, stride_kt, stride_vt,
             BLOCK_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N, HAS_MASK, HAS_PSE, IS_PAGED,
-            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, PACKED16, True)
+            PAGE_TILES, ANTIQUANT, FILL, K_C0, V_C0, K_WORDS, V_WORDS, PACKED16, ROWS32, True)
     if V_WORDS:        # channels 2i and 2i + 1
         b_acc = tl.join(b_acc, b_acc2).reshape(BLOCK_G, BLOCK_DV)
     if ANTIQUANT:      # sum_j p_j (v_j + off) * scale = (acc + off * l) * scale, once per split
@@ -182,7 +182,7 @@ def _split_block(
     BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PSE: tl.constexpr,
     IS_PAGED: tl.constexpr, PAGE_TILES: tl.constexpr, ANTIQUANT: tl.constexpr, FILL: tl.constexpr,
     K_C0: tl.constexpr, V_C0: tl.constexpr, K_WORDS: tl.constexpr, V_WORDS: tl.constexpr, PACKED16: tl.constexpr,
-    PARTIAL: tl.constexpr,
+    ROWS32: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     """Keys ``j0 + [0, BLOCK_N)`` of the split: (acc, acc2, l, m, lv) updated; ``PARTIAL``: keys at or past
     ``j_end`` are excluded (-inf, zero values). int8 keys/values enter the dots as integers (their scales
@@ -190,7 +190,8 @@ def _split_block(
     key (score 0) and a zero value, so with an offset the sum of P over the readable keys (lv) is kept.
     K_WORDS/V_WORDS: int8 keys/values read as int16 words of channel pairs (2i, 2i + 1), their row offsets
     counted in words; the values' even channels accumulate in acc, the odd ones in acc2. PACKED16: the
-    target has packed 16-bit integer ops (``quant.int8_pairs_to_float_tl``)."""
+    target has packed 16-bit integer ops (``quant.int8_pairs_to_float_tl``). ROWS32: a key's offset from the
+    block's first key (or its page's first slot) multiplied in int32, one instruction per row."""
     MASK_KV: tl.constexpr = IS_PAGED or PARTIAL
     ZERO_INVALID: tl.constexpr = IS_PAGED and ANTIQUANT
     o_j = j0 + tl.arange(0, BLOCK_N)                     # [BN] keys of the batch
@@ -210,7 +211,8 @@ def _split_block(
                 m_kv = m_kv & m_j
             o_blk = tl.where(ok, blk, 0).to(tl.int64)
             o_slot = j0 % BLOCK_SIZE + tl.arange(0, BLOCK_N)
-            # offsets inside a block fit in int32
+            if not ROWS32:
+                o_slot = o_slot.to(tl.int64)
             o_krow = o_blk * (stride_kb // KW) + (o_slot * (stride_ks // KW)).to(tl.int64)
             o_vrow = o_blk * (stride_vb // VW) + (o_slot * (stride_vs // VW)).to(tl.int64)
         else:
@@ -223,9 +225,15 @@ def _split_block(
             o_krow = o_blk * (stride_kb // KW) + o_slot * (stride_ks // KW)
             o_vrow = o_blk * (stride_vb // VW) + o_slot * (stride_vs // VW)
     else:
-        o_t = (kv_off + o_j).to(tl.int64)
-        o_krow = b64 * (stride_kb // KW) + o_t * (stride_ks // KW)
-        o_vrow = b64 * (stride_vb // VW) + o_t * (stride_vs // VW)
+        if ROWS32:     # the block's first key in int64, the keys' offsets from it in int32
+            o_t = (kv_off + j0).to(tl.int64)
+            o_n = tl.arange(0, BLOCK_N)
+            o_krow = b64 * (stride_kb // KW) + o_t * (stride_ks // KW) + (o_n * (stride_ks // KW)).to(tl.int64)
+            o_vrow = b64 * (stride_vb // VW) + o_t * (stride_vs // VW) + (o_n * (stride_vs // VW)).to(tl.int64)
+        else:
+            o_t = (kv_off + o_j).to(tl.int64)
+            o_krow = b64 * (stride_kb // KW) + o_t * (stride_ks // KW)
+            o_vrow = b64 * (stride_vb // VW) + o_t * (stride_vs // VW)
         m_kv = m_j
     if K_WORDS:        # int8 keys as int16 words of channels (2i, 2i + 1): one dot per byte
         o_w = tl.arange(0, BLOCK_D // 2)
@@ -400,8 +408,9 @@ def grids(splits: int, bkv_total: int, bn_total: int) -> tuple[tuple[int, int, i
 def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
     """Every argument of ``_decode_split_kernel`` by name: tensors (Q, K, V, MASK, PSE, TABLE, KV_PAD,
     AQ_SCALE, AQ_OFFSET, WS_ACC, WS_ML, PARAMS), then scale, strides, sizes and constexprs of ``cfg``,
-    PAGE_TILES (a page holds whole key blocks), K_WORDS and V_WORDS (``_words``) and PACKED16 (the target
-    has packed 16-bit integer ops: sm_90, and the interpreter)."""
+    PAGE_TILES (a page holds whole key blocks), K_WORDS and V_WORDS (``_words``), PACKED16 (the target
+    has packed 16-bit integer ops: sm_90, and the interpreter) and ROWS32 (a key's offset from its block's
+    first key, or its page's first slot, fits int32; not at D = 512, whose registers are full)."""
     num_blocks = cfg.num_blocks if cfg.num_blocks >= 0 else int(tensors[1].shape[0])
     args = dict(zip(_decode_split_kernel.arg_names, (*tensors, cfg.sm_scale, *cfg.split_strides,
                                                       *cfg.split_sizes, num_blocks)))
@@ -411,6 +420,9 @@ def split_args(cfg: DecodeConfig, tensors: tuple) -> dict:
     args["V_WORDS"] = _words(args, "V", "v", "HEAD_DIM_V", "V_C0")
     arch = launcher.target_arch()                        # None: the interpreter
     args["PACKED16"] = arch is None or arch >= 90
+    rows = max(args["BLOCK_N"], cfg.split_sizes[4] if args["PAGE_TILES"] else 0)
+    args["ROWS32"] = max(args["HEAD_DIM"], args["HEAD_DIM_V"]) <= 256 \
+        and rows * max(abs(args["stride_ks"]), abs(args["stride_vs"])) < 2**31
     return args
 
 
