@@ -178,8 +178,8 @@ def int8_pairs_to_float_tl(w, DTYPE: tl.constexpr, PACKED16: tl.constexpr):
         if DTYPE == tl.float16:
             lo = ((u & 0xFF) ^ 0x6480).to(tl.float16, bitcast=True) - 1152.0
         else:
-            t = u | 0x4300     # one constant per op: no register to rematerialise
-            # the difference is exact in bf16 (and compiles to a bf16 subtraction)
+            t = u | 0x4300
+            # exact in bf16, and compiled to a bf16 subtraction (the interpreter subtracts bitcast bf16 as bits)
             lo = ((t & 0x437F).to(tl.bfloat16, bitcast=True).to(tl.float32)
                   - (t & 0x4380).to(tl.bfloat16, bitcast=True).to(tl.float32)).to(tl.bfloat16)
     else:
