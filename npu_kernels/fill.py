@@ -1,12 +1,20 @@
 """Generated argument builders: a traced launch's kernel arguments (``plans.Traced``; up to ~100) and a
-cached call's tensor arguments, each built in one expression instead of a loop over them.
+cached call's tensor arguments, each built in one expression instead of a loop over them. A source holds
+positions only (values come from its namespace), so calls of other shapes reuse its compiled code.
 """
 
 from __future__ import annotations
 
+import functools
+
+
+@functools.lru_cache(maxsize=1024)
+def _code(source: str):
+    return compile(source, "<npu_kernels.fill>", "exec")
+
 
 def _define(name: str, source: str, namespace: dict):
-    exec(compile(source, "<npu_kernels.fill>", "exec"), namespace)
+    exec(_code(source), namespace)
     return namespace[name]
 
 
@@ -26,8 +34,8 @@ def filler(template: list, direct: list, computed: list, blocks: list, pointer, 
     for pos, i in direct:
         items[pos] = f"a[{i}]"
     for k, (pos, view) in enumerate(computed):
-        namespace[f"d{k}"] = view.dtype
-        lines.append(f"    p{k} = P(a[{view.arg}].data_ptr() + {view.offset * view.dtype.itemsize}, d{k})\n")
+        namespace[f"d{k}"], namespace[f"o{k}"] = view.dtype, view.offset * view.dtype.itemsize
+        lines.append(f"    p{k} = P(a[{view.arg}].data_ptr() + o{k}, d{k})\n")
         items[pos] = f"p{k}"
     for pos in blocks:
         items[pos] = "b"
