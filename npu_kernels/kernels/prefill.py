@@ -262,7 +262,8 @@ def _rows(
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     if MASK_SUMMARY:                                     # a skipped block leaves every valid row's max at FILL
         b_m = tl.where((v_end - v_start) * BLOCK_N < j_end - j_start, FILL, b_m)
-    b_l = tl.zeros([BLOCK_M, 4] if FP16_PATH else [BLOCK_M], tl.float32)     # FP16_PATH: per lane (_lane_sums)
+    PAIRS: tl.constexpr = FP16_PATH and BLOCK_DV <= 128  # as in _block
+    b_l = tl.zeros([BLOCK_M, 4] if PAIRS else [BLOCK_M], tl.float32)         # PAIRS: per lane (_lane_sums)
     b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float16 if FP16_PATH else tl.float32)
     for v in range(v_start, v_lo, V_STEP):               # partial blocks before the steady ones (band start)
         b_acc, b_l, b_m = _block(
@@ -298,7 +299,7 @@ def _rows(
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
             SCALE_POS, MASK_SUMMARY, PTX, True)
     b_acc = b_acc.to(tl.float32)
-    if FP16_PATH:
+    if PAIRS:
         b_l = tl.sum(b_l, 1)
 
     m_has_key = m_row & (tl.maximum(o_i - pre, 0) <= tl.minimum(o_i + nxt, kvlen - 1))
@@ -382,6 +383,9 @@ def _block(
     and the length). Steady float blocks without mask or pse apply the scale inside exp2 (FOLD; SCALE_POS:
     scale >= 0)."""
     FOLD: tl.constexpr = SCALE_POS and not (PARTIAL or HAS_MASK or HAS_PSE or FP16_PATH or QUANT_MODE == 1)
+    # FP16_PATH on packed column pairs (_scale16, _row_max16, _lane_sums); not above DV = 128, where it
+    # costs sm_80 registers (fp16-d256: 787 -> 902 instructions per 32 keys)
+    PAIRS: tl.constexpr = FP16_PATH and BLOCK_DV <= 128
     if MASK_SUMMARY:
         j0 = (visit >> 1) * BLOCK_N
     else:
@@ -429,7 +433,7 @@ def _block(
                           PARTIAL or IS_PAGED)                                              # [BDR, BN]
             b_s += tl.dot(b_qr, b_kr)
         if FP16_PATH:                                    # fp16(fp16(q·k) * fp16 scale)
-            b_s = _scale16(b_s, qk_scale, PTX)
+            b_s = _scale16(b_s, qk_scale, PTX and PAIRS)
         elif not FOLD:
             b_s = b_s * qk_scale
     if HAS_PSE:
@@ -452,7 +456,7 @@ def _block(
 
     if FOLD:                                             # max(qk) * scale = max(qk * scale) for a scale >= 0
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
-    elif FP16_PATH:
+    elif PAIRS:
         b_m_new = tl.maximum(b_m, _row_max16(b_s, BLOCK_N))
     else:                                                # (exact in the scores' dtype)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1).to(tl.float32))
@@ -461,7 +465,10 @@ def _block(
         b_e = tl.math.exp2((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32) * LOG2E)
         b_p = b_e.to(tl.float16)
         if FP16_PATH:                                    # l sums the exp values before P is rounded
-            b_l = b_l * b_alpha[:, None] + _lane_sums(b_e, BLOCK_N)
+            if PAIRS:
+                b_l = b_l * b_alpha[:, None] + _lane_sums(b_e, BLOCK_N)
+            else:
+                b_l = b_l * b_alpha + tl.sum(b_e, 1)
         else:
             b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
     else:
