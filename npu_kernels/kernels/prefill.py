@@ -95,7 +95,7 @@ def _prefill_kernel(
     K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr, HAS_V_OFFSET: tl.constexpr,
     K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr, LSE_EMPTY: tl.constexpr,
     FP16_PATH: tl.constexpr, TOKEN_GRID: tl.constexpr, USE_TMA: tl.constexpr, PAGE_TILES: tl.constexpr,
-    SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr,
+    SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr, PTX: tl.constexpr,
 ):
     if TOKEN_GRID:                                       # (row tile of T, head): batches [lo, hi) of the tail
         i_t = tl.program_id(0)
@@ -115,7 +115,7 @@ def _prefill_kernel(
                 HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
                 ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
                 HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0,
-                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY, True)
+                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY, PTX, True)
     else:
         i_bh = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
         if i_bh < BN_TOTAL:
@@ -133,7 +133,7 @@ def _prefill_kernel(
                 HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_MASK, HAS_PSE, HAS_LSE, FILL,
                 ZERO_MASKED_ROWS, QUANT_MODE, OUT_QUANT, HAS_OFFSET2, VARLEN, HAS_QPAD, HAS_KVPAD, IS_PAGED,
                 HAS_PREFIX, ROPE_DIM, BLOCK_DR, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0,
-                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY, False)
+                LSE_EMPTY, FP16_PATH, USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY, PTX, False)
 
 
 @triton.jit
@@ -154,7 +154,7 @@ def _rows(
     BLOCK_DR: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
     HAS_V_OFFSET: tl.constexpr, K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr,
     LSE_EMPTY: tl.constexpr, FP16_PATH: tl.constexpr, USE_TMA: tl.constexpr, PAGE_TILES: tl.constexpr,
-    SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr, TILE_OF_T: tl.constexpr,
+    SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr, PTX: tl.constexpr, TILE_OF_T: tl.constexpr,
 ):
     """Rows ``row0 + [0, BLOCK_M)`` of batch ``i_b``, query head ``i_n``: attention, output and lse.
     ``TILE_OF_T``: the tile is a tile of the token axis shared with other batches (store own rows only);
@@ -262,7 +262,8 @@ def _rows(
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     if MASK_SUMMARY:                                     # a skipped block leaves every valid row's max at FILL
         b_m = tl.where((v_end - v_start) * BLOCK_N < j_end - j_start, FILL, b_m)
-    b_l = tl.zeros([BLOCK_M], tl.float32)
+    PAIRS: tl.constexpr = FP16_PATH and BLOCK_DV <= 128  # as in _block
+    b_l = tl.zeros([BLOCK_M, 4] if PAIRS else [BLOCK_M], tl.float32)         # PAIRS: per lane (_lane_sums)
     b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float16 if FP16_PATH else tl.float32)
     for v in range(v_start, v_lo, V_STEP):               # partial blocks before the steady ones (band start)
         b_acc, b_l, b_m = _block(
@@ -274,7 +275,7 @@ def _rows(
             stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
             BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
-            SCALE_POS, MASK_SUMMARY, True)
+            SCALE_POS, MASK_SUMMARY, PTX, True)
     for v in range(v_lo, v_hi, V_STEP):                  # steady blocks: no element predicate
         b_acc, b_l, b_m = _block(
             _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
@@ -285,7 +286,7 @@ def _rows(
             stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
             BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
-            SCALE_POS, MASK_SUMMARY, False)
+            SCALE_POS, MASK_SUMMARY, PTX, False)
     for v in range(v_hi, v_end, V_STEP):                 # partial blocks after them (diagonal, end of keys)
         b_acc, b_l, b_m = _block(
             _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
@@ -296,8 +297,10 @@ def _rows(
             stride_kt, stride_vt, stride_krt, stride_mk, stride_pk, PAGE_SIZE, DTYPE, HEAD_DIM, HEAD_DIM_V, BLOCK_D,
             BLOCK_DV, BLOCK_N, BLOCK_DR, ROPE_DIM, HAS_MASK, HAS_PSE, FILL, QUANT_MODE, FP16_PATH, IS_PAGED,
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
-            SCALE_POS, MASK_SUMMARY, True)
+            SCALE_POS, MASK_SUMMARY, PTX, True)
     b_acc = b_acc.to(tl.float32)
+    if PAIRS:
+        b_l = tl.sum(b_l, 1)
 
     m_has_key = m_row & (tl.maximum(o_i - pre, 0) <= tl.minimum(o_i + nxt, kvlen - 1))
     m_all_fill = m_has_key & (b_m == FILL)
@@ -371,7 +374,8 @@ def _block(
     QUANT_MODE: tl.constexpr, FP16_PATH: tl.constexpr, IS_PAGED: tl.constexpr, PAGE_TILES: tl.constexpr,
     HAS_PREFIX: tl.constexpr, K_QUANT: tl.constexpr, V_QUANT: tl.constexpr, HAS_K_OFFSET: tl.constexpr,
     HAS_V_OFFSET: tl.constexpr, K_C0: tl.constexpr, V_C0: tl.constexpr, KR_C0: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr, PARTIAL: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POS: tl.constexpr, MASK_SUMMARY: tl.constexpr, PTX: tl.constexpr,
+    PARTIAL: tl.constexpr,
 ):
     """One key block ``j0 + [0, BLOCK_N)`` of the online softmax: (acc, l, m) updated. ``visit``: ``j0``, or
     with MASK_SUMMARY the summary's ``2 * (j0 // BLOCK_N) + mixed`` (only a mixed block reads the mask).
@@ -379,6 +383,9 @@ def _block(
     and the length). Steady float blocks without mask or pse apply the scale inside exp2 (FOLD; SCALE_POS:
     scale >= 0)."""
     FOLD: tl.constexpr = SCALE_POS and not (PARTIAL or HAS_MASK or HAS_PSE or FP16_PATH or QUANT_MODE == 1)
+    # FP16_PATH on packed column pairs (_scale16, _row_max16, _lane_sums); not above DV = 128, where it
+    # costs sm_80 registers (fp16-d256: 787 -> 902 instructions per 32 keys)
+    PAIRS: tl.constexpr = FP16_PATH and BLOCK_DV <= 128
     if MASK_SUMMARY:
         j0 = (visit >> 1) * BLOCK_N
     else:
@@ -426,7 +433,7 @@ def _block(
                           PARTIAL or IS_PAGED)                                              # [BDR, BN]
             b_s += tl.dot(b_qr, b_kr)
         if FP16_PATH:                                    # fp16(fp16(q·k) * fp16 scale)
-            b_s = b_s.to(tl.float16) * tl.cast(qk_scale, tl.float16)
+            b_s = _scale16(b_s, qk_scale, PTX and PAIRS)
         elif not FOLD:
             b_s = b_s * qk_scale
     if HAS_PSE:
@@ -449,6 +456,8 @@ def _block(
 
     if FOLD:                                             # max(qk) * scale = max(qk * scale) for a scale >= 0
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
+    elif PAIRS:
+        b_m_new = tl.maximum(b_m, _row_max16(b_s, BLOCK_N))
     else:                                                # (exact in the scores' dtype)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1).to(tl.float32))
     if QUANT_MODE == 1 or FP16_PATH:                     # exp of fp16 differences (as exp2, as the CPU path), P in fp16
@@ -456,7 +465,10 @@ def _block(
         b_e = tl.math.exp2((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32) * LOG2E)
         b_p = b_e.to(tl.float16)
         if FP16_PATH:                                    # l sums the exp values before P is rounded
-            b_l = b_l * b_alpha + tl.sum(b_e, 1)
+            if PAIRS:
+                b_l = b_l * b_alpha[:, None] + _lane_sums(b_e, BLOCK_N)
+            else:
+                b_l = b_l * b_alpha + tl.sum(b_e, 1)
         else:
             b_l = b_l * b_alpha + tl.sum(b_p.to(tl.float32), 1)
     else:
@@ -473,6 +485,39 @@ def _block(
     else:
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None])
     return b_acc, b_l, b_m_new
+
+
+@triton.jit
+def _scale16(b_s, qk_scale, PTX: tl.constexpr):
+    """fp16(fp16(s) * fp16(scale)) of fp32 scores. PTX: one packed conversion and multiply per pair of
+    adjacent columns (compiled as is, the conversion runs one element at a time once ``_row_max16`` reads
+    the pairs)."""
+    if PTX:
+        c16 = tl.full(b_s.shape, qk_scale, tl.float16)
+        return tl.inline_asm_elementwise("{ .reg .b32 t; cvt.rn.f16x2.f32 t, $2, $1; mul.rn.f16x2 $0, t, $3; }",
+                                         "=r,r,r,r", [b_s, c16], dtype=tl.float16, is_pure=True, pack=2)
+    return b_s.to(tl.float16) * tl.cast(qk_scale, tl.float16)
+
+
+@triton.jit
+def _fmax(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _row_max16(b_s, BLOCK_N: tl.constexpr):
+    """Row maximum of fp16 scores [BM, BN], in fp32. The MMA layouts give a thread columns 8k + 2t + p
+    (t: its lane in the row's quad): the maximum over k runs on packed fp16 pairs, then over p, then
+    across the lanes in fp32 (exact: a maximum does not round)."""
+    x = tl.reduce(b_s.reshape(b_s.shape[0], BLOCK_N // 8, 4, 2), 1, _fmax)
+    return tl.max(tl.reduce(x, 2, _fmax).to(tl.float32), 1)
+
+
+@triton.jit
+def _lane_sums(b_e, BLOCK_N: tl.constexpr):
+    """[BM, 4] sums of fp32 [BM, BN] over columns 8k + 2t + p for each t: in the MMA layouts, each lane's
+    own columns (no shuffle; the lanes' sums are added once, after the key loop)."""
+    return tl.sum(tl.sum(b_e.reshape(b_e.shape[0], BLOCK_N // 8, 4, 2), 3), 1)
 
 
 @triton.jit
@@ -694,7 +739,7 @@ def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources:
     quantisation scales (DEQ1, QS1, DEQ2, QS2, QO2) and the fused-operator inputs (QPAD, KVPAD, TABLE, KP,
     VP, QR, KR, KSC, KOF, VSC, VOF), Q standing in for absent ones, then the scale, strides and sizes of ``cfg``,
     the mask summary (``summary``: its scratch when ``cfg.summary``), then its constexprs and those derived
-    at launch (USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY)."""
+    at launch (USE_TMA, PAGE_TILES, SCALE_POS, MASK_SUMMARY, PTX)."""
     def padded(group: tuple, size: int) -> tuple:
         return tuple(tensors[0] if t is None else t for t in group) + (tensors[0],) * (size - len(group))
 
@@ -708,6 +753,7 @@ def kernel_args(cfg: PrefillConfig, tensors: tuple, scales: tuple = (), sources:
     args["USE_TMA"] = cfg.tma and (arch is None or arch >= 90) and all(t.data_ptr() % 16 == 0 for t in tensors[:3])
     args["PAGE_TILES"] = bool(args["IS_PAGED"]) and cfg.sizes[5] % args["BLOCK_N"] == 0
     args["SCALE_POS"] = cfg.sm_scale >= 0
+    args["PTX"] = arch is not None                       # inline PTX: compiled for a GPU
     sc = cfg.summary
     args.update(SUMMARY=tensors[0] if sc is None else summary, stride_ub=0 if sc is None else sc.batch_stride,
                 SUMMARY_COLS=0 if sc is None else sc.col_tiles, MASK_SUMMARY=sc is not None)
