@@ -36,7 +36,7 @@ FILL is kept as is, and the row maximum is turned back to natural log for ``soft
 fp16 tolerance): scores rounded to fp16 after Q·Kᵀ and after the fp16 scale, P = fp16(exp(fp16(s - m))),
 P·V rounded to fp16 and the accumulator kept in fp16 (updated in fp16 arithmetic with the rescale factor
 rounded to fp16), l the fp32 sum of the exp values before they are rounded, out = acc / fp16(l); exp is
-``tl.exp``, as torch's in the interpreter (an exp2 would differ from the reference there by an ulp). QUANT_MODE=1 is the int8
+exp2 of the fp32 difference times log2(e), as the CPU execution path computes it. QUANT_MODE=1 is the int8
 full-quantisation pipeline (spec ops §2.4): int8 Q·Kᵀ into int32, dequant with the FP19 ``deq_scale1``
 to fp16, scale and pse in fp16, P = fp16(exp(fp16(s - m))) quantised to int8 with ``quant_scale1``
 (AscendQuant), int8 P·V into int32, dequant with ``deq_scale2`` to fp16, accumulation in fp32, division
