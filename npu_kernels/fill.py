@@ -51,10 +51,17 @@ def filler(template: list, direct: list, computed: list, blocks: list, pointer, 
     return _define("fill", f"def fill(a, b):\n{''.join(lines)}    return {_tuple(parts)}, {aligned}\n", namespace)
 
 
-def aligned_check(positions: tuple, alignment: int):
-    """``check(args)``: every ``args[i]`` of ``positions`` has an ``alignment``-byte aligned address."""
-    test = " or ".join(f"a[{i}].data_ptr() % {alignment}" for i in positions) or "0"
-    return _define("check", f"def check(a):\n    return not ({test})\n", {})
+def alignment_check(items: list, alignment: int):
+    """``check(args)``: for every ``(i, offset, aligned)`` of ``items``, whether the address of ``args[i]``
+    plus ``offset`` bytes is ``alignment``-byte aligned is ``aligned``."""
+    namespace, terms = {}, []
+    for k, (i, offset, aligned) in enumerate(items):
+        address = f"a[{i}].data_ptr()"
+        if offset:
+            namespace[f"o{k}"] = offset
+            address = f"({address} + o{k})"
+        terms.append(f"{address} % {alignment} {'==' if aligned else '!='} 0")
+    return _define("check", f"def check(a):\n    return {' and '.join(terms) or 'True'}\n", namespace)
 
 
 def picker(names: tuple, given) -> object:

@@ -26,7 +26,7 @@ import torch
 from . import caches, launcher, tasks
 from .checks import extent
 from .env import check_block_table
-from .fill import aligned_check, filler
+from .fill import alignment_check, filler
 
 MAX_PLANS = 4096
 
@@ -165,7 +165,7 @@ class Traced:
     launch whose arguments depend on an operand's address alignment is traced for the alignment seen; a
     call whose operands align otherwise launches untraced."""
 
-    __slots__ = ("launches", "launch", "views", "aligned", "pointers_aligned", "fast")
+    __slots__ = ("launches", "launch", "views", "traced_alignment", "pointers_aligned", "fast")
 
     def __init__(self, launch, operands: tuple, views: tuple):
         """``launch(operands, block)`` issues the launches through ``launcher.run`` (traced, not run);
@@ -180,7 +180,10 @@ class Traced:
         finally:
             launcher.set_recorder(previous)
         self.launch, self.views = launch, views
-        self.aligned = tuple((views[i], operands[i].data_ptr() % launcher.ALIGNMENT == 0) for i in sorted(addressed))
+        # the operands whose address the launches read keep the alignment they were traced with
+        self.traced_alignment = alignment_check(
+            [(views[i].arg, 0 if views[i].same else views[i].offset * views[i].dtype.itemsize,
+              operands[i].data_ptr() % launcher.ALIGNMENT == 0) for i in sorted(addressed)], launcher.ALIGNMENT)
         self.launches, pointer_args = [], set()
         for kernel, grid, args, options in recorded:
             if any(hasattr(a, "data_ptr") and not isinstance(a, _Slot) for a in args):
@@ -199,17 +202,15 @@ class Traced:
             self.launches.append((launcher.Launch(kernel, grid, options), fill))
             pointer_args.update(i for _, i in direct)
         # every pointer a launch takes is a call argument (``direct``), a ``Pointer`` into one, or the block
-        self.pointers_aligned = aligned_check(tuple(sorted(pointer_args)), launcher.ALIGNMENT)
+        self.pointers_aligned = alignment_check([(i, 0, True) for i in sorted(pointer_args)], launcher.ALIGNMENT)
         self.fast = False         # every launch keeps its kernel for aligned pointers
 
     def __call__(self, args: tuple, block) -> None:
-        align = launcher.ALIGNMENT
-        for view, aligned in self.aligned:
-            if (view.operand(args).data_ptr() % align == 0) != aligned:
-                self.launch(tuple(None if v is None else v.operand(args) for v in self.views), block)
-                return
+        if not self.traced_alignment(args):
+            self.launch(tuple(None if v is None else v.operand(args) for v in self.views), block)
+            return
         # aligned pointers launch the kept kernels without each launch checking its own
-        fast = self.fast and block.data_ptr() % align == 0 and not launcher.recording() and \
+        fast = self.fast and block.data_ptr() % launcher.ALIGNMENT == 0 and not launcher.recording() and \
             self.pointers_aligned(args)
         for launch, fill in self.launches:
             values, aligned = fill(args, block)

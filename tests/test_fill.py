@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npu_kernels.fill import aligned_check, filler
+from npu_kernels.fill import alignment_check, filler
 from npu_kernels.plans import Pointer, View
 
 
@@ -47,9 +47,39 @@ def test_filler_matches_filling_one_by_one(launch):
     assert aligned == all(view.operand(args).ptr % 16 == 0 for _, view in computed)
 
 
-def test_aligned_check():
+def test_alignment_check():
     t = torch.zeros(64, dtype=torch.float16)
-    args = (t, t[1:], t[8:])
-    assert aligned_check((0, 2), 16)(args)
-    assert not aligned_check((0, 1), 16)(args)
-    assert aligned_check((), 16)(args)
+    args = (t, t[1:], t[8:])                   # aligned, off by 2 bytes, aligned
+    assert alignment_check([(0, 0, True), (2, 0, True)], 16)(args)
+    assert not alignment_check([(0, 0, True), (1, 0, True)], 16)(args)
+    assert alignment_check([(1, 0, False), (1, 14, True), (0, 2, False)], 16)(args)
+    assert not alignment_check([(1, 14, False)], 16)(args)
+    assert alignment_check([], 16)(args)
+
+
+def test_traced_launch_is_traced_again_for_another_alignment():
+    """A launch that read an operand's address runs its traced arguments while that operand keeps the
+    alignment it was traced with; at another alignment the launch is built again."""
+    from npu_kernels import launcher
+    from npu_kernels.plans import Traced
+
+    buf = torch.zeros(64, dtype=torch.float16)
+    aligned, misaligned = buf[8:24], buf[1:17]
+    block = torch.zeros(4, dtype=torch.int32)
+    built = []
+
+    def launch(ops, blk):
+        built.append(ops[0].data_ptr() % 16 == 0)           # reads the address
+        launcher.run("kernel", (1,), (ops[0], blk, 7), num_warps=4, num_stages=1)
+
+    traced = Traced(launch, (aligned,), (View(0, torch.float16, (16,), (1,), 0, True),))
+    seen = []
+    previous = launcher.set_recorder(lambda kernel, grid, args, options: seen.append(args))
+    try:
+        traced((aligned,), block)
+        traced((buf[0:16],), block)                           # another aligned address: the traced arguments
+        assert built == [True] and seen[0] == (aligned, block, 7) and seen[1][0] is not aligned
+        traced((misaligned,), block)
+        assert built == [True, False] and seen[2][0] is misaligned
+    finally:
+        launcher.set_recorder(previous)
