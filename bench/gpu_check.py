@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = ("tests/test_kernels_prefill.py", "tests/test_kernels_decode.py", "tests/test_prompt.py",
               "tests/test_incre.py", "tests/test_fused.py", "tests/test_prompt_int8.py", "tests/test_quant.py",
-              "tests/runtime")
+              "tests/test_mask_summary.py", "tests/runtime")
 CASES = ("prefill", "decode", "paged", "graph")
 BUDGET_S = {"tests": 240, "sanitizer": 35, "bench": 60}      # 240 + 4 * 35 + 60 = 440 s
 
