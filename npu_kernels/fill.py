@@ -64,8 +64,15 @@ def alignment_check(items: list, alignment: int):
     return _define("check", f"def check(a):\n    return {' and '.join(terms) or 'True'}\n", namespace)
 
 
-def picker(names: tuple, given) -> object:
-    """``pick(kwargs)``: the tuple of ``kwargs[name]`` for each of ``names``, None for those not in ``given``
-    (the keyword arguments of a cached call's signature: a call with that signature gives exactly those)."""
-    items = [f"k[{name!r}]" if name in given else "None" for name in names]
-    return _define("pick", f"def pick(k):\n    return {_tuple(items)}\n", {})
+def picker(names: tuple, given, defaults: tuple = ()) -> object:
+    """``pick(kwargs)``: the tuple of ``kwargs[name]`` for each of ``names``, for those not in ``given`` their
+    ``defaults`` (None without) (``given``: the keyword arguments of a cached call's signature, which a
+    call with that signature gives exactly)."""
+    namespace, items = {}, []
+    for i, name in enumerate(names):
+        if name in given:
+            items.append(f"k[{name!r}]")
+        else:
+            namespace[f"d{i}"] = defaults[i] if defaults else None
+            items.append(f"d{i}")
+    return _define("pick", f"def pick(k):\n    return {_tuple(items)}\n", namespace)

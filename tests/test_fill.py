@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npu_kernels.fill import alignment_check, filler
+from npu_kernels.fill import alignment_check, filler, picker
 from npu_kernels.plans import Pointer, View
 
 
@@ -83,3 +83,10 @@ def test_traced_launch_is_traced_again_for_another_alignment():
         assert built == [True, False] and seen[2][0] is misaligned
     finally:
         launcher.set_recorder(previous)
+
+
+def test_picker_takes_the_given_names_and_defaults_the_others():
+    kwargs = {"b": [1, 2], "d": None}
+    assert picker(("a", "b", "c", "d"), kwargs)(kwargs) == (None, [1, 2], None, None)
+    assert picker(("a", "b", "c", "d"), kwargs, (5, 6, 7, 8))(kwargs) == (5, [1, 2], 7, None)
+    assert picker((), kwargs)(kwargs) == ()

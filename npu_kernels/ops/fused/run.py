@@ -20,14 +20,17 @@ from .prefill_path import kv_view, token_rows
 
 class Planned:
     """A fused call planned for its signature: the validated call without batches, the kernel call
-    prepared for it, the 4-byte words of scratch it needs (``_scratch_words``), ``pick`` (``fill.picker``:
-    the call's tensor arguments) and, on the prefill kernel, the (token tiles, BLOCK_M) its parameter block
-    is packed with."""
+    prepared for it, the 4-byte words of scratch it needs (``_scratch_words``), ``pick`` and ``dynamic``
+    (``fill.picker``s: the call's tensor arguments, its per-call values) and, on the prefill kernel, the
+    (token tiles, BLOCK_M) its parameter block is packed with."""
 
-    __slots__ = ("call", "prepared", "scratch", "pick", "recent", "tiling")
+    __slots__ = ("call", "prepared", "scratch", "pick", "dynamic", "recent", "tiling")
 
-    def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int, pick):
-        self.call, self.prepared, self.scratch, self.pick = call, prepared, scratch, pick
+    def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int, kwargs: dict):
+        """``kwargs``: the call's keyword arguments (those its signature holds)."""
+        self.call, self.prepared, self.scratch = call, prepared, scratch
+        self.pick = fill.picker(TENSOR_ARGS, kwargs)
+        self.dynamic = fill.picker(_DYNAMIC, kwargs, _DYNAMIC_DEFAULTS)     # the per-call values, defaults filled
         self.recent = plans.Recent()
         if call.incre is None:
             meta = dict(prepared.static.meta)
@@ -88,7 +91,7 @@ def _prepare(call: FusedCall, args: tuple, out: torch.Tensor, lse: torch.Tensor,
 def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
     """The parameter block of this call's per-call integers, validated (``kwargs`` as given: a plan's
     signature holds the names given, so none is unknown)."""
-    dynamic = tuple(map(kwargs.get, _DYNAMIC, _DYNAMIC_DEFAULTS))
+    dynamic = planned.dynamic(kwargs)
     if planned.call.incre is not None:
         return planned.recent.block(dynamic, lambda: incre.pack(*per_batch(planned.call, with_defaults(kwargs))))
     return planned.recent.block(dynamic, lambda: prompt.pack(*per_batch(planned.call, with_defaults(kwargs)),
@@ -130,7 +133,7 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
         prepared, block = _prepare(call, full, out, lse, scratch)
         block_buffer = workspace.block(scratch_words, ws, block.numel()) if ws is not None else None
         if prepared.cacheable:
-            planned = Planned(_without_batches(call), prepared, scratch_words, fill.picker(TENSOR_ARGS, kwargs))
+            planned = Planned(_without_batches(call), prepared, scratch_words, kwargs)
             _plans.put(key_, planned)
     else:
         call, prepared = planned.call, planned.prepared
