@@ -34,7 +34,7 @@ def filler(template: list, direct: list, computed: list, blocks: list, pointer, 
     for pos, i in direct:
         items[pos] = f"a[{i}]"
     for k, (pos, view) in enumerate(computed):
-        namespace[f"d{k}"], namespace[f"o{k}"] = view.dtype, view.offset * view.dtype.itemsize
+        namespace[f"d{k}"], namespace[f"o{k}"] = view.dtype, view.byte_offset
         lines.append(f"    p{k} = P(a[{view.arg}].data_ptr() + o{k}, d{k})\n")
         items[pos] = f"p{k}"
     for pos in blocks:

@@ -23,10 +23,9 @@ from typing import Optional
 
 import torch
 
-from . import caches, launcher, tasks
+from . import caches, fill, launcher, tasks
 from .checks import extent
 from .env import check_block_table
-from .fill import alignment_check, filler
 
 MAX_PLANS = 4096
 
@@ -52,11 +51,16 @@ class View:
         self.arg, self.dtype, self.size, self.stride, self.offset = arg, dtype, size, stride, offset
         self.same = same          # starts at the argument's address, with its dtype
 
+    @property
+    def byte_offset(self) -> int:
+        """Bytes from the argument's address to the view's (0 for a ``same`` view)."""
+        return self.offset * self.dtype.itemsize
+
     def operand(self, args: tuple):
         a = args[self.arg]
         if self.same:
             return a
-        return Pointer(a.data_ptr() + self.offset * self.dtype.itemsize, self.dtype)
+        return Pointer(a.data_ptr() + self.byte_offset, self.dtype)
 
     def tensor(self, args: tuple) -> torch.Tensor:
         a = args[self.arg]
@@ -181,9 +185,9 @@ class Traced:
             launcher.set_recorder(previous)
         self.launch, self.views = launch, views
         # the operands whose address the launches read keep the alignment they were traced with
-        self.traced_alignment = alignment_check(
-            [(views[i].arg, 0 if views[i].same else views[i].offset * views[i].dtype.itemsize,
-              operands[i].data_ptr() % launcher.ALIGNMENT == 0) for i in sorted(addressed)], launcher.ALIGNMENT)
+        self.traced_alignment = fill.alignment_check(
+            [(views[i].arg, views[i].byte_offset, operands[i].data_ptr() % launcher.ALIGNMENT == 0)
+             for i in sorted(addressed)], launcher.ALIGNMENT)
         self.launches, pointer_args = [], set()
         for kernel, grid, args, options in recorded:
             if any(hasattr(a, "data_ptr") and not isinstance(a, _Slot) for a in args):
@@ -198,11 +202,11 @@ class Traced:
                         direct.append((pos, view.arg))
                     else:
                         computed.append((pos, view))
-            fill = filler(list(args), direct, computed, blocks, Pointer, launcher.ALIGNMENT)
-            self.launches.append((launcher.Launch(kernel, grid, options), fill))
+            fill_args = fill.filler(list(args), direct, computed, blocks, Pointer, launcher.ALIGNMENT)
+            self.launches.append((launcher.Launch(kernel, grid, options), fill_args))
             pointer_args.update(i for _, i in direct)
         # every pointer a launch takes is a call argument (``direct``), a ``Pointer`` into one, or the block
-        self.pointers_aligned = alignment_check([(i, 0, True) for i in sorted(pointer_args)], launcher.ALIGNMENT)
+        self.pointers_aligned = fill.alignment_check([(i, 0, True) for i in sorted(pointer_args)], launcher.ALIGNMENT)
         self.fast = False         # every launch keeps its kernel for aligned pointers
 
     def __call__(self, args: tuple, block) -> None:
@@ -212,8 +216,8 @@ class Traced:
         # aligned pointers launch the kept kernels without each launch checking its own
         fast = self.fast and block.data_ptr() % launcher.ALIGNMENT == 0 and not launcher.recording() and \
             self.pointers_aligned(args)
-        for launch, fill in self.launches:
-            values, aligned = fill(args, block)
+        for launch, fill_args in self.launches:
+            values, aligned = fill_args(args, block)
             if fast and aligned:
                 launch.aligned(values)
             else:
@@ -261,6 +265,23 @@ class Prepared:
 
     def check_blocks(self, block, call) -> None:
         """The block ids a paged ``call`` reads (``checks.block_table_ids``); nothing to check otherwise."""
+
+
+class Entry:
+    """What an operator's plan cache holds for a signature: the ``prepared`` kernel call, the validated
+    ``call`` (its per-call lists recomputed by every call), the output's ``shape`` and ``dtype``, the last
+    per-call values' block (``recent``), and ``fill.picker``s of the call's tensor arguments (``pick``) and
+    of its per-call values, defaults filled in (``dynamic``)."""
+
+    __slots__ = ("prepared", "call", "shape", "dtype", "recent", "pick", "dynamic")
+
+    def __init__(self, prepared: "Prepared", call, out: torch.Tensor, kwargs: dict, tensor_names: tuple,
+                 dynamic_names: tuple, dynamic_defaults: tuple):
+        """``kwargs``: the call's keyword arguments (those its signature holds)."""
+        self.prepared, self.call, self.shape, self.dtype = prepared, call, out.shape, out.dtype
+        self.recent = Recent()
+        self.pick = fill.picker(tensor_names, kwargs)
+        self.dynamic = fill.picker(dynamic_names, kwargs, dynamic_defaults)
 
 
 class Recent:
@@ -404,10 +425,8 @@ _NONE = itertools.repeat(None)
 
 
 def _view(t) -> Optional[tuple]:
-    """How a plain tensor views memory (address, sizes, strides, dtype, device index); None for others."""
-    if type(t) is not torch.Tensor:
-        return None
-    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.get_device()
+    """How a plain tensor views memory (address and ``meta``); None for others."""
+    return (t.data_ptr(), *meta(t)) if type(t) is torch.Tensor else None
 
 
 def _getter(keys: list):

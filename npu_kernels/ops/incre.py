@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from einops import rearrange
 
-from .. import alloc, checks, fill, params, plans, quant, tasks
+from .. import alloc, checks, params, plans, quant, tasks
 from ..device import execution
 from ..errors import require
 from ..kernels import decode
@@ -367,7 +367,8 @@ def output(call: IncreCall) -> torch.Tensor:
 
 
 _plans = plans.Cache()
-_PER_CALL = frozenset({"actual_seq_lengths"})     # per-call integers: the kv lengths (whether given is static)
+_LENGTHS = ("actual_seq_lengths",)
+_PER_CALL = frozenset(_LENGTHS)     # per-call integers: the kv lengths (whether given is static)
 
 
 def npu_incre_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
@@ -381,15 +382,14 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
     A repeated signature validates and packs only the kv lengths; so does a task update that matches its
     captured call (``plans.captured``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, _PER_CALL)
-    lengths = kwargs.get("actual_seq_lengths")
     qkv = (query, key, value)
     if tasks.captured is not None:
         found = plans.captured(OP, qkv, kwargs)
         if found is not None:
             cap, copies = found
-            _, call, shape, dtype, recent, _ = cap.given.plan
-            cap.rewrite(_block(call, recent, lengths), copies)
-            return alloc.empty(shape, dtype, query.device)
+            hit = cap.given.plan
+            cap.rewrite(_block(hit, kwargs), copies)
+            return alloc.empty(hit.shape, hit.dtype, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
@@ -402,23 +402,25 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
         ops = operands(call, as_bnsd(out, call.layout.out, call.heads.N), None, *scratch(pl.static, ws))
         p = Prepared(call, pl.static, ops, False, (*args, out, ws), execution(out.device))
         if p.cacheable:
-            hit = (p, call, out.shape, out.dtype, plans.Recent(), fill.picker(TENSOR_ARGS[3:], kwargs))
+            hit = plans.Entry(p, call, out, kwargs, TENSOR_ARGS[3:], _LENGTHS, (None,))
             _plans.put(key_, hit)
         block = pl.params
     else:
-        p, call, shape, dtype, recent, pick = hit
-        args = (*qkv, *pick(kwargs))
-        out = alloc.empty(shape, dtype, query.device)
+        p = hit.prepared
+        args = (*qkv, *hit.pick(kwargs))
+        out = alloc.empty(hit.shape, hit.dtype, query.device)
         ws = alloc.empty((sum(p.static.workspace),), torch.float32, out.device)
-        block = _block(call, recent, lengths)
+        block = _block(hit, kwargs)
     if out.numel():
         tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, ws), roles=_ROLES,
                                 given=hit and (plans.Given, hit, qkv, kwargs, _PER_CALL)))
     return out
 
 
-def _block(call: IncreCall, recent: plans.Recent, lengths) -> torch.Tensor:
-    return recent.block((lengths,), lambda: pack(per_batch(call, lengths)))
+def _block(hit: plans.Entry, kwargs: dict) -> torch.Tensor:
+    """The parameter block of a cached call (``hit``: the plan cache's entry): its kv lengths."""
+    lengths = hit.dynamic(kwargs)
+    return hit.recent.block(lengths, lambda: pack(per_batch(hit.call, *lengths)))
 
 
 _ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .. import alloc, checks, fill, masks, params, plans, quant, tasks
+from .. import alloc, checks, masks, params, plans, quant, tasks
 from ..device import execution
 from ..errors import require
 from ..kernels import mask_summary, prefill
@@ -389,7 +389,7 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
             cap, copies = found
             hit = cap.given.plan
             cap.rewrite(_block(hit, kwargs), copies)
-            return alloc.empty(hit[2], hit[3], query.device)
+            return alloc.empty(hit.shape, hit.dtype, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
@@ -401,13 +401,13 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
         summary = summary_scratch(pl.static, out.device)
         p = Prepared(call, pl.static, out_view(call, out), None, (*args, out, summary), execution(out.device), summary)
         if p.cacheable:
-            hit = (p, call, out.shape, out.dtype, plans.Recent(), fill.picker(TENSOR_ARGS[3:], kwargs))
+            hit = plans.Entry(p, call, out, kwargs, TENSOR_ARGS[3:], DYNAMIC_ARGS, _DYNAMIC_DEFAULTS)
             _plans.put(key_, hit)
         block = pl.params
     else:
-        p = hit[0]
-        args = (*qkv, *hit[5](kwargs))
-        out = alloc.empty(hit[2], hit[3], query.device)
+        p = hit.prepared
+        args = (*qkv, *hit.pick(kwargs))
+        out = alloc.empty(hit.shape, hit.dtype, query.device)
         summary = summary_scratch(p.static, out.device)
         block = _block(hit, kwargs)
     if out.numel():
@@ -416,11 +416,10 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
     return out
 
 
-def _block(hit: tuple, kwargs: dict) -> torch.Tensor:
+def _block(hit: plans.Entry, kwargs: dict) -> torch.Tensor:
     """The parameter block of a cached call (``hit``: the plan cache's entry)."""
-    call, recent = hit[1], hit[4]
-    dynamic = tuple(map(kwargs.get, DYNAMIC_ARGS, _DYNAMIC_DEFAULTS))
-    return recent.block(dynamic, lambda: pack(*per_batch(call, *dynamic)))
+    dynamic = hit.dynamic(kwargs)
+    return hit.recent.block(dynamic, lambda: pack(*per_batch(hit.call, *dynamic)))
 
 
 _ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2          # out, mask summary scratch

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ... import alloc, checks, fill, plans, tasks
+from ... import alloc, checks, plans, tasks
 from ...device import execution
 from ...errors import require
 from ...layouts import FUSED_LAYOUTS, TOKEN_LAYOUTS, Layout, as_bnsd, bnsd_shape, out_shape
@@ -18,20 +18,17 @@ from .call import DEFAULTS, LIST_ARGS, OP, TENSOR_ARGS, FusedCall, per_batch, va
 from .prefill_path import kv_view, token_rows
 
 
-class Planned:
-    """A fused call planned for its signature: the validated call without batches, the kernel call
-    prepared for it, the 4-byte words of scratch it needs (``_scratch_words``), ``pick`` and ``dynamic``
-    (``fill.picker``s: the call's tensor arguments, its per-call values) and, on the prefill kernel, the
-    (token tiles, BLOCK_M) its parameter block is packed with."""
+class Planned(plans.Entry):
+    """A fused call planned for its signature (``plans.Entry``, its call without batches), with the 4-byte
+    words of scratch it needs (``_scratch_words``) and, on the prefill kernel, the (token tiles, BLOCK_M)
+    its parameter block is packed with."""
 
-    __slots__ = ("call", "prepared", "scratch", "pick", "dynamic", "recent", "tiling")
+    __slots__ = ("scratch", "tiling")
 
-    def __init__(self, call: FusedCall, prepared: plans.Prepared, scratch: int, kwargs: dict):
+    def __init__(self, call: FusedCall, prepared: plans.Prepared, out: torch.Tensor, scratch: int, kwargs: dict):
         """``kwargs``: the call's keyword arguments (those its signature holds)."""
-        self.call, self.prepared, self.scratch = call, prepared, scratch
-        self.pick = fill.picker(TENSOR_ARGS, kwargs)
-        self.dynamic = fill.picker(_DYNAMIC, kwargs, _DYNAMIC_DEFAULTS)     # the per-call values, defaults filled
-        self.recent = plans.Recent()
+        super().__init__(prepared, call, out, kwargs, TENSOR_ARGS, _DYNAMIC, _DYNAMIC_DEFAULTS)
+        self.scratch = scratch
         if call.incre is None:
             meta = dict(prepared.static.meta)
             self.tiling = (prepared.static.grid[0] if meta["TOKEN_GRID"] else 0, meta["BLOCK_M"])
@@ -133,7 +130,7 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
         prepared, block = _prepare(call, full, out, lse, scratch)
         block_buffer = workspace.block(scratch_words, ws, block.numel()) if ws is not None else None
         if prepared.cacheable:
-            planned = Planned(_without_batches(call), prepared, scratch_words, kwargs)
+            planned = Planned(_without_batches(call), prepared, out, scratch_words, kwargs)
             _plans.put(key_, planned)
     else:
         call, prepared = planned.call, planned.prepared
