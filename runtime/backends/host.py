@@ -96,15 +96,6 @@ class _Direct:
         _thread.executing = self.previous
 
 
-def _modes_see_calls() -> bool:
-    """A torch function mode, or a dispatch mode not disabled, would see this thread's tensor calls."""
-    return torch._C._is_torch_function_mode_enabled() or bool(
-        torch._C._len_torch_dispatch_stack() and not torch._C._dispatch_tls_is_dispatch_key_excluded(_PYTHON))
-
-
-_PYTHON = torch._C.DispatchKey.Python
-
-
 class Wait:
     """A thunk that blocks its stream until ``ready()``; ``describe()`` says what it waits for."""
 
@@ -639,10 +630,7 @@ class HostBackend(interface.Backend):
         def write(pairs: list, stream) -> None:
             blocks, params = [b for b, _ in pairs], [p for _, p in pairs]
             if stream.lane is None and not stream.queue:
-                if _modes_see_calls():
-                    with _sched.direct():
-                        torch._foreach_copy_(blocks, params)
-                else:                              # past the modes
+                with _sched.direct():
                     torch._foreach_copy_(blocks, params)
                 return
             _sched.issue(stream, lambda: torch._foreach_copy_(blocks, params))
