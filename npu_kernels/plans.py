@@ -439,15 +439,20 @@ def _getter(keys: list):
     return lambda values: ()
 
 
-def captured(op: str, args: tuple, kwargs: dict, extra: tuple = ()) -> Optional[tuple]:
-    """In task-update mode (``tasks.captured`` set), the next captured task (``tasks.Captured``) and the
-    inputs to copy into it when this call matches its ``given`` one (``Given.match``); else None: the call
-    is planned and submitted."""
+def rewritten(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> Optional[Entry]:
+    """In task-update mode (``tasks.captured`` set), when this call matches the ``given`` one of the next
+    captured task (``Given.match``): its parameter block ``block(entry, kwargs)`` and the inputs to copy
+    written into that task (``tasks.Captured.rewrite``), and the task's plan-cache entry returned; else
+    None: the call is planned and submitted."""
     cap = tasks.captured(op)
     if cap is None:
         return None
     copies = cap.given.match(args, kwargs, extra)
-    return None if copies is None else (cap, copies)
+    if copies is None:
+        return None
+    entry = cap.given.plan
+    cap.rewrite(block(entry, kwargs), copies)
+    return entry
 
 
 class Cache:

@@ -375,7 +375,7 @@ def npu_prompt_flash_attention(query, key, value, **kwargs) -> torch.Tensor:
 def entry(query, key, value, kwargs: dict) -> torch.Tensor:
     """The eager implementation, its keyword arguments a dict it may keep (the entry points pass theirs).
     A repeated signature validates and packs only the per-call integers; so does a task update that
-    matches its captured call (``plans.captured``), which plans and submits nothing."""
+    matches its captured call (``plans.rewritten``), which plans and submits nothing."""
     kwargs = checks.host_lists(kwargs, _LISTS)
     if kwargs.get("input_layout") == "TND":
         from . import fused
@@ -384,11 +384,8 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
                                                                                           kwargs))[0]
     qkv = (query, key, value)
     if tasks.captured is not None:
-        found = plans.captured(OP, qkv, kwargs)
-        if found is not None:
-            cap, copies = found
-            hit = cap.given.plan
-            cap.rewrite(_block(hit, kwargs), copies)
+        hit = plans.rewritten(OP, qkv, kwargs, _block)
+        if hit is not None:
             return alloc.empty(hit.shape, hit.dtype, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))

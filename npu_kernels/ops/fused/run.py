@@ -98,16 +98,13 @@ def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
 def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
     caller's workspace ``ws`` (``.out``; else scratch of its own); a task update that matches its captured
-    call (``plans.captured``) only rewrites its block. Returns (attention_out, softmax_lse). ``kwargs``: a
+    call (``plans.rewritten``) only rewrites its block. Returns (attention_out, softmax_lse). ``kwargs``: a
     dict it may keep (the entry points pass theirs)."""
     kwargs = checks.host_lists(kwargs, _LISTS)
     extra = _extra(query, kwargs)
     if tasks.captured is not None:
-        found = plans.captured(OP, _given_args(query, key, value, outs, ws), kwargs, extra)
-        if found is not None:
-            cap, copies = found
-            planned = cap.given.plan
-            cap.rewrite(_block(planned, kwargs), copies)
+        planned = plans.rewritten(OP, _given_args(query, key, value, outs, ws), kwargs, _block, extra)
+        if planned is not None:
             return outs if outs is not None else outputs(planned.call)
     sig = plans.signature(query, key, value, kwargs, _PER_CALL)
     sig += extra
