@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from . import tasks
 from .ops import fused, incre, prompt
 
 LIB = torch.library.Library("npu", "FRAGMENT")
@@ -53,11 +54,16 @@ def _direct(query) -> int:
 _stack_depth, _stack_at = torch._C._len_torch_dispatch_stack, torch._C._get_dispatch_stack_at
 
 
-def attention(name: str, entry, doc: str):
+def attention(name: str, entry, update, doc: str):
     """The Python entry point of the attention operator ``torch.ops.npu.<name>``: ``entry(query, key,
-    value, kwargs)`` is its implementation, taking the keyword arguments as the dict made here."""
+    value, kwargs)`` is its implementation, taking the keyword arguments as the dict made here;
+    ``update(query, key, value, kwargs)`` its task-update fast path (None: not taken)."""
     def call(query, key, value, **kwargs):
         direct = _direct(query)
+        if direct and tasks.captured is not None:
+            out = update(query, key, value, kwargs)
+            if out is not None:
+                return out
         if direct == 1:
             return entry(query, key, value, kwargs)
         if direct:                      # a transparent mode is on the stack: run past it
@@ -87,7 +93,7 @@ def public(name: str, impl, doc: str):
 
 
 define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention, prompt.fake)
-npu_prompt_flash_attention = attention("npu_prompt_flash_attention", prompt.entry,
+npu_prompt_flash_attention = attention("npu_prompt_flash_attention", prompt.entry, prompt.update,
                                        "torch_npu.npu_prompt_flash_attention (spec ops §2).")
 
 
@@ -102,7 +108,7 @@ INCRE_SCHEMA = (
 )
 define(INCRE_SCHEMA, incre.npu_incre_flash_attention,
        lambda query, key, value, **kw: incre.output(incre.validate(query, key, value, **kw)))
-npu_incre_flash_attention = attention("npu_incre_flash_attention", incre.entry,
+npu_incre_flash_attention = attention("npu_incre_flash_attention", incre.entry, incre.update,
                                       "torch_npu.npu_incre_flash_attention (spec ops §3).")
 
 
@@ -167,6 +173,10 @@ class FusedInferAttentionScore:
 
     def __call__(self, query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         direct = _direct(query)
+        if direct and tasks.captured is not None:
+            outs = fused.update(query, key, value, kwargs, None, None)
+            if outs is not None:
+                return outs
         if direct == 1:
             return fused.submit(query, key, value, kwargs, None, None)
         if direct:
@@ -177,6 +187,10 @@ class FusedInferAttentionScore:
     def out(self, query, key, value, *, out, workspace=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         attention_out, softmax_lse = out
         direct = _direct(query)
+        if direct and tasks.captured is not None:
+            outs = fused.update(query, key, value, kwargs, (attention_out, softmax_lse), workspace)
+            if outs is not None:
+                return outs
         if direct == 1:
             return fused.submit(query, key, value, kwargs, (attention_out, softmax_lse), workspace)
         if direct:

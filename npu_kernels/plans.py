@@ -286,21 +286,29 @@ class Entry:
 
 class Recent:
     """The last per-call integers a plan saw and their parameter block: the layers of one step call an
-    operator with the same values, and the validated block is a function of them (ints compared with
-    their types, so that a value that would fail validation never matches)."""
+    operator with the same values, and the validated block is a function of them. Values match the last
+    ones when they are the same objects (e.g. one list passed to every layer) with the content validated
+    then, or plain values (``_plain``: ints compared with their types, so that a value that would fail
+    validation never matches) equal to them."""
 
     __slots__ = ("last",)
 
     def __init__(self):
-        self.last = (None, None)
+        self.last = ((), None, ())      # a copy of the values, their block, the values as passed
+
+    def get(self, values: tuple) -> Optional[torch.Tensor]:
+        """The last block if ``values`` are the last ones, else None."""
+        copy, block, objects = self.last
+        if all(map(operator.is_, values, objects)) and values == copy:
+            return block
+        return block if _plain(values) and values == copy else None
 
     def block(self, values: tuple, make):
         """``make()`` (validates ``values`` and packs the block) unless ``values`` are the last ones."""
-        last_values, last_block = self.last
-        if values == last_values and _plain(values):
-            return last_block
-        block = make()
-        self.last = (tuple(list(v) if type(v) is list else v for v in values), block)
+        block = self.get(values)
+        if block is None:
+            block = make()
+            self.last = (tuple(list(v) if type(v) is list else v for v in values), block, values)
         return block
 
 
@@ -395,13 +403,9 @@ class Given:
 
     def match(self, args: tuple, kwargs: dict, extra: tuple) -> Optional[tuple]:
         """None, or the (given, new) input tensors to copy (usually none)."""
-        if extra != self.extra:
-            return None
-        values = (*args, *kwargs.values())
-        if tuple(kwargs) == self.order and all(map(operator.is_, self.fixed(values), self.last)) and \
-                None not in self.present(values):
-            return ()                            # the objects of the last match (vLLM's every update)
-        if kwargs.keys() != self.names:
+        if self.same(args, kwargs, extra):
+            return ()
+        if extra != self.extra or kwargs.keys() != self.names:
             return None
         scalars = self.scalars(kwargs)
         if tuple(map(type, scalars)) != self.scalar_types or scalars != self.given_scalars or \
@@ -417,8 +421,14 @@ class Given:
                 return None
             copies.append((given, new))
         if not copies and tuple(kwargs) == self.order:
-            self.last = self.fixed(values)
+            self.last = self.fixed((*args, *kwargs.values()))
         return tuple(copies)
+
+    def same(self, args: tuple, kwargs: dict, extra: tuple) -> bool:
+        """The call passes the objects of the last match (vLLM's every update): it matches, nothing to copy."""
+        values = (*args, *kwargs.values())
+        return extra == self.extra and tuple(kwargs) == self.order and \
+            all(map(operator.is_, self.fixed(values), self.last)) and None not in self.present(values)
 
 
 _NONE = itertools.repeat(None)
@@ -439,20 +449,51 @@ def _getter(keys: list):
     return lambda values: ()
 
 
-def rewritten(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> Optional[Entry]:
+def rewritten(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> Optional[tasks.Captured]:
     """In task-update mode (``tasks.captured`` set), when this call matches the ``given`` one of the next
-    captured task (``Given.match``): its parameter block ``block(entry, kwargs)`` and the inputs to copy
-    written into that task (``tasks.Captured.rewrite``), and the task's plan-cache entry returned; else
-    None: the call is planned and submitted."""
+    captured task (``Given.match``): its parameter block ``block(entry, kwargs)`` (``entry``: the plan-cache
+    entry) and the inputs to copy written into that task (``tasks.Captured.rewrite``), and the task
+    returned; else None: the call is planned and submitted."""
     cap = tasks.captured(op)
     if cap is None:
         return None
     copies = cap.given.match(args, kwargs, extra)
     if copies is None:
         return None
+    cap.rewrite(block(cap.given.plan, kwargs), copies)
+    return cap
+
+
+def updated(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> Optional[tasks.Captured]:
+    """``rewritten`` for a call that passes the objects of the task's last match (``Given.same``) and plain
+    per-call values: the entry points try it in task-update mode before anything else, under the runtime's
+    guard mode (the block is made, when the values are new, with that mode bypassed). None: not taken."""
+    cap = tasks.captured(op)
+    if cap is None or not cap.given.same(args, kwargs, extra):
+        return None
     entry = cap.given.plan
-    cap.rewrite(block(entry, kwargs), copies)
-    return entry
+    values = entry.dynamic(kwargs)
+    params = entry.recent.get(values)
+    if params is None:
+        if not _plain(values):          # e.g. a tensor for a list: the entry's host_lists reads it
+            return None
+        with torch._C._DisableTorchDispatch():
+            params = block(entry, kwargs)
+    cap.rewrite(params)
+    return cap
+
+
+def updater(op: str, block):
+    """``update(query, key, value, kwargs)``: the task-update fast path (``updated``) of a prompt or
+    incremental operator's entry point, returning the task's spare output, or None."""
+    def update(query, key, value, kwargs: dict) -> Optional[torch.Tensor]:
+        cap = updated(op, (query, key, value), kwargs, block)
+        if cap is None:
+            return None
+        if cap.spared is None:
+            cap.spared = cap.spare(cap.given.plan.shape, cap.given.plan.dtype, query.device)
+        return cap.spared
+    return update
 
 
 class Cache:

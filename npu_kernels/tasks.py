@@ -100,10 +100,17 @@ class Captured:
     """The next task to update on the current stream (``captured``): its ``given``, and ``rewrite``."""
 
     given: object
+    spared: object = None      # what the operator's updates of the task return (its spare outputs), once made
 
     def rewrite(self, params: torch.Tensor, copies: tuple = ()) -> None:
         """Write ``params`` into the task's parameter block, copy each (captured, new) input of ``copies``,
         and go on to the next task, as the update of a submitted task with the same plan would."""
+        raise NotImplementedError
+
+    def spare(self, shape, dtype: torch.dtype, device: torch.device, slot: int = 0) -> torch.Tensor:
+        """An uninitialised tensor that the operator returns from an update as its output ``slot``. torch_npu
+        returns new outputs there that no kernel writes; a spare is one per shape, dtype, device and slot
+        for the task group, so that an update allocates nothing. It is no captured tensor."""
         raise NotImplementedError
 
 

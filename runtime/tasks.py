@@ -70,6 +70,14 @@ class _CapturedTask(_tasks.Captured):
         self.launch.run, self.launch.args = run, args
         update.matched += 1
 
+    def spare(self, shape, dtype: torch.dtype, device: torch.device, slot: int = 0) -> torch.Tensor:
+        spares, key = self.group.spares, (shape, dtype, device, slot)
+        out = spares.get(key)
+        if out is None:
+            with backend().direct():
+                out = spares[key] = torch.empty(shape, dtype=dtype, device=device)
+        return out
+
     def same_tensors(self, task: Task) -> bool:
         """``task`` passes the captured tensors themselves (the usual update)."""
         return task.roles == self.task.roles and all(map(operator.is_, self.passed(task.args),
@@ -85,6 +93,7 @@ class _Group:
     updating: object = None            # the stream updating the group, if any
     valid: bool = True                 # False once the graph is reset
     pending: list = field(default_factory=list)   # (block, params) of the update not yet written
+    spares: dict = field(default_factory=dict)    # (shape, dtype, device, slot) -> _CapturedTask.spare
 
     def flush(self) -> None:
         """Write the blocks of the update in progress on its stream, at once: at its end, or before a

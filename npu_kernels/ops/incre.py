@@ -384,9 +384,9 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
     kwargs = checks.host_lists(kwargs, _PER_CALL)
     qkv = (query, key, value)
     if tasks.captured is not None:
-        hit = plans.rewritten(OP, qkv, kwargs, _block)
-        if hit is not None:
-            return alloc.empty(hit.shape, hit.dtype, query.device)
+        cap = plans.rewritten(OP, qkv, kwargs, _block)
+        if cap is not None:
+            return cap.spare(cap.given.plan.shape, cap.given.plan.dtype, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)
@@ -419,5 +419,7 @@ def _block(hit: plans.Entry, kwargs: dict) -> torch.Tensor:
     lengths = hit.dynamic(kwargs)
     return hit.recent.block(lengths, lambda: pack(per_batch(hit.call, *lengths)))
 
+
+update = plans.updater(OP, _block)     # the entry point's task-update fast path
 
 _ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2

@@ -8,7 +8,8 @@ split-KV decode kernels; ``antiquant``: int8 key/value parameters; ``workspace``
 
 from .call import DEFAULTS, OP, FusedCall, validate, with_defaults
 from .run import (get_max_workspace, infer_output, npu_fused_infer_attention_score,
-                  npu_fused_infer_attention_score_out, outputs, submit, workspace_numel)
+                  npu_fused_infer_attention_score_out, outputs, submit, update, workspace_numel)
 
 __all__ = ["DEFAULTS", "OP", "FusedCall", "get_max_workspace", "infer_output", "npu_fused_infer_attention_score",
-           "npu_fused_infer_attention_score_out", "outputs", "submit", "validate", "with_defaults", "workspace_numel"]
+           "npu_fused_infer_attention_score_out", "outputs", "submit", "update", "validate", "with_defaults",
+           "workspace_numel"]

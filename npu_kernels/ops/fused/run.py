@@ -95,6 +95,25 @@ def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
                                                              *planned.tiling))
 
 
+def update(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> Optional[tuple]:
+    """``submit``'s task-update fast path (``plans.updated``), which the entry points try first in
+    task-update mode: (attention_out, softmax_lse), or None."""
+    cap = plans.updated(OP, _given_args(query, key, value, outs, ws), kwargs, _block, _extra(query, kwargs))
+    if cap is None:
+        return None
+    if outs is not None:
+        return outs
+    if cap.spared is None:
+        cap.spared = _spares(cap, query.device)
+    return cap.spared
+
+
+def _spares(cap: tasks.Captured, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs an update returns (``tasks.Captured.spare``)."""
+    call = cap.given.plan.call
+    return cap.spare(call.out_shape, call.out_dtype, device, 0), cap.spare(call.lse_shape, torch.float32, device, 1)
+
+
 def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
     """Plan (or look up) and submit one call writing ``outs`` (``.out``; else new outputs), with the
     caller's workspace ``ws`` (``.out``; else scratch of its own); a task update that matches its captured
@@ -103,9 +122,9 @@ def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
     kwargs = checks.host_lists(kwargs, _LISTS)
     extra = _extra(query, kwargs)
     if tasks.captured is not None:
-        planned = plans.rewritten(OP, _given_args(query, key, value, outs, ws), kwargs, _block, extra)
-        if planned is not None:
-            return outs if outs is not None else outputs(planned.call)
+        cap = plans.rewritten(OP, _given_args(query, key, value, outs, ws), kwargs, _block, extra)
+        if cap is not None:
+            return outs if outs is not None else _spares(cap, query.device)
     sig = plans.signature(query, key, value, kwargs, _PER_CALL)
     sig += extra
     if outs is not None:
