@@ -418,6 +418,14 @@ class HostFlag(interface.Flag):
         _sched.issue(stream, clear)
 
 
+def _copy_pairs(pairs: list) -> None:
+    """Copy each (destination, source) pair."""
+    if len(pairs) == 1:
+        pairs[0][0].copy_(pairs[0][1])
+    else:
+        torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
+
+
 class HostMode(TorchDispatchMode):
     """Intercepts aten calls while the host backend captures, is parked or guards task groups."""
 
@@ -628,12 +636,11 @@ class HostBackend(interface.Backend):
         """Writes new parameter blocks (tasks' own tensors, never written afterwards) on a stream: at once
         when the stream has nothing queued and does not capture, else in its order."""
         def write(pairs: list, stream) -> None:
-            blocks, params = [b for b, _ in pairs], [p for _, p in pairs]
-            if stream.lane is None and not stream.queue:
-                with _sched.direct():
-                    torch._foreach_copy_(blocks, params)
+            if stream.lane is None and not stream.queue:      # at once, past every mode (the runtime's tensors)
+                with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+                    _copy_pairs(pairs)
                 return
-            _sched.issue(stream, lambda: torch._foreach_copy_(blocks, params))
+            _sched.issue(stream, lambda: _copy_pairs(pairs))
 
         return write
 
