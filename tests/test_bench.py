@@ -165,7 +165,7 @@ def test_host_benchmark_on_a_tiny_matrix(tmp_path):
     for r in rows:
         assert r["status"] == "ok"
         assert all(r[k] > 0 for k in ("first_us", "cached_us", "cached_us_best", "new_lengths_us", "update_us",
-                                      "update_views_us"))
+                                      "update_views_us", "update_groups_us"))
         assert r["first_us"] > r["cached_us_best"]            # planning is what a cached call skips
     assert "h-pfa" in host.table(rows)
 
