@@ -408,8 +408,9 @@ class CudaBackend(interface.Backend):
 
     def blocks_writer(self):
         """Writes an update's blocks with one host-to-device copy: their contents gathered in a pinned
-        staging buffer, copied to a device one, then into the blocks (one multi-tensor copy). The buffers
-        are made at the first update (pinned allocation is not allowed during a capture) and grow."""
+        staging buffer, copied straight into the block when there is one, else to a device buffer, then
+        into the blocks (one multi-tensor copy). The buffers are made at the first update (pinned
+        allocation is not allowed during a capture) and grow."""
         staging, copied = [], torch.cuda.Event()
 
         def write(pairs: list, stream) -> None:
@@ -417,15 +418,18 @@ class CudaBackend(interface.Backend):
             sizes = [p.numel() for p in params]
             words = sum(sizes)
             copied.synchronize()  # the previous write is done with the staging buffers
-            with self.direct():
+            with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():   # the runtime's tensors
                 if not staging or staging[0].numel() < words:
                     staging[:] = [torch.empty(words, dtype=torch.int32).pin_memory(),
                                   torch.empty(words, dtype=torch.int32, device=self.device)]
                 pinned, device = staging[0][:words], staging[1][:words]
                 torch.cat(params, out=pinned)
                 with torch.cuda.stream(stream.cuda):
-                    device.copy_(pinned, non_blocking=True)
-                    torch._foreach_copy_(blocks, list(device.split(sizes)))
+                    if len(blocks) == 1:
+                        blocks[0].copy_(pinned, non_blocking=True)
+                    else:
+                        device.copy_(pinned, non_blocking=True)
+                        torch._foreach_copy_(blocks, list(device.split(sizes)))
                     copied.record()
 
         return write
