@@ -262,12 +262,13 @@ def _rows(
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     if MASK_SUMMARY:                                     # a skipped block leaves every valid row's max at FILL
         b_m = tl.where((v_end - v_start) * BLOCK_N < j_end - j_start, FILL, b_m)
+    b_m16 = b_m.to(tl.float16)                           # PAIRS: the row maxima in fp16 too (exact; _row_max16)
     PAIRS: tl.constexpr = FP16_PATH and BLOCK_DV <= 128  # as in _block
     b_l = tl.zeros([BLOCK_M, 4] if PAIRS else [BLOCK_M], tl.float32)         # PAIRS: per lane (_lane_sums)
     b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float16 if FP16_PATH else tl.float32)
     for v in range(v_start, v_lo, V_STEP):               # partial blocks before the steady ones (band start)
-        b_acc, b_l, b_m = _block(
-            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+        b_acc, b_l, b_m, b_m16 = _block(
+            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_m16, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
             KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -277,8 +278,8 @@ def _rows(
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
             SCALE_POS, MASK_SUMMARY, PTX, True)
     for v in range(v_lo, v_hi, V_STEP):                  # steady blocks: no element predicate
-        b_acc, b_l, b_m = _block(
-            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+        b_acc, b_l, b_m, b_m16 = _block(
+            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_m16, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
             KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -288,8 +289,8 @@ def _rows(
             PAGE_TILES, HAS_PREFIX, K_QUANT, V_QUANT, HAS_K_OFFSET, HAS_V_OFFSET, K_C0, V_C0, KR_C0, USE_TMA,
             SCALE_POS, MASK_SUMMARY, PTX, False)
     for v in range(v_hi, v_end, V_STEP):                 # partial blocks after them (diagonal, end of keys)
-        b_acc, b_l, b_m = _block(
-            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+        b_acc, b_l, b_m, b_m16 = _block(
+            _visit(p_visit, v, MASK_SUMMARY), b_acc, b_l, b_m, b_m16, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
             KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
             pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
             stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -362,7 +363,7 @@ def _rows(
 
 @triton.jit
 def _block(
-    visit, b_acc, b_l, b_m, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
+    visit, b_acc, b_l, b_m, b_m16, b_q, b_qr, desc_k, desc_v, k_head, v_head, KP, VP, KR, p_table, NUM_BLOCKS,
     KSC, KOF, VSC, VOF, p_mrow, p_prow, b64, kvn64, i_b, i_kvn, kv_off, kvm_off, kvlen, prefix, o_i, m_row,
     pre, nxt, qk_scale, deq1, qs1, deq2, stride_ks, stride_kd, stride_vs, stride_vd, stride_kb, stride_vb,
     stride_kpn, stride_kps, stride_kpd, stride_vpn, stride_vps, stride_vpd, stride_krb, stride_krn,
@@ -456,13 +457,14 @@ def _block(
 
     if FOLD:                                             # max(qk) * scale = max(qk * scale) for a scale >= 0
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
-    elif PAIRS:
-        b_m_new = tl.maximum(b_m, _row_max16(b_s, BLOCK_N))
+    elif PAIRS:                                          # b_m = fp32(b_m16): fp16 maxima, -inf or FILL
+        b_m16 = _row_max16(b_s, b_m16, BLOCK_N, PTX)
+        b_m_new = b_m16.to(tl.float32)
     else:                                                # (exact in the scores' dtype)
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1).to(tl.float32))
     if QUANT_MODE == 1 or FP16_PATH:                     # exp of fp16 differences (as exp2, as the CPU path), P in fp16
         b_alpha = tl.math.exp2((b_m - b_m_new) * LOG2E)
-        b_e = tl.math.exp2((b_s - b_m_new.to(tl.float16)[:, None]).to(tl.float32) * LOG2E)
+        b_e = tl.math.exp2((b_s - (b_m16 if PAIRS else b_m_new.to(tl.float16))[:, None]).to(tl.float32) * LOG2E)
         b_p = b_e.to(tl.float16)
         if FP16_PATH:                                    # l sums the exp values before P is rounded
             if PAIRS:
@@ -484,7 +486,7 @@ def _block(
         b_acc = b_acc * b_alpha[:, None] + _pv(b_p, b_v, qs1, deq2, QUANT_MODE)
     else:
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None])
-    return b_acc, b_l, b_m_new
+    return b_acc, b_l, b_m_new, b_m16
 
 
 @triton.jit
@@ -505,12 +507,65 @@ def _fmax(a, b):
 
 
 @triton.jit
-def _row_max16(b_s, BLOCK_N: tl.constexpr):
-    """Row maximum of fp16 scores [BM, BN], in fp32. The MMA layouts give a thread columns 8k + 2t + p
-    (t: its lane in the row's quad): the maximum over k runs on packed fp16 pairs, then over p, then
-    across the lanes in fp32 (exact: a maximum does not round)."""
-    x = tl.reduce(b_s.reshape(b_s.shape[0], BLOCK_N // 8, 4, 2), 1, _fmax)
-    return tl.max(tl.reduce(x, 2, _fmax).to(tl.float32), 1)
+def _row_max16(b_s, b_m16, BLOCK_N: tl.constexpr, PTX: tl.constexpr):
+    """max(b_m16, row maximum of fp16 scores [BM, BN]) in fp16 (exact: a maximum does not round). The MMA
+    layouts give a thread columns 8k + 2t + p (t: its lane in the row's quad) of rows i and i + 8: the
+    maximum over k runs on packed fp16 pairs; then rows i and i + 8 of each 16 rows share a word (their
+    maxima over p, across the lanes and with b_m16 are one max.f16x2 each, one shuffle per step for both).
+    Any pairing of rows gives the same result (the words are only compared half by half); PTX only
+    chooses the instructions (the interpreter runs the same steps on integer words)."""
+    BM: tl.constexpr = b_s.shape[0]
+    x = tl.reduce(b_s.reshape(BM, BLOCK_N // 8, 4, 2), 1, _fmax)            # [BM, 4, 2]
+    z = x.reshape(BM // 16, 2, 8, 4, 2).permute(0, 2, 3, 1, 4)              # [BM/16, 8, 4, rows i / i + 8, p]
+    z0, z1 = tl.split(z)                                                     # p = 0, 1
+    m = b_m16.reshape(BM // 16, 2, 8).permute(0, 2, 1)                       # [BM/16, 8, rows i / i + 8]
+    if PTX:
+        w = tl.reduce(_hmax2(_pack16(z0, PTX), _pack16(z1, PTX), PTX), 2, _hmax2_ptx)      # [BM/16, 8]
+    else:
+        w = tl.reduce(_hmax2(_pack16(z0, PTX), _pack16(z1, PTX), PTX), 2, _hmax2_int)
+    lo, hi = _unpack16(_hmax2(w, _pack16(m, PTX), PTX), PTX)
+    return tl.join(lo, hi).permute(0, 2, 1).reshape(BM)
+
+
+@triton.jit
+def _pack16(x, PTX: tl.constexpr):
+    """[..., 2] fp16 -> [...] int32 words, element 0 in the low half."""
+    lo, hi = tl.split(x)
+    if PTX:
+        return tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    return (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) \
+        | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def _unpack16(w, PTX: tl.constexpr):
+    """Words -> (low, high) fp16 halves."""
+    if PTX:
+        return tl.inline_asm_elementwise("mov.b32 {$0, $1}, $2;", "=h,=h,r", [w], dtype=(tl.float16, tl.float16),
+                                         is_pure=True, pack=1)
+    return (w.to(tl.int16).to(tl.float16, bitcast=True), (w >> 16).to(tl.int16).to(tl.float16, bitcast=True))
+
+
+@triton.jit
+def _hmax2(a, b, PTX: tl.constexpr):
+    """Half by half fp16 maximum of words (max.f16x2: a NaN half yields the other operand's, as tl.maximum)."""
+    if PTX:
+        return tl.inline_asm_elementwise("max.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+                                         pack=1)
+    a0, a1 = _unpack16(a, PTX)
+    b0, b1 = _unpack16(b, PTX)
+    return _pack16(tl.join(tl.maximum(a0, b0), tl.maximum(a1, b1)), PTX)
+
+
+@triton.jit
+def _hmax2_ptx(a, b):
+    return _hmax2(a, b, True)
+
+
+@triton.jit
+def _hmax2_int(a, b):
+    return _hmax2(a, b, False)
 
 
 @triton.jit
