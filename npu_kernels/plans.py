@@ -287,9 +287,10 @@ class Entry:
 class Recent:
     """The last per-call integers a plan saw and their parameter block: the layers of one step call an
     operator with the same values, and the validated block is a function of them. Values match the last
-    ones when they are the same objects (e.g. one list passed to every layer) with the content validated
-    then, or plain values (``_plain``: ints compared with their types, so that a value that would fail
-    validation never matches) equal to them."""
+    ones when they are the objects passed then with equal contents (one list passed to every layer; an
+    element replaced in place by an equal value of another type goes unnoticed), or plain values
+    (``_plain``: ints compared with their types, so that a value that would fail validation never
+    matches) equal to them."""
 
     __slots__ = ("last",)
 
