@@ -297,19 +297,23 @@ class Recent:
     def __init__(self):
         self.last = ((), None, ())      # a copy of the values, their block, the values as passed
 
+    def comparable(self, values: tuple) -> bool:
+        """``values`` are the objects passed last or plain: ``get`` may compare them (no tensor among them)."""
+        return all(map(operator.is_, values, self.last[2])) or _plain(values)
+
     def get(self, values: tuple) -> Optional[torch.Tensor]:
-        """The last block if ``values`` are the last ones, else None."""
-        copy, block, objects = self.last
-        if all(map(operator.is_, values, objects)) and values == copy:
-            return block
-        return block if _plain(values) and values == copy else None
+        """The last block if ``values`` (``comparable``) are the last ones, else None."""
+        copy, block, _ = self.last
+        return block if values == copy else None
 
     def block(self, values: tuple, make):
-        """``make()`` (validates ``values`` and packs the block) unless ``values`` are the last ones."""
-        block = self.get(values)
-        if block is None:
-            block = make()
-            self.last = (tuple(list(v) if type(v) is list else v for v in values), block, values)
+        """``make()`` (validates ``values`` and packs the block) unless ``values`` (no tensor among them)
+        are the last ones."""
+        copy, block, objects = self.last
+        if values == copy and (all(map(operator.is_, values, objects)) or _plain(values)):
+            return block
+        block = make()
+        self.last = (tuple(list(v) if type(v) is list else v for v in values), block, values)
         return block
 
 
@@ -474,10 +478,10 @@ def updated(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> Opt
         return None
     entry = cap.given.plan
     values = entry.dynamic(kwargs)
+    if not entry.recent.comparable(values):    # e.g. a tensor for a list: the entry's host_lists reads it
+        return None
     params = entry.recent.get(values)
     if params is None:
-        if not _plain(values):          # e.g. a tensor for a list: the entry's host_lists reads it
-            return None
         with torch._C._DisableTorchDispatch():
             params = block(entry, kwargs)
     cap.rewrite(params)
