@@ -51,16 +51,12 @@ class _CapturedTask(_tasks.Captured):
         self.given = None                  # made from ``task.given`` at the first update (a capture is slower)
 
     def rewrite(self, params: torch.Tensor, copies: tuple = ()) -> None:
-        group, launch = self.group, self.launch
-        update = _updating[group.updating]
-        if params.shape != launch.block.shape:
+        stream = self.group.updating
+        update = _updating[stream]
+        if params.shape != self.launch.block.shape:
             _block_error(self, params, self.task.op, update.matched)
-        if copies or launch.args is not self.task.args or launch.run is not self.task.run:
-            # the captured launch again, where an earlier update passed views of other sizes
-            self.apply(params, copies, group.updating, update, self.task.run, self.task.args)
-        else:                                       # as ``apply`` (vLLM's every update)
-            group.pending.append((launch.block, params))
-            update.matched += 1
+        # the captured arguments again, where an earlier update passed views of other sizes
+        self.apply(params, copies, stream, update, self.task.run, self.task.args)
 
     def apply(self, params: torch.Tensor, copies, stream, update: "_Update", run, args: tuple) -> None:
         """Write the block (with the group's others, ``_Group.flush``) and copy each (captured, new) input
