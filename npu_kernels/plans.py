@@ -309,8 +309,8 @@ class Recent:
     def block(self, values: tuple, make):
         """``make()`` (validates ``values`` and packs the block) unless ``values`` (no tensor among them)
         are the last ones."""
-        copy, block, objects = self.last
-        if values == copy and (all(map(operator.is_, values, objects)) or _plain(values)):
+        copy, block, _ = self.last
+        if values == copy and self.comparable(values):
             return block
         block = make()
         self.last = (tuple(list(v) if type(v) is list else v for v in values), block, values)
@@ -493,12 +493,17 @@ def updater(op: str, block):
     incremental operator's entry point, returning the task's spare output, or None."""
     def update(query, key, value, kwargs: dict) -> Optional[torch.Tensor]:
         cap = updated(op, (query, key, value), kwargs, block)
-        if cap is None:
-            return None
-        if cap.spared is None:
-            cap.spared = cap.spare(cap.given.plan.shape, cap.given.plan.dtype, query.device)
-        return cap.spared
+        return None if cap is None else spare_output(cap, query.device)
     return update
+
+
+def spare_output(cap: tasks.Captured, device: torch.device) -> torch.Tensor:
+    """What the updates of a prompt or incremental operator's task return: its group's spare output
+    (``tasks.Captured.spare``), kept on the task."""
+    if cap.spared is None:
+        entry = cap.given.plan
+        cap.spared = cap.spare(entry.shape, entry.dtype, device)
+    return cap.spared
 
 
 class Cache:

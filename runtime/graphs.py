@@ -121,8 +121,7 @@ class NPUGraph:
         if not self._captured:
             raise RuntimeError("Called NPUGraph::replay without a preceding successful capture.")
         for group in self._groups:     # an update in progress: the blocks it rewrote so far
-            if group.pending:
-                group.flush()
+            group.flush()
         self._impl.replay(current_stream())
         if os.environ.get("ASCEND_LAUNCH_BLOCKING") == "1":
             synchronize()

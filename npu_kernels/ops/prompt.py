@@ -386,7 +386,7 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
     if tasks.captured is not None:
         cap = plans.rewritten(OP, qkv, kwargs, _block)
         if cap is not None:
-            return cap.spare(cap.given.plan.shape, cap.given.plan.dtype, query.device)
+            return plans.spare_output(cap, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
     key_ = tuple(plans.signature(query, key, value, kwargs, _PER_CALL))
     hit = _plans.get(key_)

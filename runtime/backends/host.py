@@ -422,7 +422,7 @@ def _copy_pairs(pairs: list) -> None:
     """Copy each (destination, source) pair."""
     if len(pairs) == 1:
         pairs[0][0].copy_(pairs[0][1])
-    else:
+    elif pairs:
         torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
 
 
@@ -629,8 +629,7 @@ class HostBackend(interface.Backend):
 
     def write_blocks(self, blocks) -> None:
         with _sched.direct():
-            for block, params in blocks:
-                block.copy_(params)
+            _copy_pairs(list(blocks))
 
     def blocks_writer(self):
         """Writes new parameter blocks (tasks' own tensors, never written afterwards) on a stream: at once

@@ -101,17 +101,17 @@ def update(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
     cap = plans.updated(OP, _given_args(query, key, value, outs, ws), kwargs, _block, _extra(query, kwargs))
     if cap is None:
         return None
-    if outs is not None:
-        return outs
-    if cap.spared is None:
-        cap.spared = _spares(cap, query.device)
-    return cap.spared
+    return outs if outs is not None else _spares(cap, query.device)
 
 
 def _spares(cap: tasks.Captured, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The outputs an update returns (``tasks.Captured.spare``)."""
-    call = cap.given.plan.call
-    return cap.spare(call.out_shape, call.out_dtype, device, 0), cap.spare(call.lse_shape, torch.float32, device, 1)
+    """What the updates of a functional call's task return: its group's spare outputs
+    (``tasks.Captured.spare``), kept on the task."""
+    if cap.spared is None:
+        call = cap.given.plan.call
+        cap.spared = (cap.spare(call.out_shape, call.out_dtype, device, 0),
+                      cap.spare(call.lse_shape, torch.float32, device, 1))
+    return cap.spared
 
 
 def submit(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> tuple:
