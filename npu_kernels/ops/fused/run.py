@@ -101,7 +101,9 @@ def update(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[
     cap = plans.updated(OP, _given_args(query, key, value, outs, ws), kwargs, _block, _extra(query, kwargs))
     if cap is None:
         return None
-    return outs if outs is not None else _spares(cap, query.device)
+    if outs is not None:
+        return outs
+    return cap.spared if cap.spared is not None else _spares(cap, query.device)
 
 
 def _spares(cap: tasks.Captured, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
