@@ -64,15 +64,52 @@ def alignment_check(items: list, alignment: int):
     return _define("check", f"def check(a):\n    return {' and '.join(terms) or 'True'}\n", namespace)
 
 
-def picker(names: tuple, given, defaults: tuple = ()) -> object:
-    """``pick(kwargs)``: the tuple of ``kwargs[name]`` for each of ``names``, for those not in ``given`` their
-    ``defaults`` (None without) (``given``: the keyword arguments of a cached call's signature, which a
-    call with that signature gives exactly)."""
-    namespace, items = {}, []
+def _picks(names: tuple, given, defaults: tuple, namespace: dict) -> list:
+    """The expressions of ``picker``'s tuple (defaults go into ``namespace``)."""
+    items = []
     for i, name in enumerate(names):
         if name in given:
             items.append(f"k[{name!r}]")
         else:
             namespace[f"d{i}"] = defaults[i] if defaults else None
             items.append(f"d{i}")
-    return _define("pick", f"def pick(k):\n    return {_tuple(items)}\n", namespace)
+    return items
+
+
+def picker(names: tuple, given, defaults: tuple = ()) -> object:
+    """``pick(kwargs)``: the tuple of ``kwargs[name]`` for each of ``names``, for those not in ``given`` their
+    ``defaults`` (None without) (``given``: the keyword arguments of a cached call's signature, which a
+    call with that signature gives exactly)."""
+    namespace: dict = {}
+    return _define("pick", f"def pick(k):\n    return {_tuple(_picks(names, given, defaults, namespace))}\n",
+                   namespace)
+
+
+def matcher(nargs: int, order: tuple, present: frozenset, names: tuple, defaults: tuple, scope: dict) -> object:
+    """``same(*args, kwargs)`` of a call given ``nargs`` tensors and the keywords ``order``, of which
+    ``present`` are per-call values given (not None); ``names``/``defaults``: the per-call values as its plan
+    picks them (``picker``). In ``scope``: ``L``, the objects of the last match at the other positions (the
+    arguments, then the keywords outside ``present``), and ``R``, the plan's ``plans.Recent``. Returns None
+    unless the call passes those objects under the same keywords; then the last block if its per-call values
+    are the last ones (the same objects, equal contents), else them (each of ``present`` not None; None
+    otherwise)."""
+    namespace = scope
+    fixed = [n for n in order if n not in present]
+    last = [f"l{i}" for i in range(nargs + len(fixed))]
+    objects = [f"a{i} is not l{i}" for i in range(nargs)]
+    objects += [f"k[{n!r}] is not l{i}" for i, n in enumerate(fixed, nargs)]
+    values = _picks(names, order, defaults, namespace)
+    lines = [f"def same({''.join(f'a{i}, ' for i in range(nargs))}k):",
+             f"    {', '.join(last)}, = L",
+             "    try:",
+             f"        if len(k) != {len(order)} or {' or '.join(objects)}:",
+             "            return None",
+             f"        v = {_tuple(values)}",
+             "    except KeyError:",
+             "        return None",
+             "    c, b, o = R.last",
+             f"    if {' and '.join(f'v[{i}] is o[{i}]' for i in range(len(names)))} and v == c:",
+             "        return b",
+             f"    return None if {' or '.join(f'k[{n!r}] is None' for n in present) or 'False'} else v",
+             ""]
+    return _define("same", "\n".join(lines), namespace)

@@ -41,7 +41,7 @@ def define(schema: str, impl, fake) -> None:
 
 def _direct(query) -> int:
     """0: go through the dispatcher; 1: call the implementation; 2: call it with python dispatch disabled."""
-    if type(query) is not torch.Tensor or torch.compiler.is_compiling():
+    if type(query) is not torch.Tensor or _is_compiling():
         return 0
     depth = _stack_depth()
     if not depth:
@@ -52,6 +52,7 @@ def _direct(query) -> int:
 
 
 _stack_depth, _stack_at = torch._C._len_torch_dispatch_stack, torch._C._get_dispatch_stack_at
+_is_compiling = torch.compiler.is_compiling      # the function dynamo folds to True while tracing
 
 
 def attention(name: str, entry, update, doc: str):

@@ -273,15 +273,17 @@ class Entry:
     per-call values' block (``recent``), and ``fill.picker``s of the call's tensor arguments (``pick``) and
     of its per-call values, defaults filled in (``dynamic``)."""
 
-    __slots__ = ("prepared", "call", "shape", "dtype", "recent", "pick", "dynamic")
+    __slots__ = ("prepared", "call", "shape", "dtype", "recent", "pick", "dynamic", "dynamic_names",
+                 "dynamic_defaults")
 
     def __init__(self, prepared: "Prepared", call, out: torch.Tensor, kwargs: dict, tensor_names: tuple,
                  dynamic_names: tuple, dynamic_defaults: tuple):
         """``kwargs``: the call's keyword arguments (those its signature holds)."""
         self.prepared, self.call, self.shape, self.dtype = prepared, call, out.shape, out.dtype
-        self.recent = Recent()
+        self.recent = Recent(len(dynamic_names))
         self.pick = fill.picker(tensor_names, kwargs)
         self.dynamic = fill.picker(dynamic_names, kwargs, dynamic_defaults)
+        self.dynamic_names, self.dynamic_defaults = dynamic_names, dynamic_defaults
 
 
 class Recent:
@@ -294,27 +296,36 @@ class Recent:
 
     __slots__ = ("last",)
 
-    def __init__(self):
-        self.last = ((), None, ())      # a copy of the values, their block, the values as passed
+    def __init__(self, size: int):
+        """``size``: how many per-call values a call has."""
+        self.last = ((), None, (_UNSET,) * size)    # a copy of the values, their block, the values as passed
 
     def comparable(self, values: tuple) -> bool:
         """``values`` are the objects passed last or plain: ``get`` may compare them (no tensor among them)."""
         return all(map(operator.is_, values, self.last[2])) or _plain(values)
 
     def get(self, values: tuple) -> Optional[torch.Tensor]:
-        """The last block if ``values`` (``comparable``) are the last ones, else None."""
+        """The last block if ``values`` (``comparable``) are the last ones, which they then stand for (a match by
+        their identity next), else None."""
         copy, block, _ = self.last
-        return block if values == copy else None
+        if values != copy:
+            return None
+        self.last = (copy, block, values)
+        return block
 
     def block(self, values: tuple, make):
         """``make()`` (validates ``values`` and packs the block) unless ``values`` (no tensor among them)
         are the last ones."""
         copy, block, _ = self.last
-        if values == copy and self.comparable(values):
+        if values == copy and self.comparable(values):     # new values cost no type check
+            self.last = (copy, block, values)
             return block
         block = make()
         self.last = (tuple(list(v) if type(v) is list else v for v in values), block, values)
         return block
+
+
+_UNSET = object()
 
 
 def _plain(values: tuple) -> bool:
@@ -383,7 +394,7 @@ class Given:
     plan, found without computing the signature (task update, ``tasks.captured``)."""
 
     __slots__ = ("plan", "extra", "names", "order", "objects", "given_objects", "given_views", "outputs", "scalars",
-                 "given_scalars", "scalar_types", "per_call", "absent", "fixed", "present", "last")
+                 "given_scalars", "scalar_types", "per_call", "absent", "fixed", "scope", "same")
 
     def __init__(self, plan, args: tuple, kwargs: dict, per_call: frozenset, extra: tuple = (),
                  outputs: tuple = ()):
@@ -398,17 +409,19 @@ class Given:
         self.given_scalars = self.scalars(kwargs)
         self.scalar_types = tuple(map(type, self.given_scalars))
         self.absent = tuple(map(operator.is_, self.per_call(kwargs), _NONE))
-        # positions in (*args, *kwargs.values()): ``fixed`` hold what the last match passed (all but the
-        # per-call values given), ``present`` the per-call values given
-        values = (*args, *kwargs.values())
-        given = [i for i, n in enumerate(self.order, len(args)) if n in per_call and kwargs[n] is not None]
-        self.fixed = _getter([i for i in range(len(values)) if i not in given])
-        self.present = _getter(given)
-        self.last = self.fixed(values)
+        # ``fixed``: the positions in (*args, *kwargs.values()) of all but the per-call values given; ``L`` in
+        # ``scope``: what the last match passed there
+        present = frozenset(n for n in self.order if n in per_call and kwargs[n] is not None)
+        self.fixed = _getter([*range(len(args)), *(i for i, n in enumerate(self.order, len(args)) if n not in present)])
+        self.scope = {"L": self.fixed((*args, *kwargs.values())), "R": plan.recent}
+        # ``same(*args, kwargs)``: the call passes the objects of the last match (vLLM's every update); see
+        # ``fill.matcher``
+        self.same = fill.matcher(len(args), self.order, present, plan.dynamic_names, plan.dynamic_defaults,
+                                 self.scope)
 
     def match(self, args: tuple, kwargs: dict, extra: tuple) -> Optional[tuple]:
         """None, or the (given, new) input tensors to copy (usually none)."""
-        if self.same(args, kwargs, extra):
+        if extra == self.extra and self.same(*args, kwargs) is not None:
             return ()
         if extra != self.extra or kwargs.keys() != self.names:
             return None
@@ -426,14 +439,8 @@ class Given:
                 return None
             copies.append((given, new))
         if not copies and tuple(kwargs) == self.order:
-            self.last = self.fixed((*args, *kwargs.values()))
+            self.scope["L"] = self.fixed((*args, *kwargs.values()))
         return tuple(copies)
-
-    def same(self, args: tuple, kwargs: dict, extra: tuple) -> bool:
-        """The call passes the objects of the last match (vLLM's every update): it matches, nothing to copy."""
-        values = (*args, *kwargs.values())
-        return extra == self.extra and tuple(kwargs) == self.order and \
-            all(map(operator.is_, self.fixed(values), self.last)) and None not in self.present(values)
 
 
 _NONE = itertools.repeat(None)
@@ -469,32 +476,39 @@ def rewritten(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> O
     return cap
 
 
-def updated(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> Optional[tasks.Captured]:
-    """``rewritten`` for a call that passes the objects of the task's last match (``Given.same``) and plain
-    per-call values: the entry points try it in task-update mode before anything else, under the runtime's
-    guard mode (the block is made, when the values are new, with that mode bypassed). None: not taken."""
-    cap = tasks.captured(op)
-    if cap is None or not cap.given.same(args, kwargs, extra):
+def fresh(cap: tasks.Captured, values, kwargs: dict, block) -> Optional[torch.Tensor]:
+    """The block of a task update's call whose ``Given.same`` gave ``values`` (its per-call values, new to
+    the plan) or None: ``block(entry, kwargs)`` made with the runtime's guard mode bypassed, or the plan's
+    last block where the values are plain and equal to its last ones. None where the values are not plain
+    (e.g. a tensor for a list: the entry's ``host_lists`` reads it) or ``values`` is None: the update takes
+    the entry point's path."""
+    if values is None:
         return None
     entry = cap.given.plan
-    values = entry.dynamic(kwargs)
-    if not entry.recent.comparable(values):    # e.g. a tensor for a list: the entry's host_lists reads it
+    if not entry.recent.comparable(values):
         return None
     params = entry.recent.get(values)
     if params is None:
         with torch._C._DisableTorchDispatch():
             params = block(entry, kwargs)
-    cap.rewrite(params)
-    return cap
+    return params
 
 
 def updater(op: str, block):
-    """``update(query, key, value, kwargs)``: the task-update fast path (``updated``) of a prompt or
-    incremental operator's entry point, returning the task's spare output, or None."""
+    """``update(query, key, value, kwargs)``: the task-update fast path of a prompt or incremental
+    operator's entry point, which it tries first in task-update mode (under the runtime's guard mode): a
+    call that passes the objects of its task's last match (``Given.same``) only rewrites the task's block
+    and returns the task's spare output; None: not taken."""
     def update(query, key, value, kwargs: dict) -> Optional[torch.Tensor]:
-        cap = updated(op, (query, key, value), kwargs, block)
+        cap = tasks.captured(op)
         if cap is None:
             return None
+        params = cap.given.same(query, key, value, kwargs)
+        if type(params) is not torch.Tensor:
+            params = fresh(cap, params, kwargs, block)
+            if params is None:
+                return None
+        cap.rewrite(params)
         return cap.spared if cap.spared is not None else spare_output(cap, query.device)   # kept: no call
     return update
 

@@ -206,3 +206,47 @@ def test_an_update_under_the_callers_dispatch_mode_reaches_it(rt, device, case):
     u.synchronize()
     assert sum("npu." in op for op in seen.ops) >= LAYERS
     _check_replay(rt, case, state, g, outputs, case.captured)
+
+
+def test_new_lengths_are_validated_once_per_update(rt, device, case, monkeypatch):
+    """Each update passes a new list for every layer, with new contents, then with the same contents: the
+    first layer validates it (``plans.fresh``), the others match it by identity."""
+    state = case.make(device)
+    g, handle, outputs = _capture(rt, case, state)
+    _update(rt, case, state, handle, list(case.captured))
+    made = []
+    fresh = plans.fresh
+    monkeypatch.setattr(plans, "fresh", lambda *args: made.append(1) or fresh(*args))
+    for lengths in (list(case.updated), list(case.updated), list(case.captured)):
+        _update(rt, case, state, handle, lengths)
+        _check_replay(rt, case, state, g, outputs, lengths)
+    assert len(made) == 3
+
+
+def test_captured_objects_under_other_keywords_are_no_match(rt, device):
+    """The update passes the captured objects in the captured order, but under each other's keywords:
+    it is another call, which validation refuses."""
+    q = randn(1, 2, 1, 16, device=device, dtype=torch.float16)
+    k = randn(1, 1, 32, 16, device=device, dtype=torch.float16)
+    two, one, n = 2, 1, [8]
+    nk.npu_incre_flash_attention(q, k, k, actual_seq_lengths=n, num_heads=two, num_key_value_heads=one,
+                                 input_layout="BNSD")
+    g = rt.NPUGraph()
+    with rt.graph(g):
+        s = rt.current_stream()
+        rt.graph_task_group_begin(s)
+        nk.npu_incre_flash_attention(q, k, k, actual_seq_lengths=n, num_heads=two, num_key_value_heads=one,
+                                     input_layout="BNSD")
+        handle = rt.graph_task_group_end(s)
+    u = rt.Stream()
+    with rt.stream(u):
+        rt.graph_task_update_begin(u, handle)
+        nk.npu_incre_flash_attention(q, k, k, actual_seq_lengths=n, num_heads=two, num_key_value_heads=one,
+                                     input_layout="BNSD")
+        rt.graph_task_update_end(u)
+        rt.graph_task_update_begin(u, handle)
+        with pytest.raises(ValueError, match="num_heads"):
+            nk.npu_incre_flash_attention(q, k, k, actual_seq_lengths=n, num_key_value_heads=two, num_heads=one,
+                                         input_layout="BNSD")
+        with pytest.raises(RuntimeError, match="contains unupdated tasks. total_num=1, matched_num=0"):
+            rt.graph_task_update_end(u)

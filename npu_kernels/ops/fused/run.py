@@ -96,11 +96,21 @@ def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
 
 
 def update(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> Optional[tuple]:
-    """``submit``'s task-update fast path (``plans.updated``), which the entry points try first in
-    task-update mode: (attention_out, softmax_lse), or None."""
-    cap = plans.updated(OP, _given_args(query, key, value, outs, ws), kwargs, _block, _extra(query, kwargs))
+    """``submit``'s task-update fast path (as ``plans.updater``'s), which the entry points try first in
+    task-update mode: (attention_out, softmax_lse), or None. Per-call values equal to the plan's last ones
+    (``Given.same`` gives its block) imply the signature's ``_extra``."""
+    cap = tasks.captured(OP)
     if cap is None:
         return None
+    params = cap.given.same(query, key, value, kwargs) if outs is None else \
+        cap.given.same(query, key, value, *outs, ws, kwargs)
+    if type(params) is not torch.Tensor:      # per-call values new to the plan: the signature's extra may differ
+        if params is None or _extra(query, kwargs) != cap.given.extra:
+            return None
+        params = plans.fresh(cap, params, kwargs, _block)
+        if params is None:
+            return None
+    cap.rewrite(params)
     if outs is not None:
         return outs
     return cap.spared if cap.spared is not None else _spares(cap, query.device)
