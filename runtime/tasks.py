@@ -49,26 +49,25 @@ class _CapturedTask(_tasks.Captured):
         idx = [i for i, r in enumerate(self.task.roles) if r != _tasks.OWN]
         self.passed = operator.itemgetter(*idx) if len(idx) > 1 else lambda args: tuple(args[i] for i in idx)
         self.given = None                  # made from ``task.given`` at the first update (a capture is slower)
+        self.size = self.launch.block.shape
 
-    def rewrite(self, params: torch.Tensor, copies: tuple = ()) -> None:
-        stream = self.group.updating
-        update = _updating[stream]
-        if params.shape != self.launch.block.shape:
-            _block_error(self, params, self.task.op, update.matched)
-        # the captured arguments again, where an earlier update passed views of other sizes
-        self.apply(params, copies, stream, update, self.task.run, self.task.args)
-
-    def apply(self, params: torch.Tensor, copies, stream, update: "_Update", run, args: tuple) -> None:
-        """Write the block (with the group's others, ``_Group.flush``) and copy each (captured, new) input
-        on ``stream``; the launch runs ``run`` over ``args`` from now on; the update goes on to the next
-        task."""
-        self.group.pending.append((self.launch.block, params))
+    def rewrite(self, params: torch.Tensor, copies: tuple = (), run=None, args: tuple = ()) -> None:
+        """Also (``_update``): the launch runs ``run`` over ``args`` from now on (None: the captured ones,
+        where an earlier update passed views of other sizes). The block is written with the group's others
+        (``_Group.flush``), the inputs copied on the updating stream."""
+        group, launch = self.group, self.launch
+        if params.shape != self.size:
+            _block_error(self, params, self.task.op, group.matched)
+        group.pending.append((launch, params))
         if copies:
             be = backend()
             for dst, src in copies:
-                be.copy_into(dst, src, stream)
-        self.launch.run, self.launch.args = run, args
-        update.matched += 1
+                be.copy_into(dst, src, group.updating)
+        if run is not None:
+            launch.run, launch.args = run, args
+        elif launch.args is not self.task.args:
+            launch.run, launch.args = self.task.run, self.task.args
+        group.matched += 1
 
     def spare(self, shape, dtype: torch.dtype, device: torch.device, slot: int = 0) -> torch.Tensor:
         spares, key = self.group.spares, (shape, dtype, device, slot)
@@ -91,8 +90,9 @@ class _Group:
     tasks: list = field(default_factory=list)
     write: object = None               # the backend's ``blocks_writer()``
     updating: object = None            # the stream updating the group, if any
+    matched: int = 0                   # tasks of that update matched so far
     valid: bool = True                 # False once the graph is reset
-    pending: list = field(default_factory=list)   # (block, params) of the update not yet written
+    pending: list = field(default_factory=list)   # (launch, params) of the update not yet written
     spares: dict = field(default_factory=dict)    # (shape, dtype, device, slot) -> _CapturedTask.spare
 
     def flush(self) -> None:
@@ -117,14 +117,8 @@ class TaskGroupHandle:
         return f"<TaskGroupHandle of {self._group.graph.name}: {len(self._group.tasks)} task(s)>"
 
 
-@dataclass(eq=False)
-class _Update:
-    group: _Group
-    matched: int = 0
-
-
 _open: dict = {}       # stream -> _Group being captured
-_updating: dict = {}   # stream -> _Update
+_updating: dict = {}   # stream -> _Group being updated
 
 
 def guarding() -> bool:
@@ -133,25 +127,26 @@ def guarding() -> bool:
 
 
 def _guard_changed() -> None:
-    backend().guard_changed(guarding(), check_device_op)
-    _tasks.set_captured(_captured if _updating else None)
+    be = backend()
+    be.guard_changed(guarding(), check_device_op)
+    _tasks.set_captured(_captured(be.current_stream) if _updating else None)
 
 
-def _captured(op: str):
-    """``npu_kernels.tasks.captured``: the next task to update on the current stream, if of ``op`` with a
-    ``given``."""
-    update = _updating.get(backend().current_stream())
-    if update is None:
+def _captured(current_stream):
+    """``npu_kernels.tasks.captured``: ``captured(op)`` is the next task to update on the current stream
+    (``current_stream()``), if of ``op`` with a ``given``."""
+    def captured(op: str):
+        group = _updating.get(current_stream())
+        if group is not None and group.matched < len(group.tasks):
+            cap = group.tasks[group.matched]
+            task = cap.task
+            if task.op == op and task.given is not None:
+                if cap.given is None:
+                    cap.given = task.given[0](*task.given[1:])
+                return cap
         return None
-    tasks = update.group.tasks
-    if update.matched < len(tasks):
-        cap = tasks[update.matched]
-        given = cap.task.given
-        if given is not None and cap.task.op == op:
-            if cap.given is None:
-                cap.given = given[0](*given[1:])
-            return cap
-    return None
+
+    return captured
 
 
 def check_device_op(stream, what) -> None:
@@ -222,23 +217,23 @@ def graph_task_update_begin(stream, handle: TaskGroupHandle) -> None:
             f"The handle only can be updated by one stream ({handle!r} is being updated on "
             f"{group.updating!r})"
         )
-    group.updating = stream
-    _updating[stream] = _Update(group)
+    group.updating, group.matched = stream, 0
+    _updating[stream] = group
     _guard_changed()
 
 
 def graph_task_update_end(stream) -> None:
-    update = _updating.pop(stream, None)
-    if update is None:
+    group = _updating.pop(stream, None)
+    if group is None:
         raise RuntimeError(f"graph_task_update_end: {stream!r} is not in task-update mode")
-    update.group.flush()
-    update.group.updating = None
+    group.flush()
+    group.updating = None
     _guard_changed()
-    total = len(update.group.tasks)
-    if update.matched != total:
+    total = len(group.tasks)
+    if group.matched != total:
         raise RuntimeError(
             "The task group under this stream contains unupdated tasks. "
-            f"total_num={total}, matched_num={update.matched}"
+            f"total_num={total}, matched_num={group.matched}"
         )
 
 
@@ -296,17 +291,17 @@ def _block_error(cap: _CapturedTask, params: torch.Tensor, op: str, index: int) 
     )
 
 
-def _update(stream, update: _Update, task: Task) -> None:
-    tasks = update.group.tasks
-    if update.matched >= len(tasks):
+def _update(stream, group: _Group, task: Task) -> None:
+    tasks = group.tasks
+    if group.matched >= len(tasks):
         raise RuntimeError(
             "The number of tasks cannot exceed the size of the task group "
             f"(size {len(tasks)}; extra call of {task.op} on {stream!r})"
         )
-    cap = tasks[update.matched]
+    cap = tasks[group.matched]
 
     def where() -> str:
-        return f"task update of {task.op} (task {update.matched} of the group)"
+        return f"task update of {task.op} (task {group.matched} of the group)"
 
     if task.op != cap.task.op:
         raise RuntimeError(
@@ -317,13 +312,11 @@ def _update(stream, update: _Update, task: Task) -> None:
             f"{where()}: the static plan differs from the captured one (shapes, dtypes, flags or grid "
             f"changed); captured {cap.task.static!r}, got {task.static!r}"
         )
-    if task.params.shape != cap.launch.block.shape:
-        _block_error(cap, task.params, task.op, update.matched)
     args, copies = (cap.task.args, []) if cap.same_tensors(task) else _tensors(where(), cap.task, task)
     if task.launch is None:
-        cap.apply(task.params, copies, stream, update, task.run, args)
+        cap.rewrite(task.params, copies, task.run, args)
     else:                              # a closure (``Task.launch``) holds its own tensors: keep the captured one
-        cap.apply(task.params, copies, stream, update, cap.launch.run, cap.launch.args)
+        cap.rewrite(task.params, copies, cap.launch.run, cap.launch.args)
 
 
 def submit(task: Task) -> None:
@@ -331,9 +324,9 @@ def submit(task: Task) -> None:
     be = backend()
     stream = be.current_stream()
     if _updating:
-        update = _updating.get(stream)
-        if update is not None:
-            _update(stream, update, task)
+        group = _updating.get(stream)
+        if group is not None:
+            _update(stream, group, task)
             return
     graph = graphs.capturing_graph() if be.is_capturing(stream) else None
     if graph is None:

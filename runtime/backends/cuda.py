@@ -414,7 +414,7 @@ class CudaBackend(interface.Backend):
         staging, copied = [], torch.cuda.Event()
 
         def write(pairs: list, stream) -> None:
-            blocks, params = [b for b, _ in pairs], [p for _, p in pairs]
+            blocks, params = [launch.block for launch, _ in pairs], [p for _, p in pairs]
             sizes = [p.numel() for p in params]
             words = sum(sizes)
             copied.synchronize()  # the previous write is done with the staging buffers

@@ -418,6 +418,12 @@ class HostFlag(interface.Flag):
         _sched.issue(stream, clear)
 
 
+def _give_blocks(pairs: list) -> None:
+    """Each (launch, params) pair: the launch reads ``params`` as its block from now on."""
+    for launch, params in pairs:
+        launch.block = params
+
+
 def _copy_pairs(pairs: list) -> None:
     """Copy each (destination, source) pair."""
     if len(pairs) == 1:
@@ -572,7 +578,8 @@ class HostBackend(interface.Backend):
         _sched.drain(stream.query, f"{what} on {stream!r}")
 
     def current_stream(self) -> HostStream:
-        return self.default if _thread.current is None else _thread.current
+        current = _thread.current
+        return self.default if current is None else current
 
     def default_stream(self) -> HostStream:
         return self.default
@@ -632,14 +639,13 @@ class HostBackend(interface.Backend):
             _copy_pairs(list(blocks))
 
     def blocks_writer(self):
-        """Writes new parameter blocks (tasks' own tensors, never written afterwards) on a stream: at once
-        when the stream has nothing queued and does not capture, else in its order."""
+        """Gives the launches their new parameter blocks (no copy: a launch reads its block when it runs) on
+        a stream: at once when the stream has nothing queued and does not capture, else in its order."""
         def write(pairs: list, stream) -> None:
-            if stream.lane is None and not stream.queue:      # at once, past every mode (the runtime's tensors)
-                with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
-                    _copy_pairs(pairs)
-                return
-            _sched.issue(stream, lambda: _copy_pairs(pairs))
+            if stream.lane is None and not stream.queue:
+                _give_blocks(pairs)
+            else:
+                _sched.issue(stream, lambda: _give_blocks(pairs))
 
         return write
 

@@ -208,8 +208,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def blocks_writer(self):
-        """``write(pairs, stream)``: rewrites each (device block, params) pair of a task update, ordered on
-        ``stream``; one writer per task group."""
+        """``write(pairs, stream)``: for each (launch, params) pair of a task update, ordered on ``stream``,
+        the captured launch's parameter block ``launch.block`` holds ``params`` (a tensor nothing writes
+        afterwards): written into it, or, where the launch reads ``launch.block`` when it runs, ``params``
+        itself; one writer per task group."""
 
     @abc.abstractmethod
     def copy_into(self, dst: torch.Tensor, src: torch.Tensor, stream: Stream) -> None:
