@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import tasks
+from . import plans, tasks
 from .ops import fused, incre, prompt
 
 LIB = torch.library.Library("npu", "FRAGMENT")
@@ -52,19 +52,30 @@ def _direct(query) -> int:
 
 
 _stack_depth, _stack_at = torch._C._len_torch_dispatch_stack, torch._C._get_dispatch_stack_at
-_is_compiling = torch.compiler.is_compiling      # the function dynamo folds to True while tracing
+# False, but True where dynamo traces (torch.compile): it sees a traced tensor's type as torch.Tensor. Other
+# tracers pass tensor subclasses (fake tensors) or put their own dispatch modes on the stack.
+_is_compiling = torch.compiler.is_dynamo_compiling
 
 
-def attention(name: str, entry, update, doc: str):
+def attention(name: str, entry, block, doc: str):
     """The Python entry point of the attention operator ``torch.ops.npu.<name>``: ``entry(query, key,
-    value, kwargs)`` is its implementation, taking the keyword arguments as the dict made here;
-    ``update(query, key, value, kwargs)`` its task-update fast path (None: not taken)."""
+    value, kwargs)`` is its implementation, taking the keyword arguments as the dict made here; ``block(plan,
+    kwargs)`` the parameter block of a cached call.
+
+    Its task-update fast path, tried first in task-update mode (under the runtime's guard mode): a call that
+    passes the objects of its task's last match (``plans.Given.same``) only rewrites the task's block and
+    returns the task's spare output (``plans.spare_output``)."""
     def call(query, key, value, **kwargs):
         direct = _direct(query)
         if direct and tasks.captured is not None:
-            out = update(query, key, value, kwargs)
-            if out is not None:
-                return out
+            cap = tasks.captured(name)
+            if cap is not None:
+                params = cap.given.same(query, key, value, kwargs)
+                if type(params) is not torch.Tensor:
+                    params = plans.fresh(cap, params, kwargs, block)
+                if params is not None:
+                    cap.rewrite(params)
+                    return cap.spared if cap.spared is not None else plans.spare_output(cap, query.device)
         if direct == 1:
             return entry(query, key, value, kwargs)
         if direct:                      # a transparent mode is on the stack: run past it
@@ -94,7 +105,7 @@ def public(name: str, impl, doc: str):
 
 
 define(PROMPT_SCHEMA, prompt.npu_prompt_flash_attention, prompt.fake)
-npu_prompt_flash_attention = attention("npu_prompt_flash_attention", prompt.entry, prompt.update,
+npu_prompt_flash_attention = attention("npu_prompt_flash_attention", prompt.entry, prompt.cached_block,
                                        "torch_npu.npu_prompt_flash_attention (spec ops §2).")
 
 
@@ -109,7 +120,7 @@ INCRE_SCHEMA = (
 )
 define(INCRE_SCHEMA, incre.npu_incre_flash_attention,
        lambda query, key, value, **kw: incre.output(incre.validate(query, key, value, **kw)))
-npu_incre_flash_attention = attention("npu_incre_flash_attention", incre.entry, incre.update,
+npu_incre_flash_attention = attention("npu_incre_flash_attention", incre.entry, incre.cached_block,
                                       "torch_npu.npu_incre_flash_attention (spec ops §3).")
 
 

@@ -494,25 +494,6 @@ def fresh(cap: tasks.Captured, values, kwargs: dict, block) -> Optional[torch.Te
     return params
 
 
-def updater(op: str, block):
-    """``update(query, key, value, kwargs)``: the task-update fast path of a prompt or incremental
-    operator's entry point, which it tries first in task-update mode (under the runtime's guard mode): a
-    call that passes the objects of its task's last match (``Given.same``) only rewrites the task's block
-    and returns the task's spare output; None: not taken."""
-    def update(query, key, value, kwargs: dict) -> Optional[torch.Tensor]:
-        cap = tasks.captured(op)
-        if cap is None:
-            return None
-        params = cap.given.same(query, key, value, kwargs)
-        if type(params) is not torch.Tensor:
-            params = fresh(cap, params, kwargs, block)
-            if params is None:
-                return None
-        cap.rewrite(params)
-        return cap.spared if cap.spared is not None else spare_output(cap, query.device)   # kept: no call
-    return update
-
-
 def spare_output(cap: tasks.Captured, device: torch.device) -> torch.Tensor:
     """What the updates of a prompt or incremental operator's task return: its group's spare output
     (``tasks.Captured.spare``), kept on the task."""

@@ -137,13 +137,17 @@ def _captured(current_stream):
     (``current_stream()``), if of ``op`` with a ``given``."""
     def captured(op: str):
         group = _updating.get(current_stream())
-        if group is not None and group.matched < len(group.tasks):
+        if group is None:
+            return None
+        try:
             cap = group.tasks[group.matched]
-            task = cap.task
-            if task.op == op and task.given is not None:
-                if cap.given is None:
-                    cap.given = task.given[0](*task.given[1:])
-                return cap
+        except IndexError:             # more calls than tasks: the submitter's update says so
+            return None
+        task = cap.task
+        if task.op == op and task.given is not None:
+            if cap.given is None:
+                cap.given = task.given[0](*task.given[1:])
+            return cap
         return None
 
     return captured

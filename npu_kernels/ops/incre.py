@@ -384,7 +384,7 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
     kwargs = checks.host_lists(kwargs, _PER_CALL)
     qkv = (query, key, value)
     if tasks.captured is not None:
-        cap = plans.rewritten(OP, qkv, kwargs, _block)
+        cap = plans.rewritten(OP, qkv, kwargs, cached_block)
         if cap is not None:
             return plans.spare_output(cap, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
@@ -407,19 +407,17 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
         args = (*qkv, *hit.pick(kwargs))
         out = alloc.empty(hit.shape, hit.dtype, query.device)
         ws = alloc.empty((sum(p.static.workspace),), torch.float32, out.device)
-        block = _block(hit, kwargs)
+        block = cached_block(hit, kwargs)
     if out.numel():
         tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, ws), roles=_ROLES,
                                 given=hit and (plans.Given, hit, qkv, kwargs, _PER_CALL)))
     return out
 
 
-def _block(hit: plans.Entry, kwargs: dict) -> torch.Tensor:
+def cached_block(hit: plans.Entry, kwargs: dict) -> torch.Tensor:
     """The parameter block of a cached call (``hit``: the plan cache's entry): its kv lengths."""
     lengths = hit.dynamic(kwargs)
     return hit.recent.block(lengths, lambda: pack(per_batch(hit.call, *lengths)))
 
-
-update = plans.updater(OP, _block)     # the entry point's task-update fast path
 
 _ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2

@@ -384,7 +384,7 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
                                                                                           kwargs))[0]
     qkv = (query, key, value)
     if tasks.captured is not None:
-        cap = plans.rewritten(OP, qkv, kwargs, _block)
+        cap = plans.rewritten(OP, qkv, kwargs, cached_block)
         if cap is not None:
             return plans.spare_output(cap, query.device)
     # a plan's signature holds the names given: an unknown keyword finds none, and validation rejects it
@@ -406,19 +406,17 @@ def entry(query, key, value, kwargs: dict) -> torch.Tensor:
         args = (*qkv, *hit.pick(kwargs))
         out = alloc.empty(hit.shape, hit.dtype, query.device)
         summary = summary_scratch(p.static, out.device)
-        block = _block(hit, kwargs)
+        block = cached_block(hit, kwargs)
     if out.numel():
         tasks.submit(tasks.Task(OP, p.static, block, out.device, run=p.run, args=(*args, out, summary), roles=_ROLES,
                                 given=hit and (plans.Given, hit, qkv, kwargs, _PER_CALL)))
     return out
 
 
-def _block(hit: plans.Entry, kwargs: dict) -> torch.Tensor:
+def cached_block(hit: plans.Entry, kwargs: dict) -> torch.Tensor:
     """The parameter block of a cached call (``hit``: the plan cache's entry)."""
     dynamic = hit.dynamic(kwargs)
     return hit.recent.block(dynamic, lambda: pack(*per_batch(hit.call, *dynamic)))
 
-
-update = plans.updater(OP, _block)     # the entry point's task-update fast path
 
 _ROLES = tasks.INPUT * len(TENSOR_ARGS) + tasks.OWN * 2          # out, mask summary scratch

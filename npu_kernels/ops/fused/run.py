@@ -96,7 +96,7 @@ def _block(planned: Planned, kwargs: dict) -> torch.Tensor:
 
 
 def update(query, key, value, kwargs: dict, outs: Optional[tuple], ws: Optional[torch.Tensor]) -> Optional[tuple]:
-    """``submit``'s task-update fast path (as ``plans.updater``'s), which the entry points try first in
+    """``submit``'s task-update fast path (as ``library.attention``'s), which the entry points try first in
     task-update mode: (attention_out, softmax_lse), or None. Per-call values equal to the plan's last ones
     (``Given.same`` gives its block) imply the signature's ``_extra``."""
     cap = tasks.captured(OP)
