@@ -93,12 +93,11 @@ def matcher(nargs: int, order: tuple, present: frozenset, names: tuple, defaults
     unless the call passes those objects under the same keywords; then the last block if its per-call values
     are the last ones (the same objects, equal contents), else them (each of ``present`` not None; None
     otherwise)."""
-    namespace = scope
     fixed = [n for n in order if n not in present]
     last = [f"l{i}" for i in range(nargs + len(fixed))]
     objects = [f"a{i} is not l{i}" for i in range(nargs)]
     objects += [f"k[{n!r}] is not l{i}" for i, n in enumerate(fixed, nargs)]
-    values = _picks(names, order, defaults, namespace)
+    values = _picks(names, order, defaults, scope)
     lines = [f"def same({''.join(f'a{i}, ' for i in range(nargs))}k):",
              f"    {', '.join(last)}, = L",
              "    try:",
@@ -112,4 +111,4 @@ def matcher(nargs: int, order: tuple, present: frozenset, names: tuple, defaults
              "        return b",
              f"    return None if {' or '.join(f'k[{n!r}] is None' for n in present) or 'False'} else v",
              ""]
-    return _define("same", "\n".join(lines), namespace)
+    return _define("same", "\n".join(lines), scope)

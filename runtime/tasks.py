@@ -52,9 +52,10 @@ class _CapturedTask(_tasks.Captured):
         self.size = self.launch.block.shape
 
     def rewrite(self, params: torch.Tensor, copies: tuple = (), run=None, args: tuple = ()) -> None:
-        """Also (``_update``): the launch runs ``run`` over ``args`` from now on (None: the captured ones,
-        where an earlier update passed views of other sizes). The block is written with the group's others
-        (``_Group.flush``), the inputs copied on the updating stream."""
+        """Write ``params`` into the task's block (with the group's others, ``_Group.flush``) and copy each
+        (captured, new) input of ``copies`` on the updating stream; the launch runs ``run`` over ``args``
+        from now on (``_update``; None: the captured ones, where an earlier update passed views of other
+        sizes); the update goes on to the next task."""
         group, launch = self.group, self.launch
         if params.shape != self.size:
             _block_error(self, params, self.task.op, group.matched)

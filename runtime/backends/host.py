@@ -424,14 +424,6 @@ def _give_blocks(pairs: list) -> None:
         launch.block = params
 
 
-def _copy_pairs(pairs: list) -> None:
-    """Copy each (destination, source) pair."""
-    if len(pairs) == 1:
-        pairs[0][0].copy_(pairs[0][1])
-    elif pairs:
-        torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
-
-
 class HostMode(TorchDispatchMode):
     """Intercepts aten calls while the host backend captures, is parked or guards task groups."""
 
@@ -635,8 +627,10 @@ class HostBackend(interface.Backend):
         return _sched.direct()
 
     def write_blocks(self, blocks) -> None:
-        with _sched.direct():
-            _copy_pairs(list(blocks))
+        pairs = list(blocks)
+        if pairs:                      # (``_foreach_copy_`` refuses empty lists)
+            with _sched.direct():
+                torch._foreach_copy_([block for block, _ in pairs], [params for _, params in pairs])
 
     def blocks_writer(self):
         """Gives the launches their new parameter blocks (no copy: a launch reads its block when it runs) on
