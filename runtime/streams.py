@@ -10,8 +10,6 @@ thread.
 
 from __future__ import annotations
 
-import contextlib
-
 from .backends import backend
 from .backends.interface import Event, Stream
 
@@ -31,18 +29,23 @@ def set_stream(stream: Stream) -> None:
     backend().set_current_stream(stream)
 
 
-@contextlib.contextmanager
-def stream(s: "Stream | None"):
-    """Make ``s`` the current stream inside the block (``None``: no change)."""
-    if s is None:
-        yield
-        return
-    previous = current_stream()
-    set_stream(s)
-    try:
-        yield
-    finally:
-        set_stream(previous)
+class stream:
+    """Context manager: make ``s`` the current stream inside the block (``None``: no change)."""
+
+    __slots__ = ("s", "previous")
+
+    def __init__(self, s: "Stream | None"):
+        self.s = s
+
+    def __enter__(self) -> None:
+        if self.s is not None:
+            be = backend()
+            self.previous = be.current_stream()
+            be.set_current_stream(self.s)
+
+    def __exit__(self, *exc) -> None:
+        if self.s is not None:
+            backend().set_current_stream(self.previous)
 
 
 _shared: dict = {}  # (backend name, purpose) -> Stream
