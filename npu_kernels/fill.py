@@ -107,7 +107,7 @@ def matcher(nargs: int, order: tuple, present: frozenset, names: tuple, defaults
              "    except KeyError:",
              "        return None",
              "    c, b, o = R.last",
-             f"    if {' and '.join(f'v[{i}] is o[{i}]' for i in range(len(names)))} and v == c:",
+             f"    if {' and '.join(f'v[{i}] is o[{i}]' for i in range(len(names))) or 'True'} and v == c:",
              "        return b",
              f"    return None if {' or '.join(f'k[{n!r}] is None' for n in present) or 'False'} else v",
              ""]
