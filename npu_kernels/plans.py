@@ -301,21 +301,12 @@ class Recent:
         self.last = ((), None, (_UNSET,) * size)    # a copy of the values, their block, the values as passed
 
     def comparable(self, values: tuple) -> bool:
-        """``values`` are the objects passed last or plain: ``get`` may compare them (no tensor among them)."""
+        """``values`` are the objects passed last or plain: they may be compared (no tensor among them)."""
         return all(map(operator.is_, values, self.last[2])) or _plain(values)
-
-    def get(self, values: tuple) -> Optional[torch.Tensor]:
-        """The last block if ``values`` (``comparable``) are the last ones, which they then stand for (a match by
-        their identity next), else None."""
-        copy, block, _ = self.last
-        if values != copy:
-            return None
-        self.last = (copy, block, values)
-        return block
 
     def block(self, values: tuple, make):
         """``make()`` (validates ``values`` and packs the block) unless ``values`` (no tensor among them)
-        are the last ones."""
+        are the last ones, which they then stand for (a match by their identity next)."""
         copy, block, _ = self.last
         if values == copy and self.comparable(values):     # new values cost no type check
             self.last = (copy, block, values)
@@ -421,9 +412,11 @@ class Given:
 
     def match(self, args: tuple, kwargs: dict, extra: tuple) -> Optional[tuple]:
         """None, or the (given, new) input tensors to copy (usually none)."""
-        if extra == self.extra and self.same(*args, kwargs) is not None:
+        if extra != self.extra:
+            return None
+        if self.same(*args, kwargs) is not None:
             return ()
-        if extra != self.extra or kwargs.keys() != self.names:
+        if kwargs.keys() != self.names:
             return None
         scalars = self.scalars(kwargs)
         if tuple(map(type, scalars)) != self.scalar_types or scalars != self.given_scalars or \
@@ -477,21 +470,15 @@ def rewritten(op: str, args: tuple, kwargs: dict, block, extra: tuple = ()) -> O
 
 
 def fresh(cap: tasks.Captured, values, kwargs: dict, block) -> Optional[torch.Tensor]:
-    """The block of a task update's call whose ``Given.same`` gave ``values`` (its per-call values, new to
-    the plan) or None: ``block(entry, kwargs)`` made with the runtime's guard mode bypassed, or the plan's
-    last block where the values are plain and equal to its last ones. None where the values are not plain
-    (e.g. a tensor for a list: the entry's ``host_lists`` reads it) or ``values`` is None: the update takes
-    the entry point's path."""
-    if values is None:
+    """The block of a task update's call whose ``Given.same`` gave ``values`` (its per-call values, not the
+    plan's last objects) or None: ``block(entry, kwargs)`` (the plan's last block where the values are equal
+    to its last ones), with the runtime's guard mode bypassed. None where the values are not plain (e.g. a
+    tensor for a list: the entry's ``host_lists`` reads it) or ``values`` is None: the update takes the
+    entry point's path."""
+    if values is None or not cap.given.plan.recent.comparable(values):
         return None
-    entry = cap.given.plan
-    if not entry.recent.comparable(values):
-        return None
-    params = entry.recent.get(values)
-    if params is None:
-        with torch._C._DisableTorchDispatch():
-            params = block(entry, kwargs)
-    return params
+    with torch._C._DisableTorchDispatch():
+        return block(cap.given.plan, kwargs)
 
 
 def spare_output(cap: tasks.Captured, device: torch.device) -> torch.Tensor:
